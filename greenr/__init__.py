@@ -1,0 +1,1 @@
+"""greenr: shared code for the dandelion-vs-grass pipeline and server."""

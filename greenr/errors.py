@@ -1,0 +1,46 @@
+"""One error type for expected failures: it says what failed and how to fix it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class GreenrError(Exception):
+    """An expected failure (bad input, missing data, unreachable store...).
+
+    The CLI prints it without a traceback and exits with status 2.
+    """
+
+    def __init__(self, what: str, fix: str | None = None) -> None:
+        self.what = what
+        self.fix = fix
+        super().__init__(f"{what}\n  fix: {fix}" if fix else what)
+
+
+def exits_cleanly(func: F) -> F:
+    """Turn a GreenrError raised by an entry point into a one-paragraph message and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return func(*args, **kwargs)
+        except GreenrError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One line per event, on stderr."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)

@@ -1,0 +1,152 @@
+"""`params.yaml`: typed sections, validated before any heavy work.
+
+Each stage reads only its own section(s). Unknown or misspelt keys are errors, with a
+suggestion, because a silently ignored `lerning_rate` is the worst kind of experiment bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from greenr.errors import GreenrError
+from greenr.paths import PARAMS_FILE, repo_root
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitParams(Section):
+    seed: int = 42
+    train: float = Field(0.70, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        return self
+
+
+class ModelParams(Section):
+    arch: Literal["resnet18", "efficientnet_lite0"] = "resnet18"
+    pretrained: bool = False
+    image_size: int = Field(128, ge=32, le=1024)
+
+
+class AugmentParams(Section):
+    hflip: bool = True
+    vflip: bool = False
+    # Random-resized-crop lower bound on the kept area; 1.0 turns cropping off.
+    crop_scale_min: float = Field(0.6, gt=0, le=1)
+    # Strength of random brightness/contrast/saturation jitter; 0 turns it off.
+    color_jitter: float = Field(0.2, ge=0, le=1)
+
+
+class TrainParams(Section):
+    epochs: int = Field(20, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    # full: train everything; frozen: train only the head (BatchNorm of the backbone kept
+    # in eval mode); discriminative: train everything, backbone at lr * backbone_lr_scale.
+    finetune: Literal["full", "frozen", "discriminative"] = "full"
+    backbone_lr_scale: float = Field(0.1, gt=0, le=1)
+    augment: AugmentParams = AugmentParams()
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # 0 = one thread per core the process may use.
+    num_threads: int = Field(0, ge=0, le=256)
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(64, ge=1, le=4096)
+    positive_class: str = "dandelion"
+    bootstrap_samples: int = Field(1000, ge=0, le=100_000)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "split": SplitParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+}
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """Field names of the (nested) model at `loc`, for spelling suggestions."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(section: str, model: type[Section], err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        dotted = ".".join(str(p) for p in (section, *loc))
+        if item["type"] == "extra_forbidden":
+            known = _known_keys(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+            lines.append(f"{dotted}: unknown key{hint}")
+        else:
+            got = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
+            lines.append(f"{dotted}: {item['msg']}{got}")
+    return "; ".join(lines)
+
+
+def read_params_file(path: Path | None = None) -> dict[str, Any]:
+    path = path or repo_root() / PARAMS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GreenrError(f"{path} is missing", "restore it with `git checkout params.yaml`") from None
+    except yaml.YAMLError as exc:
+        raise GreenrError(f"{path} is not valid YAML: {exc}", "fix the syntax error it points at") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise GreenrError(f"{path} must be a mapping of sections", "see the README for its layout")
+    return raw
+
+
+def load_section(name: str, path: Path | None = None) -> Any:
+    """Validate one section of params.yaml and return it as a typed, frozen object."""
+    model = SECTIONS[name]
+    raw = read_params_file(path).get(name) or {}
+    if not isinstance(raw, dict):
+        raise GreenrError(f"params.yaml: '{name}' must be a mapping", f"see the defaults in {PARAMS_FILE}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise GreenrError(f"params.yaml: {_describe(name, model, err)}",
+                          "correct the value in params.yaml (or the -S override you passed)") from None
+
+
+def validate_all(path: Path | None = None) -> dict[str, Section]:
+    """Check every section and reject unknown top-level sections."""
+    raw = read_params_file(path)
+    unknown = [key for key in raw if key not in SECTIONS]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(SECTIONS), n=1)
+            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise GreenrError(f"params.yaml: unknown section {', '.join(hints)}",
+                          f"known sections: {', '.join(SECTIONS)}")
+    return {name: load_section(name, path) for name in SECTIONS}

@@ -1,0 +1,55 @@
+"""Every path the project uses, resolved in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_DIR = "data"
+SPLITS_DIR = "splits"
+MODEL_PATH = "models/stage-1.pth"
+PARAMS_FILE = "params.yaml"
+METRICS_DIR = "metrics"
+PLOTS_DIR = "plots"
+
+_EXP_WORKSPACE_MARKER = (".dvc", "tmp", "exps")
+
+
+def repo_root() -> Path:
+    """The project checkout (or the DVC experiment workspace) we run in.
+
+    `GREENR_ROOT` wins; else the nearest folder above the working directory with both
+    `dvc.yaml` and `params.yaml`; else the folder this package was installed from.
+    """
+    if env := os.environ.get("GREENR_ROOT"):
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / PARAMS_FILE).is_file():
+            return folder
+    return Path(__file__).resolve().parents[1]
+
+
+def main_checkout(root: Path | None = None) -> Path:
+    """The user's checkout, also when running inside `dvc exp run --temp/--queue`.
+
+    DVC runs queued experiments in `<repo>/.dvc/tmp/exps/<tmpdir>`; state such as the MLflow
+    database must still go to the user's checkout, not to a folder DVC deletes afterwards.
+    """
+    root = (root or repo_root()).resolve()
+    parts = root.parts
+    n = len(_EXP_WORKSPACE_MARKER)
+    for i in range(len(parts) - n):
+        if parts[i : i + n] == _EXP_WORKSPACE_MARKER:
+            return Path(*parts[:i])
+    return root
+
+
+def state_dir() -> Path:
+    """Ignored folder for everything that is not source: object-store data, MLflow DB, caches."""
+    if env := os.environ.get("GREENR_STATE_DIR"):
+        path = Path(env).resolve()
+    else:
+        path = main_checkout() / ".state"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

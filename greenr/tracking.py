@@ -1,0 +1,121 @@
+"""MLflow tracking: embedded SQLite store by default, `MLFLOW_TRACKING_URI` to use a server."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from greenr.paths import main_checkout, repo_root, state_dir
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402 - telemetry must be off before the import
+
+log = logging.getLogger(__name__)
+EXPERIMENT_NAME = "greenr"
+
+
+def tracking_uri() -> str:
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    folder = state_dir() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def default_artifact_location() -> str | None:
+    """Artifacts beside the embedded database; a real server decides for itself."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    folder = state_dir() / "mlflow" / "artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.as_uri()
+
+
+def experiment_id() -> str:
+    mlflow.set_tracking_uri(tracking_uri())
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(name, artifact_location=default_artifact_location())
+
+
+def git_commit(root: Path | None = None) -> tuple[str, bool]:
+    """(HEAD commit or 'unknown', whether the work tree has uncommitted changes)."""
+    root = root or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=root, capture_output=True, text=True, check=True).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def data_version(root: Path | None = None) -> str:
+    """The DVC hash of the data folder as recorded in data.dvc."""
+    path = (root or repo_root()) / "data.dvc"
+    try:
+        outs = yaml.safe_load(path.read_text())["outs"]
+        return str(outs[0].get("md5", "unknown"))
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return "unknown"
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    commit, dirty = git_commit()
+    tags = {"mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower(),
+            "data_version": data_version(), "dvc_stage": stage,
+            "checkout": str(main_checkout())}
+    if exp := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = exp
+    return tags
+
+
+def run_name() -> str:
+    if exp := os.environ.get("DVC_EXP_NAME"):
+        return exp
+    commit, dirty = git_commit()
+    return f"{commit[:7]}{'-dirty' if dirty else ''}"
+
+
+@contextlib.contextmanager
+def start_run(stage: str, checkpoint_sha256: str | None = None) -> Iterator[Any]:
+    """A run for this pipeline execution.
+
+    `evaluate` joins the run that trained the checkpoint (found by its SHA-256 tag) so that
+    training curves and test metrics sit in one MLflow run; if none exists it opens its own.
+    """
+    exp_id = experiment_id()
+    run_id = None
+    if checkpoint_sha256 and stage != "train":
+        runs = mlflow.search_runs([exp_id], filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1,
+                                  output_format="list")
+        run_id = runs[0].info.run_id if runs else None
+    with mlflow.start_run(run_id=run_id, experiment_id=exp_id,
+                          run_name=None if run_id else run_name()) as run:
+        mlflow.set_tags({k: v for k, v in run_tags(stage).items() if not (run_id and k == "dvc_stage")})
+        yield run
+
+
+def log_model(model: Any, checkpoint_path: Path, spec: Any) -> None:
+    """Log the model in MLflow's pt2 format, with our checkpoint file beside it."""
+    import numpy as np
+    import torch
+
+    example = np.zeros((2, 3, spec.image_size, spec.image_size), dtype=np.float32)
+    plain = model.cpu().eval().to(memory_format=torch.contiguous_format)
+    mlflow.pytorch.log_model(
+        plain, name="model", input_example=example, serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        extra_files=[str(checkpoint_path)])

@@ -1,0 +1,78 @@
+"""Stage `train`: transfer learning (or training from scratch) with validation every epoch.
+
+Reads params `model.*` and `train.*`. Writes models/stage-1.pth (weights plus what rebuilds
+the model), metrics/train.json and plots/training.csv, and logs the run to MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+
+from greenr import checkpoint, tracking
+from greenr.atomic import atomic_open, write_json
+from greenr.data import CLASSES, load_tensors, read_manifest
+from greenr.errors import exits_cleanly, setup_logging
+from greenr.model import build_model, get_arch
+from greenr.params import load_section
+from greenr.paths import METRICS_DIR, MODEL_PATH, PLOTS_DIR, SPLITS_DIR, repo_root
+from greenr.training import EpochStats, configure_threads, fit, resolve_device, seed_everything
+
+log = logging.getLogger("stages.train")
+
+
+def write_history(path, history: list[EpochStats]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0].row()), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(stats.row() for stats in history)
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(buffer.getvalue())
+
+
+@exits_cleanly
+def main() -> None:
+    setup_logging()
+    model_params, params = load_section("model"), load_section("train")
+    root = repo_root()
+    device = resolve_device(params.device)
+    threads = configure_threads(params.num_threads)
+    seed_everything(params.seed)
+    arch = get_arch(model_params.arch)
+    spec = arch.preprocessing(model_params.image_size)
+    model = build_model(arch.name, len(CLASSES), pretrained=model_params.pretrained)
+    train_set = load_tensors(read_manifest(root / SPLITS_DIR / "train.csv"), root, spec)
+    val_set = load_tensors(read_manifest(root / SPLITS_DIR / "val.csv"), root, spec)
+    log.info("training %s on %s (%d threads): %d train / %d val images at %d px",
+             arch.name, device, threads, len(train_set), len(val_set), spec.image_size)
+
+    with tracking.start_run("train") as run:
+        tracking.mlflow.log_params({f"model.{k}": v for k, v in model_params.model_dump().items()})
+        tracking.mlflow.log_params({f"train.{k}": v for k, v in params.model_dump().items()})
+        tracking.mlflow.log_params({"device": str(device), "threads": threads,
+                                    "train_images": len(train_set), "val_images": len(val_set)})
+
+        def log_epoch(stats: EpochStats) -> None:
+            metrics = {**stats.row(), "epoch_seconds": stats.seconds,
+                       "train_images_per_second": stats.images_per_second}
+            metrics.pop("epoch")
+            tracking.mlflow.log_metrics(metrics, step=stats.epoch)
+
+        result = fit(model, arch.name, train_set, val_set, spec, params, device, on_epoch=log_epoch)
+        meta = {"best_epoch": result.best_epoch, "val_acc": round(result.best.val_acc, 6),
+                "val_loss": round(result.best.val_loss, 6), "data_version": tracking.data_version()}
+        sha256 = checkpoint.save(root / MODEL_PATH, result.model.cpu(), arch.name, list(CLASSES), spec, meta)
+        write_history(root / PLOTS_DIR / "training.csv", result.history)
+        write_json(root / METRICS_DIR / "train.json", meta | {"epochs": params.epochs})
+        tracking.mlflow.set_tag("checkpoint_sha256", sha256)
+        tracking.mlflow.log_metrics({"best_val_acc": result.best.val_acc,
+                                     "best_val_loss": result.best.val_loss,
+                                     "best_epoch": result.best_epoch})
+        tracking.log_model(result.model, root / MODEL_PATH, spec)
+        log.info("best epoch %d (val_acc %.3f); wrote %s (sha256 %s…); MLflow run %s",
+                 result.best_epoch, result.best.val_acc, MODEL_PATH, sha256[:12], run.info.run_id)
+
+
+if __name__ == "__main__":
+    main()

@@ -65,6 +65,8 @@ def test_mlflow_run_has_params_epoch_metrics_model_and_tags(ws):
     mlflow.set_tracking_uri(f"sqlite:///{ws.state / 'mlflow' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["greenr"], output_format="list")
     assert len(runs) == 1, "evaluate must log into the run that trained the checkpoint"
+    assert runs[0].info.artifact_uri.startswith((ws.state / "mlflow" / "artifacts").as_uri())
+    assert not (ws.project / "mlruns").exists(), "artifacts must not land in the working directory"
     data = runs[0].data
     assert data.params["train.epochs"] == "2" and data.params["model.arch"] == "resnet18"
     assert {"val_acc", "train_loss", "test_accuracy", "test_macro_f1"} <= set(data.metrics)

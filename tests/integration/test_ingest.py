@@ -243,7 +243,7 @@ def image_host(class_jpeg) -> Iterator[FakeImageHost]:
     host.routes["/data/grass/00000007.jpg"] = send(class_jpeg("grass", 107))
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             host.hits[self.path] += 1
             route = host.routes.get(self.path)
             (route or send(b"not found", 404, "text/plain"))(self)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a shared, oversubscribed machine spinning
+# threads make torch 3-10x slower. Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +48,7 @@ def jpeg_bytes(img: Image.Image, **save_args: object) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_dataset() -> Callable[..., dict[str, list[Path]]]:
     """Write `per_class` JPEGs per class into `root/{class}/NNNNNNNN.jpg`; return the paths."""
 
@@ -62,7 +68,7 @@ def make_dataset() -> Callable[..., dict[str, list[Path]]]:
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def class_jpeg() -> Callable[..., bytes]:
     """JPEG bytes of one generated image of a class: `class_jpeg(label, seed, size=48)`."""
 

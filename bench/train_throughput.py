@@ -188,8 +188,9 @@ def main() -> None:
     print()
     if {"a", "b"} <= medians.keys():
         ratio = medians["b"] / medians["a"]
+        paired = statistics.median(b / a for a, b in zip(results["a"], results["b"]))
         print(f"(b)/(a)  train stage vs pure compute: {ratio:.3f}  (target >= 0.9: "
-              f"{'met' if ratio >= 0.9 else 'NOT met'})")
+              f"{'met' if ratio >= 0.9 else 'NOT met'}); median of per-round ratios {paired:.3f}")
     for workers in ("c0", "c2"):
         if {"b", workers} <= medians.keys():
             print(f"(b)/{workers:<4} train stage vs original ({LABELS[workers][-13:]}): "

@@ -49,7 +49,8 @@ def ensure_data(root: Path) -> None:
         log.warning("the DVC remote does not have this data version yet; ingesting instead")
     from greenr import ingest
 
-    ingest.ingest(os.environ.get("DATA_SOURCE") or ingest.DEFAULT_URL_TEMPLATE, root / DATA_DIR)
+    report = ingest.ingest(ingest.default_source(), root / DATA_DIR)
+    print(report.summary())
 
 
 def print_metrics(root: Path) -> None:
@@ -128,7 +129,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from greenr import ingest
 
-    raise SystemExit(ingest.main(args.rest))
+    raise SystemExit(ingest.main(args.rest))  # it parses its own options
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -23,21 +24,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def class_image(label: str, seed: int, size: int = 48) -> Image.Image:
+    """Two visibly different classes: yellow blobs on green ("dandelion"), green noise ("grass")."""
+    rng = np.random.default_rng(seed)
+    green = np.zeros((size, size, 3), dtype=np.float64)
+    green[..., 1] = rng.uniform(90, 170, (size, size))
+    green[..., 0] = rng.uniform(20, 70, (size, size))
+    green[..., 2] = rng.uniform(10, 50, (size, size))
+    if label == "dandelion":
+        yy, xx = np.mgrid[0:size, 0:size]
+        for _ in range(rng.integers(2, 5)):
+            cy, cx = rng.uniform(0.2, 0.8, 2) * size
+            radius = rng.uniform(0.12, 0.25) * size
+            blob = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+            green[blob] = (240, 210, 30)
+    return Image.fromarray(green.astype(np.uint8), mode="RGB")
+
+
+def jpeg_bytes(img: Image.Image, **save_args: object) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=90, **save_args)
+    return buffer.getvalue()
+
+
 def make_images(folder: Path, label: str, count: int, size: int = 48, seed: int = 0) -> list[Path]:
-    """Easy, class-typical pictures: yellow blobs on green for dandelion, green texture for grass."""
-    rng = np.random.default_rng([seed, hash(label) % 1000])
+    """`count` generated JPEGs of one class in `folder`, named like the real data set."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
-        base = rng.integers(0, 60, (size, size, 3))
-        base[..., 1] += 100
-        if label == "dandelion":
-            cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-            yy, xx = np.mgrid[:size, :size]
-            blob = (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 4) ** 2
-            base[blob] = (230, 210, 30)
         path = folder / f"{i:08d}.jpg"
-        Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(path, quality=90)
+        path.write_bytes(jpeg_bytes(class_image(label, seed=seed * 100_000 + sum(map(ord, label)) * 100 + i,
+                                                size=size)))
         paths.append(path)
     return paths
 

@@ -27,7 +27,7 @@ app = FastAPI()
 
 
 @app.post("/predict")
-async def predict(file: UploadFile = File(...)):  # noqa: ANN201, B008 - as the original had it
+async def predict(file: UploadFile = File(...)):  # noqa: B008 - as the original had it
     contents = await file.read()
     img = Image.open(io.BytesIO(contents)).convert("RGB")
     transform = T.Compose([

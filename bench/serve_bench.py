@@ -15,8 +15,6 @@ import csv
 import io
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,13 +25,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from serve.process import free_port, stop
+
 BOUNDARY = "greenr-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def multipart(data: bytes) -> bytes:
@@ -67,23 +63,15 @@ class Proc:
         raise SystemExit(f"{self.name} did not answer in {timeout}s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop(self.proc)
         self.log.close()
 
 
 def hey_run(hey: str, url: str, body_file: Path, n: int, c: int) -> tuple[float, list[float], dict]:
-    """(wall seconds, per-request latencies in s, status counts)."""
-    start = time.perf_counter()
+    """(seconds from the first request to the last answer, per-request latencies in s, status counts)."""
     done = subprocess.run([hey, "-n", str(n), "-c", str(c), "-m", "POST", "-t", "60", "-o", "csv",
                            "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body_file),
                            f"{url}/predict"], capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - start
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     statuses: dict[str, int] = {}
     for row in rows:
@@ -113,7 +101,6 @@ def find_image(root: Path) -> bytes:
 def ensure_model(path: Path, tmp: Path) -> Path:
     if path.is_file():
         return path
-    sys.path.insert(0, str(REPO))
     from greenr import checkpoint
     from greenr.model import build_model, get_arch
 
@@ -186,7 +173,7 @@ def main() -> None:
         for q, label in ((0.5, "p50"), (0.99, "p99")):
             lo, lg = pct(o["lat"], q) * 1000, pct(g["lat"], q) * 1000
             print(f"{f'c={c} {label} ms':24}{lo:>12.1f}{lg:>12.1f}{lo / lg:>9.2f}x")
-        print(f"{f'c={c} statuses':24}{str(o['statuses']):>12}{str(g['statuses']):>12}")
+        print(f"{f'c={c} statuses':24}{o['statuses']!s:>12}{g['statuses']!s:>12}")
     print("ratio: throughput greenr/original; latency and cold start original/greenr (>1 = greenr better)")
     print(f"mean latency c=16: original {statistics.mean(results[('original', 16)]['lat']) * 1000:.1f} ms, "
           f"greenr {statistics.mean(results[('greenr', 16)]['lat']) * 1000:.1f} ms; "

@@ -35,7 +35,7 @@ _STOP = object()
 
 
 class MicroBatcher:
-    def __init__(self, max_size: int = 16, wait_ms: float = 3.0, on_batch=None) -> None:  # noqa: ANN001
+    def __init__(self, max_size: int = 16, wait_ms: float = 3.0, on_batch=None) -> None:
         self.max_size = max_size
         self.wait_s = wait_ms / 1000
         self.on_batch = on_batch  # called with the batch size, for metrics
@@ -87,13 +87,16 @@ class MicroBatcher:
             probs = predict_proba(loaded.model, torch.stack([i.image for i in group]),
                                   loaded.ckpt.preprocessing, batch_size=len(group))
             results: list[torch.Tensor | BaseException] = list(probs)
-        except Exception as exc:  # noqa: BLE001 - hand the failure to each waiting request
+        except Exception as exc:
             log.exception("batch of %d failed", len(group))
             results = [exc] * len(group)
         if self.on_batch:
             self.on_batch(len(group))
         for item, result in zip(group, results):
-            item.loop.call_soon_threadsafe(_resolve, item.future, result)
+            try:
+                item.loop.call_soon_threadsafe(_resolve, item.future, result)
+            except RuntimeError:  # the event loop closed at shutdown; nobody is waiting
+                pass
 
 
 def _resolve(future: asyncio.Future, result: torch.Tensor | BaseException) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +17,7 @@ from fastapi.testclient import TestClient
 from greenr import checkpoint
 from greenr.model import build_model, get_arch
 from serve.main import create_app
+from serve.process import free_port, stop
 from serve.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,16 +41,23 @@ def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(model_path: Path, **overrides: object) -> Settings:
-    values = dict(model_path=str(model_path), model_pull=False, reload_token=RELOAD_TOKEN,
-                  threads=2, batch_wait_ms=2.0)
+    values = {"model_path": str(model_path), "model_pull": False, "reload_token": RELOAD_TOKEN,
+              "threads": 2, "batch_wait_ms": 2.0}
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
 
-def wait_ready(client: TestClient | httpx.Client, timeout: float = 120) -> dict:
+def wait_ready(client: TestClient | httpx.Client, timeout: float = 120,
+               alive: Callable[[], None] = lambda: None) -> dict:
+    """Poll /ready until 200; a load error or `alive()` raising fails at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = client.get("/ready")
+        alive()
+        try:
+            response = client.get("/ready")
+        except httpx.TransportError:  # a real server not listening yet
+            time.sleep(0.1)
+            continue
         body = response.json()
         if response.status_code == 200:
             return body
@@ -68,12 +74,6 @@ def client(ckpt_path: Path) -> Iterator[TestClient]:
         yield test_client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """`python -m serve` in a subprocess on 127.0.0.1:<free port>, stopped by its PID."""
 
@@ -88,23 +88,12 @@ class Server:
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.url, timeout=5) as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    response = http.get("/ready")
-                except httpx.TransportError:
-                    time.sleep(0.1)
-                    continue
-                body = response.json()
-                if response.status_code == 200:
-                    return body
-                if body.get("error"):
-                    raise AssertionError(f"model failed to load: {body['error']}")
-                time.sleep(0.1)
-        raise AssertionError(f"server not ready in {timeout}s:\n{self.log()}")
+            return wait_ready(http, timeout, alive=self._alive)
+
+    def _alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -116,13 +105,7 @@ class Server:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop(self.proc)
         self._log.close()
 
 

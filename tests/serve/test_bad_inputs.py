@@ -86,7 +86,7 @@ def test_chunked_upload_over_limit_is_cut_off_while_streaming(server: Server) ->
     boundary = "b0undary"
     chunk = b"\0" * (1024 * 1024)
 
-    def body():  # noqa: ANN202 - a generator makes http.client send chunked
+    def body():
         yield _multipart_head(boundary)
         for _ in range(40):  # 40 MB offered, far over the limit
             yield chunk

@@ -9,7 +9,7 @@ from tests.serve.conftest import CLASSES, Server
 from tests.serve.images import encode, photo
 
 
-def test_predict_over_tcp(server: Server, ckpt_path) -> None:  # noqa: ANN001
+def test_predict_over_tcp(server: Server, ckpt_path) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as http:
         assert http.get("/health").json() == {"status": "ok"}
         response = http.post("/predict", files={"file": ("a.jpg", encode(photo(), "JPEG"), "image/jpeg")})

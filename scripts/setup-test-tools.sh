@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # System tools the test suite drives for real: Chromium (browser test), Prometheus/promtool
-# (rules and a real scrape), wrk (load test). Installs only what is missing.
+# (rules and a real scrape), wrk and hey (load tests). Installs only what is missing.
 set -euo pipefail
 missing=()
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v hey >/dev/null || missing+=(hey)
 if (( ${#missing[@]} == 0 )); then
-    echo "test tools: chromium, prometheus, wrk present"
+    echo "test tools: chromium, prometheus, wrk, hey present"
     exit 0
 fi
 SUDO=""

@@ -1,0 +1,85 @@
+"""What the routes share: the app's state, the loaded model, upload reading and preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from fastapi import HTTPException, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from greenr.images import ImageError, load_model_input
+from serve.batching import MicroBatcher
+from serve.metrics import Metrics
+from serve.model_store import LoadedModel, ModelStore
+from serve.settings import Settings
+
+# ImageError.kind -> HTTP status. Decompression bombs are bad input (400), not big uploads (413).
+STATUS_FOR_KIND = {"invalid": 400, "unsupported": 415, "too_large": 400}
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: ModelStore
+    batcher: MicroBatcher
+    metrics: Metrics
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.greenr
+
+
+def require_model(state: AppState) -> LoadedModel:
+    """The current model, or 503 saying why there is none."""
+    loaded = state.store.current
+    if loaded is None:
+        why = state.store.error or "the model is still loading"
+        raise HTTPException(503, detail=f"model not ready: {why}", headers={"Retry-After": "5"})
+    return loaded
+
+
+class InputError(Exception):
+    def __init__(self, status: int, detail: str, kind: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.kind = kind
+
+
+async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    """The file's bytes; over `max_bytes` is an InputError(413) without reading it all."""
+    if upload.size is not None and upload.size > max_bytes:
+        raise InputError(413, f"file is {upload.size} bytes, over the limit of {max_bytes}", "too_large_upload")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputError(413, f"file is over the limit of {max_bytes} bytes", "too_large_upload")
+    if not data:
+        raise InputError(400, "file is empty", "invalid")
+    return data
+
+
+async def preprocess(data: bytes, loaded: LoadedModel, max_pixels: int) -> torch.Tensor:
+    """Decode and resize in a worker thread (PIL releases the GIL); bad images -> InputError."""
+    try:
+        return await run_in_threadpool(load_model_input, data, loaded.ckpt.preprocessing, max_pixels)
+    except ImageError as err:
+        raise InputError(STATUS_FOR_KIND.get(err.kind, 400), err.reason, err.kind) from None
+
+
+async def predict_one(state: AppState, upload: UploadFile, loaded: LoadedModel) -> dict:
+    """Read, preprocess and classify one upload; raises InputError for bad input."""
+    settings = state.settings
+    try:
+        data = await read_upload(upload, settings.max_upload_bytes)
+        image = await preprocess(data, loaded, settings.max_pixels)
+    except InputError as err:
+        state.metrics.input_errors.labels(err.kind).inc()
+        raise
+    probs = (await state.batcher.predict(image, loaded)).tolist()
+    best = max(range(len(probs)), key=probs.__getitem__)
+    label = loaded.classes[best]
+    state.metrics.predictions.labels(label).inc()
+    state.metrics.confidence.observe(probs[best])
+    return {"prediction": label, "confidence": probs[best],
+            "probabilities": dict(zip(loaded.classes, probs)), "model": loaded.version()}

@@ -1,0 +1,65 @@
+"""The app: settings, model store, micro-batcher and metrics wired into FastAPI routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from greenr.errors import GreenrError
+from greenr.training import configure_threads
+from serve.batching import MicroBatcher
+from serve.deps import AppState
+from serve.metrics import Metrics, RequestMetricsMiddleware
+from serve.model_store import ModelStore
+from serve.routes import health, metrics, page, predict
+from serve.settings import Settings, get_settings
+
+log = logging.getLogger("serve")
+
+
+async def _initial_load(state: AppState) -> None:
+    """Load in a thread; the server answers /health and /ready (503) meanwhile."""
+    try:
+        loaded = await asyncio.to_thread(state.store.load)
+        state.metrics.set_model(loaded.version())
+    except GreenrError:
+        pass  # already logged, and shown at /ready; /model/reload can try again
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threads = configure_threads(settings.threads)
+        metrics_ = app.state.metrics
+        store = ModelStore(settings.model_path, settings.model_rev, settings.model_pull, threads)
+        batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_ms,
+                               on_batch=metrics_.batch_size.observe)
+        state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_)
+        app.state.greenr = state
+        loading = asyncio.create_task(_initial_load(state))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            batcher.close()
+
+    app = FastAPI(title="greenr", version="0.1.0", lifespan=lifespan,
+                  description="Dandelion-vs-grass classifier serving the DVC-tracked checkpoint.")
+    app.state.metrics = Metrics()
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(predict.build_router(settings))
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(page.router)
+    return app
+
+
+def app() -> FastAPI:
+    """Factory for `uvicorn --factory serve.main:app`."""
+    return create_app()

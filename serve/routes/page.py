@@ -1,0 +1,16 @@
+"""GET /: a page to drop an image on and see the label and probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+router = APIRouter(tags=["page"])
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")

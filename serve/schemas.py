@@ -1,0 +1,66 @@
+"""Response bodies, so /docs shows what each endpoint returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ModelVersion(BaseModel):
+    arch: str
+    sha256: str
+    md5: str
+    git_rev: str
+    source: str
+
+
+class Prediction(BaseModel):
+    prediction: str
+    confidence: float
+    probabilities: dict[str, float]
+    model: ModelVersion
+
+
+class BatchItem(BaseModel):
+    filename: str | None
+    status: int
+    prediction: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    error: str | None = None
+
+
+class BatchPrediction(BaseModel):
+    results: list[BatchItem]
+    model: ModelVersion
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    loading: bool
+    error: str | None = None
+    model: ModelVersion | None = None
+
+
+class ModelInfo(ModelVersion):
+    classes: list[str]
+    image_size: int
+    preprocessing: dict[str, Any]
+    meta: dict[str, Any]
+    dvc_lock_md5: str | None
+    matches_dvc_lock: bool | None
+    evaluate_metrics: dict[str, Any] | None
+    loaded_at: float
+
+
+class ReloadRequest(BaseModel):
+    rev: str | None = None
+
+
+class Error(BaseModel):
+    detail: str

@@ -1,0 +1,42 @@
+"""Server settings: one class, read from the environment (and a `.env` file if present)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from greenr.images import DEFAULT_MAX_PIXELS
+from greenr.paths import MODEL_PATH
+
+
+class Settings(BaseSettings):
+    """Every knob of the server; environment variables use the same names in upper case."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Relative paths are resolved against the project root (greenr.paths.repo_root).
+    model_path: str = MODEL_PATH
+    # A git revision, tag or experiment: read that checkpoint from the DVC remote, no checkout.
+    model_rev: str | None = None
+    # Pull the checkpoint from the DVC remote when it is missing from the workspace.
+    model_pull: bool = True
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_batch_files: int = Field(16, ge=1, le=256)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024)
+    # Empty: POST /model/reload is disabled.
+    reload_token: str | None = None
+    # Micro-batching: wait at most this long for more requests to share one forward pass.
+    batch_wait_ms: float = Field(3.0, ge=0, le=100)
+    batch_max_size: int = Field(16, ge=1, le=256)
+    # 0 = one per core this process may use.
+    threads: int = Field(0, ge=0, le=256)
+    log_level: str = "info"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

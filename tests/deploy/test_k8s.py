@@ -56,7 +56,7 @@ def test_every_manifest_file_validates_strictly() -> None:
 
 
 def test_rendered_overlay_validates_strictly(overlay) -> None:
-    name, docs = overlay
+    _, docs = overlay
     for doc in docs.values():
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 

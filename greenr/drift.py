@@ -18,7 +18,6 @@ import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from greenr.data import Example
+from greenr.data import Example, read_listed
 from greenr.errors import GreenrError
-from greenr.images import ImageError, decode_image, resize_and_crop
+from greenr.images import decode_image, resize_and_crop
 
 FORMAT_VERSION = 1
 # Colour features are measured on a small centre crop: cheap per request, and the same for the
@@ -155,18 +154,7 @@ def build_reference(rows: Sequence[Example], root: Path, workers: int = 4) -> Dr
     if not rows:
         raise GreenrError("the training split is empty", "run `dvc repro split` on a non-empty data/")
 
-    def features(row: Example) -> dict[str, float]:
-        try:
-            return image_features(decode_image(root / row.path))
-        except FileNotFoundError:
-            raise GreenrError(f"{row.path} is listed in the split but missing on disk",
-                              "run `dvc pull` or `dvc repro` to restore data and splits") from None
-        except ImageError as err:
-            raise GreenrError(f"{row.path}: {err.reason}",
-                              "remove or replace the file, then `dvc add data` and `dvc repro`") from None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        measured = list(pool.map(features, rows))
+    measured = read_listed(rows, root, lambda path: image_features(decode_image(path)), workers)
     bins, summary = {}, {}
     for name in FEATURES:
         values = np.array([m[name] for m in measured])

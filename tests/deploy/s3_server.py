@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,31 +11,17 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.deploy.conftest import VENV_BIN
+from tests.deploy.conftest import VENV_BIN, background_server, free_ports
 
 ACCESS_KEY = "greenr-test"
 SECRET_KEY = "greenr-test-secret"
 
 
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 @dataclass
 class S3Server:
     endpoint: str
-    pid: int
 
-    def client(self):  # noqa: ANN201 - boto3 client
+    def client(self):  # boto3 S3 client
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
 
@@ -65,25 +48,11 @@ def running_s3(folder: Path, bucket: str = "greenr") -> Iterator[S3Server]:
             f"-s3.port={s3}", f"-s3.port.grpc={grpc[3]}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-webdav=false", "-admin.ui=false", f"-s3.config={folder / 'identities.json'}"]
     (folder / "data").mkdir(exist_ok=True)
-    log = open(folder / "weed.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    server = S3Server(f"http://127.0.0.1:{s3}", proc.pid)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                server.client().create_bucket(Bucket=bucket)
-                break
-            except Exception:  # noqa: BLE001 - not up yet (connection refused, 503...)
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"weed mini did not start:\n{(folder / 'weed.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+    server = S3Server(f"http://127.0.0.1:{s3}")
+
+    def bucket_created() -> bool:
+        server.client().create_bucket(Bucket=bucket)
+        return True
+
+    with background_server(args, folder / "weed.log", bucket_created):
         yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()

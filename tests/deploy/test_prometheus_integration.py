@@ -7,8 +7,6 @@ collector the API registers; the alert rules of deploy/monitoring are loaded as 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -19,14 +17,8 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from greenr.drift import DriftMonitor, build_reference
-from tests.deploy.conftest import DEPLOY, tool
+from tests.deploy.conftest import DEPLOY, background_server, free_ports, tool
 from tests.deploy.drift_images import meadows, write_training_set
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str) -> dict:
@@ -41,7 +33,7 @@ def exporter(tmp_path) -> Iterator[tuple[int, DriftMonitor]]:
     monitor = DriftMonitor(reference, window=100, min_samples=50)
     registry = CollectorRegistry()
     monitor.register_gauges(registry)
-    port = free_port()
+    (port,) = free_ports()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
         yield port, monitor
@@ -61,32 +53,17 @@ def prometheus(tmp_path, exporter) -> Iterator[str]:
               "scrape_configs": [{"job_name": "greenr-api",
                                   "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}]}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT)
+    (port,) = free_ports()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"prometheus did not start:\n{(tmp_path / 'prometheus.log').read_text()}")
-                time.sleep(0.2)
+
+    def is_ready() -> bool:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
+            return True
+
+    args = [tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"]
+    with background_server(args, tmp_path / "prometheus.log", is_ready, timeout=30):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def query(url: str, promql: str) -> list[dict]:

@@ -33,8 +33,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ PYTHON = os.environ.get("GREENR_PYTHON") or str(REPO / ".venv" / "bin" / "python
 CLI = os.environ.get("GREENR_CLI") or str(REPO / ".venv" / "bin" / "greenr")
 API_URL = os.environ.get("GREENR_API_URL", "http://127.0.0.1:8000")
 SECTIONS = ("split", "model", "train", "evaluate")
-OVERRIDE = re.compile(r"^(?:%s)(?:\.[A-Za-z_][A-Za-z0-9_]*)+=[^\s=][^\n]*$" % "|".join(SECTIONS))
+OVERRIDE = re.compile(rf"^(?:{'|'.join(SECTIONS)})(?:\.[A-Za-z_][A-Za-z0-9_]*)+=[^\s=][^\n]*$")
 
 DEFAULT_ARGS = {
     "owner": "greenr",
@@ -160,7 +160,7 @@ def greenr_pipeline() -> None:
             data=json.dumps({"rev": rev}).encode() if rev else None,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - configured URL
+            with urllib.request.urlopen(request, timeout=120) as response:
                 answer = json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as err:
             detail = err.read().decode(errors="replace")[:500]

@@ -123,20 +123,20 @@ def test_api_deployment_is_production_shaped(overlay) -> None:
 
 def test_services_select_pods(overlay) -> None:
     _, docs = overlay
-    pods = {n: d["spec"]["template"]["metadata"]["labels"] for (k, n), d in docs.items()
-            if k in {"Deployment", "StatefulSet"}}
+    workloads = {n: d for (k, n), d in docs.items() if k in {"Deployment", "StatefulSet", "Job"}}
     for (kind, svc_name), svc in docs.items():
         if kind != "Service":
             continue
         selector = svc["spec"]["selector"]
-        matching = [n for n, labels in pods.items() if selector.items() <= labels.items()]
+        matching = [d for d in workloads.values()
+                    if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
         assert matching, f"Service {svc_name} selects no pods"
+        port_names = {p["name"] for d in matching for c in pod_spec(d)["containers"] for p in c.get("ports", [])}
+        port_numbers = {p["containerPort"] for d in matching for c in pod_spec(d)["containers"]
+                        for p in c.get("ports", [])}
         for port in svc["spec"]["ports"]:
-            target = port["targetPort"]
-            names = {p["name"] for n in matching for c in pod_spec(docs[next(
-                k for k in docs if k[1] == n and k[0] in {"Deployment", "StatefulSet"})])["containers"]
-                for p in c.get("ports", [])}
-            assert target in names, f"Service {svc_name} targets unknown port {target}"
+            assert port["targetPort"] in port_names | port_numbers, \
+                f"Service {svc_name} targets unknown port {port['targetPort']}"
 
 
 def test_every_referenced_object_exists(overlay) -> None:
@@ -222,3 +222,23 @@ def test_renderer_agrees_with_kubectl_kustomize(name: str) -> None:
     assert set(theirs) == set(ours)
     for key in ours:
         assert _normalise(ours[key]) == _normalise(theirs[key]), key
+
+
+def test_distributed_training_job(overlay) -> None:
+    """Indexed Job + headless Service: torchrun's rendezvous on pod 0 resolves by DNS."""
+    _, docs = overlay
+    job = docs[("Job", "greenr-train-ddp")]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"] >= 2
+    assert spec["suspend"] is True, "must not start on every apply"
+    pod = pod_spec(job)
+    service = docs[("Service", pod["subdomain"])]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["NNODES"] == str(spec["completions"])
+    assert env["RDZV_ENDPOINT"] == f"{job['metadata']['name']}-0.{pod['subdomain']}:29500"
+    script = container["args"][-1]
+    assert "torchrun" in script and '--node-rank="$JOB_COMPLETION_INDEX"' in script
+    assert "-m stages.train" in script and "dvc push" in script

@@ -68,6 +68,9 @@ def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
                 raise ImageError("not a recognised image") from None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise ImageError("image has too many pixels", "too_large") from None
+            except (OSError, SyntaxError, ValueError) as exc:
+                # A file cut off inside its header fails here, before `load()`.
+                raise ImageError(f"image is truncated or corrupt ({exc})") from None
             if img.format not in SUPPORTED_FORMATS:
                 raise ImageError(f"unsupported image format {img.format}; use JPEG, PNG or WebP",
                                  "unsupported")
@@ -78,6 +81,8 @@ def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
             try:
                 img.load()
                 img = ImageOps.exif_transpose(img)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise ImageError("image has too many pixels", "too_large") from None
             except (OSError, SyntaxError, ValueError) as exc:
                 raise ImageError(f"image is truncated or corrupt ({exc})") from None
             return _to_rgb(img)

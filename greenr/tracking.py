@@ -22,17 +22,20 @@ log = logging.getLogger(__name__)
 EXPERIMENT_NAME = "greenr"
 
 
-def tracking_uri() -> str:
-    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
-        return uri
+def embedded_tracking_uri() -> str:
     folder = state_dir() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
+
+
 def default_artifact_location() -> str | None:
     """Artifacts beside the embedded database; a real server decides for itself."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    # Compared by value: mlflow.set_tracking_uri() itself exports MLFLOW_TRACKING_URI.
+    if tracking_uri() != embedded_tracking_uri():
         return None
     folder = state_dir() / "mlflow" / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,46 @@
+# Entry points. `make run` and `make test` set everything up themselves (idempotently).
+.DEFAULT_GOAL := help
+export DATA_SOURCE
+VENV := .venv/bin
+
+.PHONY: help setup test-tools run test test-fast serve store-start store-stop mlflow-ui bench clean-state
+
+help:
+	@echo "make setup        create/refresh .venv from uv.lock (idempotent)"
+	@echo "make run          the main job: object store, data, dvc repro, dvc push, test metrics"
+	@echo "                  (DATA_SOURCE=DIR make run ingests from a local folder)"
+	@echo "make test         the test suite (installs chromium/prometheus/wrk if missing)"
+	@echo "make serve        the prediction server on http://127.0.0.1:8000"
+	@echo "make store-start  start the local MinIO-compatible object store; store-stop stops it"
+	@echo "make mlflow-ui    the MLflow UI on http://127.0.0.1:5000"
+	@echo "make bench        the training-throughput benchmark"
+
+setup:
+	@scripts/setup.sh
+
+test-tools:
+	@scripts/setup-test-tools.sh
+
+run: setup
+	$(VENV)/greenr run
+
+test: setup test-tools
+	$(VENV)/pytest
+
+test-fast: setup
+	$(VENV)/pytest -m "not e2e and not real_data"
+
+serve: setup
+	$(VENV)/python -m serve
+
+store-start: setup
+	$(VENV)/greenr store start
+
+store-stop: setup
+	$(VENV)/greenr store stop
+
+mlflow-ui: setup
+	$(VENV)/greenr mlflow-ui
+
+bench: setup
+	$(VENV)/python bench/train_throughput.py --data $${DATA:-../shared/datasets/dandelion-grass}

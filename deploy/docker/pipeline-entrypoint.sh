@@ -49,8 +49,8 @@ if [[ ! -d data ]] || [[ -z "$(ls -A data 2>/dev/null)" ]]; then
     log "no data/ yet: dvc pull"
     if ! dvc pull --quiet data.dvc; then
         if [[ -n "${DATA_SOURCE:-}" ]]; then
-            log "nothing to pull: greenr ingest --source $DATA_SOURCE"
-            greenr ingest --source "$DATA_SOURCE"
+            log "nothing to pull: greenr ingest (DATA_SOURCE=$DATA_SOURCE)"
+            greenr ingest
         else
             log "dvc pull failed and DATA_SOURCE is not set: cannot get the images"
             exit 2

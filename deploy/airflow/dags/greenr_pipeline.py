@@ -11,7 +11,7 @@ caps fastapi). Where things are comes from the environment of the Airflow worker
     GREENR_CLI          the project's CLI                (default: $GREENR_REPO/.venv/bin/greenr)
     GREENR_API_URL      the server to reload; empty skips the reload (default: http://127.0.0.1:8000)
     RELOAD_TOKEN        bearer token of POST /model/reload
-    DATA_SOURCE         passed to `greenr ingest --source` when there is nothing to pull
+    DATA_SOURCE         what `greenr ingest` reads when there is nothing to pull
 
 Manual runs take params (Trigger DAG w/ config, or `airflow dags trigger -c '{...}'`):
     overrides     ["train.epochs=5", "train.lr=0.0003"]  -> `dvc exp run -S ...`
@@ -109,9 +109,9 @@ def greenr_pipeline() -> None:
         try:
             run([CLI, "pull"])
         except RuntimeError:
+            # `greenr ingest` reads DATA_SOURCE from the environment (else the public URL template).
             log.warning("pull failed: ingesting instead")
-            source = os.environ.get("DATA_SOURCE")
-            run([CLI, "ingest", *(["--source", source] if source else [])])
+            run([CLI, "ingest"])
 
     @task(retries=1, execution_timeout=timedelta(hours=6))
     def reproduce(overrides: list[str], run_id: str | None = None) -> str:

@@ -6,10 +6,11 @@ import csv
 import hashlib
 import io
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -20,6 +21,7 @@ from greenr.images import IMAGE_SUFFIXES, ImageError, Preprocessing, load_model_
 CLASSES: tuple[str, ...] = ("dandelion", "grass")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "label", "md5")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,26 @@ def read_manifest(path: Path) -> list[Example]:
         return [Example(r["path"], r["label"], r["md5"]) for r in reader]
 
 
+def read_listed(rows: Sequence[Example], root: Path, read: Callable[[Path], T], workers: int = 4) -> list[T]:
+    """`read` every image a manifest lists, in parallel (PIL releases the GIL), in manifest order.
+
+    A missing or unreadable file is a GreenrError that names it and says how to fix it.
+    """
+
+    def one(row: Example) -> T:
+        try:
+            return read(root / row.path)
+        except FileNotFoundError:
+            raise GreenrError(f"{row.path} is listed in the split but missing on disk",
+                              "run `dvc pull` or `dvc repro` to restore data and splits") from None
+        except ImageError as err:
+            raise GreenrError(f"{row.path}: {err.reason}",
+                              "remove or replace the file, then `dvc add data` and `dvc repro`") from None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, rows))
+
+
 @dataclass
 class TensorDataset:
     """A split decoded once: uint8 images (N, 3, S, S) and integer labels (N,)."""
@@ -123,23 +145,11 @@ def load_tensors(rows: Sequence[Example], root: Path, spec: Preprocessing,
                  classes: Sequence[str] = CLASSES, workers: int = 4) -> TensorDataset:
     """Decode and resize every image of a split once, in parallel (PIL releases the GIL)."""
     index = {name: i for i, name in enumerate(classes)}
-
-    def decode(row: Example) -> torch.Tensor:
-        try:
-            return load_model_input(root / row.path, spec)
-        except FileNotFoundError:
-            raise GreenrError(f"{row.path} is listed in the split but missing on disk",
-                              "run `dvc pull` or `dvc repro` to restore data and splits") from None
-        except ImageError as err:
-            raise GreenrError(f"{row.path}: {err.reason}",
-                              "remove or replace the file, then `dvc add data` and `dvc repro`") from None
-
     unknown = sorted({r.label for r in rows} - set(index))
     if unknown:
         raise GreenrError(f"labels {unknown} are not among the classes {list(classes)}",
                           "regenerate the split with `dvc repro -f split`")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(decode, rows))
+    images = read_listed(rows, root, lambda path: load_model_input(path, spec), workers)
     stacked = torch.stack(images) if images else torch.empty(0, 3, spec.image_size, spec.image_size,
                                                               dtype=torch.uint8)
     labels = torch.tensor([index[r.label] for r in rows], dtype=torch.long)

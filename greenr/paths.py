@@ -11,6 +11,8 @@ MODEL_PATH = "models/stage-1.pth"
 PARAMS_FILE = "params.yaml"
 METRICS_DIR = "metrics"
 PLOTS_DIR = "plots"
+# Statistics of the training images that the server compares requests with (greenr/drift.py).
+DRIFT_REFERENCE = "metrics/drift_reference.json"
 
 _EXP_WORKSPACE_MARKER = (".dvc", "tmp", "exps")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -11,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from greenr.data import TensorDataset
 from greenr.errors import GreenrError
@@ -42,6 +45,30 @@ def configure_threads(num_threads: int) -> int:
     count = num_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(count)
     return count
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless this process is in an initialised torch.distributed group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): nccl on CUDA, gloo otherwise.
+
+    A plain `python -m stages.train` (no WORLD_SIZE) stays a single process.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return distributed_context()
+
+
+def rank_shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of an epoch's permutation: every example on exactly one rank."""
+    return order if world == 1 else order[rank::world]
 
 
 def seed_everything(seed: int) -> None:
@@ -159,26 +186,41 @@ class FitResult:
 
 def train_one_epoch(model: nn.Module, data: TensorDataset, spec: Preprocessing,
                     params: TrainParams, arch: str, optimizer: torch.optim.Optimizer,
-                    device: torch.device, generator: torch.Generator) -> tuple[float, float]:
-    """One pass over the training set in a seeded order; returns (mean loss, accuracy)."""
-    set_train_mode(model, arch, params.finetune)
-    order = torch.randperm(len(data), generator=generator)
+                    device: torch.device, generator: torch.Generator,
+                    aug_generator: torch.Generator | None = None) -> tuple[float, float]:
+    """One pass over the training set in a seeded order; returns (mean loss, accuracy).
+
+    Data-parallel (`model` wrapped in DistributedDataParallel): every rank draws the same
+    permutation from `generator`, trains on its shard of it in batches of batch_size / world
+    (augmented with its own `aug_generator`), and the returned figures cover all ranks.
+    """
+    rank, world = distributed_context()
+    set_train_mode(getattr(model, "module", model), arch, params.finetune)
+    order = rank_shard(torch.randperm(len(data), generator=generator), rank, world)
     images = data.images.to(device)
     labels = data.labels.to(device)
     total_loss, correct = 0.0, 0
     use_bf16 = device.type == "cuda"
-    for start in range(0, len(order), params.batch_size):
-        idx = order[start : start + params.batch_size].to(device)
-        x = normalize(augment(images[idx], params.augment, generator), spec)
-        y = labels[idx]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
+    batch_size = math.ceil(params.batch_size / world)
+    # Shards may differ by one example, hence in batch count: join() keeps the ranks in step.
+    joined = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+    with joined:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size].to(device)
+            x = normalize(augment(images[idx], params.augment, aug_generator or generator), spec)
+            y = labels[idx]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+    if world > 1:
+        totals = torch.tensor([total_loss, float(correct)], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        total_loss, correct = totals[0].item(), int(totals[1].item())
     return total_loss / len(data), correct / len(data)
 
 
@@ -201,14 +243,21 @@ def fit(model: nn.Module, arch: str, train: TensorDataset, val: TensorDataset,
     model.to(device)
     optimizer = make_optimizer(model, arch, params)
     generator = torch.Generator().manual_seed(params.seed)
+    rank, world = distributed_context()
+    net: nn.Module = model
+    aug_generator = None
+    if world > 1:
+        # Same initial weights everywhere (DDP broadcasts rank 0's), own augmentation per rank.
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        aug_generator = torch.Generator().manual_seed(params.seed * 1000 + rank + 1)
     history: list[EpochStats] = []
     best_key: tuple[float, float] | None = None
     best_state: dict[str, torch.Tensor] = {}
     best_epoch = 0
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(model, train, spec, params, arch, optimizer,
-                                                device, generator)
+        train_loss, train_acc = train_one_epoch(net, train, spec, params, arch, optimizer,
+                                                device, generator, aug_generator)
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = validate(model, val, spec, device, params.batch_size)
         stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,

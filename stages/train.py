@@ -17,7 +17,14 @@ from greenr.errors import exits_cleanly, setup_logging
 from greenr.model import build_model, get_arch
 from greenr.params import load_section
 from greenr.paths import METRICS_DIR, MODEL_PATH, PLOTS_DIR, SPLITS_DIR, repo_root
-from greenr.training import EpochStats, configure_threads, fit, resolve_device, seed_everything
+from greenr.training import (
+    EpochStats,
+    configure_threads,
+    fit,
+    init_distributed,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger("stages.train")
 
@@ -37,6 +44,8 @@ def main() -> None:
     model_params, params = load_section("model"), load_section("train")
     root = repo_root()
     device = resolve_device(params.device)
+    # Under torchrun (WORLD_SIZE > 1) every rank trains one model together; rank 0 writes outputs.
+    rank, world = init_distributed(device)
     threads = configure_threads(params.num_threads)
     seed_everything(params.seed)
     arch = get_arch(model_params.arch)
@@ -46,6 +55,12 @@ def main() -> None:
     val_set = load_tensors(read_manifest(root / SPLITS_DIR / "val.csv"), root, spec)
     log.info("training %s on %s (%d threads): %d train / %d val images at %d px",
              arch.name, device, threads, len(train_set), len(val_set), spec.image_size)
+
+    if rank != 0:
+        fit(model, arch.name, train_set, val_set, spec, params, device)
+        return
+    if world > 1:
+        log.info("data-parallel over %d processes", world)
 
     with tracking.start_run("train") as run:
         tracking.mlflow.log_params({f"model.{k}": v for k, v in model_params.model_dump().items()})

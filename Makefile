@@ -18,8 +18,9 @@ help:
 setup:
 	@scripts/setup.sh
 
-test-tools:
+test-tools: setup
 	@scripts/setup-test-tools.sh
+	@deploy/airflow/setup.sh
 
 run: setup
 	$(VENV)/greenr run

@@ -126,12 +126,6 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         dvc(args.command, *args.targets)
 
 
-def cmd_ingest(args: argparse.Namespace) -> None:
-    from greenr import ingest
-
-    raise SystemExit(ingest.main(args.rest))  # it parses its own options
-
-
 def cmd_mlflow_ui(args: argparse.Namespace) -> None:
     from greenr import tracking
 
@@ -168,10 +162,9 @@ def parser() -> argparse.ArgumentParser:
         transfer = sub.add_parser(name, help=f"dvc {name}, checking the object store first")
         transfer.add_argument("targets", nargs="*")
         transfer.set_defaults(func=cmd_transfer)
-    ingest = sub.add_parser("ingest", help="fill data/ from DATA_SOURCE or the public URL template",
-                            add_help=False)
-    ingest.add_argument("rest", nargs=argparse.REMAINDER)
-    ingest.set_defaults(func=cmd_ingest)
+    # `ingest` parses its own options (see greenr.ingest.main); listed here for --help.
+    sub.add_parser("ingest", help="fill data/ from DATA_SOURCE or the public URL template "
+                   "(greenr ingest --help)")
     ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_mlflow_ui)
@@ -186,6 +179,11 @@ def parser() -> argparse.ArgumentParser:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ingest"]:
+        from greenr import ingest
+
+        raise SystemExit(ingest.main(argv[1:]))
     args = parser().parse_args(argv)
     args.func(args)
 

@@ -15,7 +15,8 @@ constraints="$root/deploy/airflow/constraints.txt"
 stamp="$venv/.greenr-constraints.sha256"
 
 uv_bin="${UV:-$(command -v uv || true)}"
-if [[ -z "$uv_bin" && -x /tmp/uvboot/bin/uv ]]; then uv_bin=/tmp/uvboot/bin/uv; fi
+# Fall back to the uv that scripts/setup.sh installs for the project.
+if [[ -z "$uv_bin" && -x "$root/.state/uv/bin/uv" ]]; then uv_bin="$root/.state/uv/bin/uv"; fi
 
 wanted="$AIRFLOW_VERSION none"
 if [[ -f "$constraints" ]]; then wanted="$AIRFLOW_VERSION $(sha256sum "$constraints" | cut -d' ' -f1)"; fi

@@ -1,0 +1,32 @@
+"""The `greenr` command line: options reach the subcommand, expected failures exit 2 cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support import REPO, VENV_BIN, make_images, project_env, run
+
+
+def test_ingest_options_reach_the_ingest_command(tmp_path: Path):
+    source = tmp_path / "source"
+    for label in ("dandelion", "grass"):
+        make_images(source / label, label, 3, 32)
+    dest = tmp_path / "data"
+    env = project_env(REPO, tmp_path / "state")
+    result = run([str(VENV_BIN / "greenr"), "ingest", "--source", str(source), "--dest", str(dest),
+                  "--no-dvc-add"], REPO, env)
+    assert sorted(p.name for p in (dest / "grass").iterdir()) == ["00000000.jpg", "00000001.jpg",
+                                                                   "00000002.jpg"]
+    assert "6 ok" in result.stdout + result.stderr
+
+
+def test_params_check_reports_a_typo_without_traceback(tmp_path: Path):
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "params.yaml").write_text("train:\n  epocs: 3\n")
+    result = run([str(VENV_BIN / "greenr"), "params", "check"], project,
+                 project_env(project, tmp_path / "state"), check=False)
+    assert result.returncode == 2
+    assert "train.epocs: unknown key (did you mean 'epochs'?)" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -33,11 +33,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=None, help="default: train.lr from params.yaml")
     parser.add_argument("--pretrained", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="default: train.num_threads")
     parser.add_argument("--settings", nargs="+", default=["frozen", "full", "discriminative"])
     args = parser.parse_args()
 
     base = load_section("train")
-    threads = configure_threads(base.num_threads)
+    threads = configure_threads(base.num_threads if args.threads is None else args.threads)
     root = repo_root()
     arch = get_arch(args.arch)
     pretrained = resolve_pretrained(arch.name, "auto" if args.pretrained == "auto"

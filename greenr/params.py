@@ -37,7 +37,9 @@ class SplitParams(Section):
 
 class ModelParams(Section):
     arch: Literal["resnet18", "efficientnet_lite0"] = "resnet18"
-    pretrained: bool = False
+    # auto: the arch's default (greenr/model.py ARCHS): resnet18 from scratch (its ImageNet
+    # weights need a download), efficientnet_lite0 with the ImageNet weights it ships with.
+    pretrained: bool | Literal["auto"] = "auto"
     image_size: int = Field(128, ge=32, le=1024)
 
 
@@ -57,8 +59,9 @@ class TrainParams(Section):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     # full: train everything; frozen: train only the head (BatchNorm of the backbone kept
-    # in eval mode); discriminative: train everything, backbone at lr * backbone_lr_scale.
-    finetune: Literal["full", "frozen", "discriminative"] = "full"
+    # in eval mode); discriminative: train everything, backbone at lr * backbone_lr_scale;
+    # auto: what won on validation for model.arch (greenr/model.py ARCHS; full from scratch).
+    finetune: Literal["auto", "full", "frozen", "discriminative"] = "auto"
     backbone_lr_scale: float = Field(0.1, gt=0, le=1)
     augment: AugmentParams = AugmentParams()
     seed: int = 42
@@ -75,11 +78,25 @@ class EvaluateParams(Section):
     seed: int = 0
 
 
+class PromoteParams(Section):
+    """The promotion gate (`python -m greenr.promote`): absolute floors and allowed regressions."""
+
+    min_accuracy: float = Field(0.85, ge=0, le=1)
+    min_macro_f1: float = Field(0.85, ge=0, le=1)
+    # How much worse than the base revision a candidate may be (absolute, on test metrics).
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1)
+    max_macro_f1_drop: float = Field(0.02, ge=0, le=1)
+    # Name and alias in the MLflow Model Registry for a promoted model (`--register`).
+    registered_model: str = "greenr-dandelion-grass"
+    alias: str = "champion"
+
+
 SECTIONS: dict[str, type[Section]] = {
     "split": SplitParams,
     "model": ModelParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "promote": PromoteParams,
 }
 
 

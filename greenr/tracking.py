@@ -91,6 +91,38 @@ def run_name() -> str:
     return f"{commit[:7]}{'-dirty' if dirty else ''}"
 
 
+def find_run_id(checkpoint_sha256: str) -> str | None:
+    """The latest run that trained the checkpoint with this SHA-256, if any."""
+    runs = mlflow.search_runs([experiment_id()],
+                              filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
+                              order_by=["attributes.start_time DESC"], max_results=1,
+                              output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
+def register_checkpoint_model(checkpoint_sha256: str, name: str, alias: str) -> str:
+    """Register the model logged by the run that trained this checkpoint; point `alias` at it.
+
+    Returns the new model version. The version is tagged with the checkpoint's SHA-256 so a
+    served model can be traced back to its DVC-tracked file.
+    """
+    from greenr.errors import GreenrError
+
+    run_id = find_run_id(checkpoint_sha256)
+    if run_id is None:
+        raise GreenrError(f"no MLflow run has tag checkpoint_sha256 = {checkpoint_sha256[:12]}…",
+                          "train the model on this machine (`dvc repro`), or point "
+                          "MLFLOW_TRACKING_URI at the server that recorded its training")
+    client = mlflow.MlflowClient()
+    models = client.search_logged_models(experiment_ids=[experiment_id()],
+                                         filter_string=f"source_run_id = '{run_id}'",
+                                         max_results=1)
+    source = f"models:/{models[0].model_id}" if models else f"runs:/{run_id}/model"
+    version = mlflow.register_model(source, name, tags={"checkpoint_sha256": checkpoint_sha256})
+    client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
 @contextlib.contextmanager
 def start_run(stage: str, checkpoint_sha256: str | None = None) -> Iterator[Any]:
     """A run for this pipeline execution.
@@ -101,10 +133,7 @@ def start_run(stage: str, checkpoint_sha256: str | None = None) -> Iterator[Any]
     exp_id = experiment_id()
     run_id = None
     if checkpoint_sha256 and stage != "train":
-        runs = mlflow.search_runs([exp_id], filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1,
-                                  output_format="list")
-        run_id = runs[0].info.run_id if runs else None
+        run_id = find_run_id(checkpoint_sha256)
     with mlflow.start_run(run_id=run_id, experiment_id=exp_id,
                           run_name=None if run_id else run_name()) as run:
         mlflow.set_tags({k: v for k, v in run_tags(stage).items() if not (run_id and k == "dvc_stage")})

@@ -131,6 +131,8 @@ def augment(images: torch.Tensor, aug: AugmentParams, generator: torch.Generator
 
 
 def make_optimizer(model: nn.Module, arch: str, params: TrainParams) -> torch.optim.Optimizer:
+    if params.finetune == "auto":
+        raise ValueError("train.finetune 'auto' must be resolved first (greenr.model.resolve_finetune)")
     backbone, head = split_parameters(model, arch)
     if params.finetune == "frozen":
         for p in backbone:

@@ -14,7 +14,7 @@ from greenr import checkpoint, tracking
 from greenr.atomic import atomic_open, write_json
 from greenr.data import CLASSES, load_tensors, read_manifest
 from greenr.errors import exits_cleanly, setup_logging
-from greenr.model import build_model, get_arch
+from greenr.model import build_model, get_arch, resolve_finetune, resolve_pretrained
 from greenr.params import load_section
 from greenr.paths import METRICS_DIR, MODEL_PATH, PLOTS_DIR, SPLITS_DIR, repo_root
 from greenr.training import (
@@ -49,12 +49,17 @@ def main() -> None:
     threads = configure_threads(params.num_threads)
     seed_everything(params.seed)
     arch = get_arch(model_params.arch)
+    pretrained = resolve_pretrained(arch.name, model_params.pretrained)
+    # `auto` becomes the arch's winning setting here, once; MLflow and train.json record it.
+    params = params.model_copy(update={"finetune": resolve_finetune(arch.name, pretrained,
+                                                                    params.finetune)})
     spec = arch.preprocessing(model_params.image_size)
-    model = build_model(arch.name, len(CLASSES), pretrained=model_params.pretrained)
+    model = build_model(arch.name, len(CLASSES), pretrained=pretrained)
     train_set = load_tensors(read_manifest(root / SPLITS_DIR / "train.csv"), root, spec)
     val_set = load_tensors(read_manifest(root / SPLITS_DIR / "val.csv"), root, spec)
-    log.info("training %s on %s (%d threads): %d train / %d val images at %d px",
-             arch.name, device, threads, len(train_set), len(val_set), spec.image_size)
+    log.info("training %s (%s, finetune %s) on %s (%d threads): %d train / %d val images at %d px",
+             arch.name, "ImageNet weights" if pretrained else "from scratch", params.finetune, device,
+             threads, len(train_set), len(val_set), spec.image_size)
 
     if rank != 0:
         fit(model, arch.name, train_set, val_set, spec, params, device)
@@ -63,7 +68,8 @@ def main() -> None:
         log.info("data-parallel over %d processes", world)
 
     with tracking.start_run("train") as run:
-        tracking.mlflow.log_params({f"model.{k}": v for k, v in model_params.model_dump().items()})
+        tracking.mlflow.log_params({f"model.{k}": v for k, v in model_params.model_dump().items()
+                                    if k != "pretrained"} | {"model.pretrained": pretrained})
         tracking.mlflow.log_params({f"train.{k}": v for k, v in params.model_dump().items()})
         tracking.mlflow.log_params({"device": str(device), "threads": threads,
                                     "train_images": len(train_set), "val_images": len(val_set)})
@@ -79,7 +85,8 @@ def main() -> None:
                 "val_loss": round(result.best.val_loss, 6), "data_version": tracking.data_version()}
         sha256 = checkpoint.save(root / MODEL_PATH, result.model.cpu(), arch.name, list(CLASSES), spec, meta)
         write_history(root / PLOTS_DIR / "training.csv", result.history)
-        write_json(root / METRICS_DIR / "train.json", meta | {"epochs": params.epochs})
+        write_json(root / METRICS_DIR / "train.json",
+                   meta | {"epochs": params.epochs, "pretrained": pretrained, "finetune": params.finetune})
         tracking.mlflow.set_tag("checkpoint_sha256", sha256)
         tracking.mlflow.log_metrics({"best_val_acc": result.best.val_acc,
                                      "best_val_loss": result.best.val_loss,

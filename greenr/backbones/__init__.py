@@ -1,0 +1,1 @@
+"""Backbones that need more than a torchvision constructor (shipped weights, key checks)."""

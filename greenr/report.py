@@ -1,0 +1,206 @@
+"""The PR report: one Markdown file comparing the workspace with a base revision.
+
+    python -m greenr.report --base main --out reports/pr.md
+
+Sections: test metrics (`dvc metrics diff --json`) and params (`dvc params diff --json`) with
+deltas, the bootstrap intervals from metrics/evaluate.json, and the plots (training curves,
+confusion matrix, ROC) rendered as PNG files beside the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from greenr.atomic import atomic_open
+from greenr.errors import GreenrError, exits_cleanly, setup_logging
+from greenr.paths import PLOTS_DIR, repo_root
+from greenr.promote import METRICS_FILE, read_metrics_at
+
+NOISE_NOTE = ("The test set is small, so a single accuracy is noisy: with 60 images one image is "
+              "1.7 points. Treat a difference as real only when the intervals barely overlap.")
+
+
+def dvc_json(root: Path, *args: str) -> dict[str, Any]:
+    """Run `dvc ... --json` and parse its output."""
+    try:
+        done = subprocess.run(["dvc", *args, "--json"], cwd=root, capture_output=True, text=True,
+                              check=False, env=None)
+    except FileNotFoundError:
+        raise GreenrError("the dvc command is not on PATH", "run it with the project venv's bin "
+                          "first on PATH (`make setup`, then `source .venv/bin/activate`)") from None
+    if done.returncode != 0:
+        raise GreenrError(f"`dvc {' '.join(args)}` failed: {done.stderr.strip()[-500:]}",
+                          "check that the base revision exists (`git fetch origin main` in CI)")
+    return json.loads(done.stdout or "{}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"`{value}`" if isinstance(value, (list, dict)) else str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def metrics_table(diff: dict[str, Any]) -> str:
+    rows = []
+    for path, entries in sorted(diff.items()):
+        for name, values in sorted(entries.items()):
+            old, new, delta = values.get("old"), values.get("new"), values.get("diff")
+            if isinstance(old, list) or isinstance(new, list):
+                continue  # intervals and matrices have their own section
+            delta_text = f"{delta:+.4f}" if isinstance(delta, (int, float)) else "–"
+            rows.append([path, name, _fmt(old), _fmt(new), delta_text])
+    if not rows:
+        return "_No metric changed._"
+    return _table(["file", "metric", "base", "this change", "delta"], rows)
+
+
+def params_table(diff: dict[str, Any]) -> str:
+    # Parameters exactly as written (an lr of 0.0003 must not print as 0.0003 vs 0.0000).
+    def raw(value: Any) -> str:
+        return "–" if value is None else str(value)
+
+    rows = [[path, name, raw(values.get("old")), raw(values.get("new"))]
+            for path, entries in sorted(diff.items()) for name, values in sorted(entries.items())]
+    if not rows:
+        return "_No parameter changed._"
+    return _table(["file", "param", "base", "this change"], rows)
+
+
+def intervals_table(base: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    def interval(report: dict[str, Any] | None, key: str) -> str:
+        boot = (report or {}).get("bootstrap") or {}
+        if key not in boot:
+            return "–"
+        low, high = boot[key]
+        return f"[{low:.3f}, {high:.3f}]"
+
+    def point(report: dict[str, Any] | None, key: str) -> str:
+        if report is None:
+            return "–"
+        return f"{report['accuracy']:.4f}" if key == "accuracy" else f"{report['macro']['f1']:.4f}"
+
+    confidence = (new.get("bootstrap") or {}).get("confidence", 0.95)
+    rows = [[label, point(base, key), interval(base, key), point(new, key), interval(new, key)]
+            for label, key in (("accuracy", "accuracy"), ("macro F1", "macro_f1"))]
+    return (f"Bootstrap {confidence:.0%} intervals over the {new.get('n', '?')} test images:\n\n"
+            + _table(["metric", "base", "base interval", "this change", "interval"], rows))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def render_plots(root: Path, out_dir: Path) -> list[tuple[str, str]]:
+    """PNG files of the workspace's plots; returns (title, file name) for those that exist."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: list[tuple[str, str]] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(fig: Any, name: str, title: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        with atomic_open(out_dir / name, "wb") as handle:
+            handle.write(buffer.getvalue())
+        made.append((title, name))
+
+    history = _read_csv(root / PLOTS_DIR / "training.csv")
+    if history:
+        fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+        epochs = [int(r["epoch"]) for r in history]
+        for key, ax in (("loss", loss_ax), ("acc", acc_ax)):
+            for split in ("train", "val"):
+                ax.plot(epochs, [float(r[f"{split}_{key}"]) for r in history], marker="o", label=split)
+            ax.set_xlabel("epoch")
+            ax.set_title("loss" if key == "loss" else "accuracy")
+            ax.legend()
+        save(fig, "training.png", "Training curves")
+    confusion = _read_csv(root / PLOTS_DIR / "evaluate" / "confusion.csv")
+    if confusion:
+        classes = sorted({r["actual"] for r in confusion} | {r["predicted"] for r in confusion})
+        counts = [[sum(r["actual"] == a and r["predicted"] == p for r in confusion) for p in classes]
+                  for a in classes]
+        fig, ax = plt.subplots(figsize=(3.6, 3.2))
+        ax.imshow(counts, cmap="Greens")
+        for i, row in enumerate(counts):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center")
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        save(fig, "confusion.png", "Confusion matrix (test)")
+    roc = _read_csv(root / PLOTS_DIR / "evaluate" / "roc.csv")
+    if roc:
+        fig, ax = plt.subplots(figsize=(3.6, 3.2))
+        ax.plot([float(r["fpr"]) for r in roc], [float(r["tpr"]) for r in roc])
+        ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        save(fig, "roc.png", "ROC (test)")
+    return made
+
+
+def build_report(root: Path, base: str, out: Path, plots: bool = True) -> str:
+    metrics_diff = dvc_json(root, "metrics", "diff", base, "--all")
+    params_diff = dvc_json(root, "params", "diff", base)
+    candidate = json.loads((root / METRICS_FILE).read_text(encoding="utf-8"))
+    base_metrics = read_metrics_at(base, root)
+    parts = [f"## greenr: this change against `{base}`", "",
+             "### Test metrics (`dvc metrics diff`)", "", metrics_table(metrics_diff), "",
+             "### Parameters (`dvc params diff`)", "", params_table(params_diff), "",
+             "### How sure are we?", "", intervals_table(base_metrics, candidate), "",
+             f"> {NOISE_NOTE}", ""]
+    if plots:
+        made = render_plots(root, out.parent)
+        if made:
+            parts += ["### Plots", ""]
+            parts += [f"![{title}]({name})" for title, name in made]
+            parts.append("")
+    return "\n".join(parts)
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m greenr.report",
+                                     description="Markdown report of this change against a base revision.")
+    parser.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+    parser.add_argument("--out", type=Path, default=Path("reports/pr.md"))
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    setup_logging()
+    root = repo_root()
+    out = args.out if args.out.is_absolute() else root / args.out
+    text = build_report(root, args.base, out, plots=not args.no_plots)
+    with atomic_open(out, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

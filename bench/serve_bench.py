@@ -40,7 +40,7 @@ def multipart(data: bytes) -> bytes:
 class Proc:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
         self.name, self.port, self.url = name, port, f"http://127.0.0.1:{port}"
-        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(log, "wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=self.log,
                                      stderr=subprocess.STDOUT)

@@ -73,7 +73,7 @@ def from_bytes(data: bytes, source: str = "checkpoint") -> Checkpoint:
     fix = "retrain with `dvc repro train` or restore it with `dvc pull models/stage-1.pth`"
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as exc:
         raise GreenrError(f"{source} is not a readable checkpoint: {type(exc).__name__}: {exc}",
                           fix) from None
     if not isinstance(raw, dict) or any(key not in raw for key in REQUIRED_KEYS):

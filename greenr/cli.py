@@ -61,7 +61,7 @@ def print_metrics(root: Path) -> None:
     boot = report.get("bootstrap") or {}
     acc_ci = boot.get("accuracy")
     f1_ci = boot.get("macro_f1")
-    ci = lambda pair: f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""  # noqa: E731
+    ci = lambda pair: f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
     lines = [f"Test metrics ({report['n']} images, {METRICS_DIR}/evaluate.json):",
              f"  accuracy   {report['accuracy']:.4f}{ci(acc_ci)}",
              f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",

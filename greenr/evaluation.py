@@ -28,7 +28,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
         "roc_auc": _r(skm.roc_auc_score(labels == positive, probs[:, positive])) if both else None,
         "log_loss": _r(skm.log_loss(labels, np.clip(probs, 1e-7, 1), labels=idx)),
         "confusion_matrix": skm.confusion_matrix(labels, preds, labels=idx).tolist(),
-        "n": int(len(labels)),
+        "n": len(labels),
     }
     return out
 

@@ -58,7 +58,7 @@ def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
     Handles EXIF orientation, grayscale, palette and alpha (composited on white), CMYK.
     Raises ImageError for anything that is not a complete, supported, reasonably sized image.
     """
-    stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

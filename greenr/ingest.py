@@ -346,7 +346,9 @@ def run_dvc_add(dest: Path, changed: bool = True) -> bool:
                           "ingest into the project's data/ folder, or pass --no-dvc-add")
     target = dest.relative_to(project).as_posix()
     dvc_file = dest.with_name(dest.name + ".dvc")
-    if not changed and dvc_file.is_file() and _dvc(["status", "--quiet", dvc_file.name], dvc_file.parent).returncode == 0:
+    up_to_date = (not changed and dvc_file.is_file()
+                  and _dvc(["status", "--quiet", dvc_file.name], dvc_file.parent).returncode == 0)
+    if up_to_date:
         log.info("%s is up to date", dvc_file.name)
         return False
     log.info("dvc add %s (in %s)", target, project)

@@ -52,7 +52,7 @@ def _torchvision_imagenet_weights(weights: object, arch: str) -> dict[str, torch
     socket.setdefaulttimeout(20)
     try:
         return weights.get_state_dict(progress=False, check_hash=True)  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
+    except Exception as exc:
         raise GreenrError(f"could not load ImageNet weights for {arch} from {url}: {exc}", fix) from None
     finally:
         socket.setdefaulttimeout(previous)

@@ -98,7 +98,7 @@ def endpoint_answers(endpoint: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def s3_client(remote: Remote):  # noqa: ANN201 - boto3 client types are generated
+def s3_client(remote: Remote):
     import boto3
     from botocore.config import Config
 
@@ -304,7 +304,7 @@ def ensure_credentials(root: Path | None = None) -> Remote:
 
 
 @contextlib.contextmanager
-def store_available(root: Path | None = None):  # noqa: ANN201
+def store_available(root: Path | None = None):
     """Use the configured object store; start the local one for the duration if nothing answers."""
     remote = ensure_credentials(root)
     started = None

@@ -16,7 +16,7 @@ from greenr.paths import main_checkout, repo_root, state_dir
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402 - telemetry must be off before the import
+import mlflow
 
 log = logging.getLogger(__name__)
 EXPERIMENT_NAME = "greenr"

@@ -113,7 +113,7 @@ def load_model(model_path: str, rev: str | None = None, pull: bool = True,
         try:
             with dvc.api.open(rel, repo=str(root), rev=rev, mode="rb") as handle:
                 data = handle.read()
-        except Exception as exc:  # noqa: BLE001 - dvc raises many types (missing out, remote down)
+        except Exception as exc:
             raise GreenrError(f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
                               "push it with `dvc push` from where it was trained and check the remote "
                               "(`greenr store status`)") from None

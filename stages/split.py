@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import logging
 
-from greenr.data import CLASSES, SPLITS, Example, file_md5, list_class_images, stratified_split, write_manifest
+from greenr.data import (
+    CLASSES,
+    SPLITS,
+    Example,
+    file_md5,
+    list_class_images,
+    stratified_split,
+    write_manifest,
+)
 from greenr.errors import exits_cleanly, setup_logging
 from greenr.images import ImageError, decode_image
 from greenr.params import load_section

@@ -57,14 +57,14 @@ def free_ports(count: int = 1) -> list[int]:
 def background_server(args: list[str], log_path: Path, ready: Callable[[], bool],
                       timeout: float = 60) -> Iterator[subprocess.Popen]:
     """Start a server process, wait until `ready()` is true, and stop it by its PID afterwards."""
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    log = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
                 up = ready()
-            except Exception:  # noqa: BLE001 - not up yet (connection refused, 503...)
+            except Exception:
                 up = False
             if up:
                 break

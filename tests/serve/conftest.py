@@ -83,7 +83,7 @@ class Server:
         self.log_path = log_path
         full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "GREENR_OFFLINE": "1",
                     "LOG_LEVEL": "warning", **env}
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "serve"], cwd=REPO, env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 

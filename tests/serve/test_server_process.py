@@ -25,7 +25,7 @@ def test_predict_over_tcp(server: Server, ckpt_path) -> None:
 
 
 def test_binds_loopback_only(server: Server) -> None:
-    listening = open("/proc/net/tcp").read().splitlines()[1:]  # noqa: SIM115
+    listening = open("/proc/net/tcp").read().splitlines()[1:]
     port_hex = f"{server.port:04X}"
     local = [line.split()[1] for line in listening if line.split()[1].endswith(f":{port_hex}")
              and line.split()[3] == "0A"]

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,8 @@ def parser() -> argparse.ArgumentParser:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
+    # SIGTERM unwinds like Ctrl-C, so a local object store this command started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ingest"]:
         from greenr import ingest

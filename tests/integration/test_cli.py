@@ -30,3 +30,31 @@ def test_params_check_reports_a_typo_without_traceback(tmp_path: Path):
     assert result.returncode == 2
     assert "train.epocs: unknown key (did you mean 'epochs'?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_mlflow_ui_serves_the_embedded_store_on_loopback(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from support import free_port
+
+    port = free_port()
+    env = project_env(REPO, tmp_path / "state")
+    proc = subprocess.Popen([str(VENV_BIN / "greenr"), "mlflow-ui", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, body = time.monotonic() + 120, b""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body.strip() == b"OK"
+        assert (tmp_path / "state" / "mlflow" / "mlflow.db").is_file()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the UI's workers are in the same process group
+        proc.wait(timeout=30)

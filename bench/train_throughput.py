@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from greenr.data import Example as Row
 from greenr.data import TensorDataset, list_class_images, load_tensors
 from greenr.images import normalize
-from greenr.model import build_model, get_arch
+from greenr.model import build_model, get_arch, resolve_finetune, resolve_pretrained
 from greenr.params import load_section
 from greenr.training import (
     augment,
@@ -86,7 +86,11 @@ def main() -> None:
     model_params, train_params = load_section("model"), load_section("train")
     image_size = args.image_size or model_params.image_size
     batch_size = args.batch_size or train_params.batch_size
-    train_params = train_params.model_copy(update={"batch_size": batch_size})
+    # `auto` means the arch's default; resolved here as stages/train.py does.
+    pretrained = resolve_pretrained(model_params.arch, model_params.pretrained)
+    train_params = train_params.model_copy(update={
+        "batch_size": batch_size,
+        "finetune": resolve_finetune(model_params.arch, pretrained, train_params.finetune)})
     arch = get_arch(model_params.arch)
     spec = arch.preprocessing(image_size)
     device = resolve_device(args.device)

@@ -21,6 +21,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GREENR_OFFLINE", "1")
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    # mlflow.set_tracking_uri() exports this variable; one test's store must not leak into the next.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 @pytest.fixture(scope="session")

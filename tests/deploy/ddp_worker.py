@@ -38,7 +38,7 @@ def main() -> None:
     train = TensorDataset(stamped_images(N_TRAIN, 1), torch.arange(N_TRAIN) % 2,
                           [f"t{i}" for i in range(N_TRAIN)])
     val = TensorDataset(stamped_images(6, 2), torch.arange(6) % 2, [f"v{i}" for i in range(6)])
-    params = TrainParams(epochs=2, batch_size=8, lr=1e-3, seed=3, device="cpu",
+    params = TrainParams(epochs=2, finetune="full", batch_size=8, lr=1e-3, seed=3, device="cpu",
                          augment=AugmentParams(hflip=False, vflip=False, crop_scale_min=1.0, color_jitter=0))
     model = build_model("resnet18", 2)
 

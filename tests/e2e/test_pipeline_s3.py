@@ -62,23 +62,25 @@ def test_main_job_trains_evaluates_pushes_and_stops_the_store_it_started(ws):
 def test_mlflow_run_has_params_epoch_metrics_model_and_tags(ws):
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{ws.state / 'mlflow' / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["greenr"], output_format="list")
+    # A client, not mlflow.set_tracking_uri(): that exports MLFLOW_TRACKING_URI to later tests.
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ws.state / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("greenr")
+    runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1, "evaluate must log into the run that trained the checkpoint"
     assert runs[0].info.artifact_uri.startswith((ws.state / "mlflow" / "artifacts").as_uri())
     assert not (ws.project / "mlruns").exists(), "artifacts must not land in the working directory"
     data = runs[0].data
     assert data.params["train.epochs"] == "2" and data.params["model.arch"] == "resnet18"
     assert {"val_acc", "train_loss", "test_accuracy", "test_macro_f1"} <= set(data.metrics)
-    history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_acc")
+    history = client.get_metric_history(runs[0].info.run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]
     commit = run(["git", "rev-parse", "HEAD"], ws.project, ws.env).stdout.strip()
     assert data.tags["git_commit"] == commit
     lock = (ws.project / "data.dvc").read_text()
     assert data.tags["data_version"] in lock
     assert len(data.tags["checkpoint_sha256"]) == 64
-    assert any(a.path == "model" for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)) or \
-        mlflow.search_logged_models(experiment_ids=[runs[0].info.experiment_id], output_format="list")
+    logged = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    assert [m.source_run_id for m in logged] == [runs[0].info.run_id]
 
 
 def test_fresh_clone_pulls_byte_identical_images_and_model(ws):

@@ -19,7 +19,7 @@ from greenr.training import FitResult, fit, seed_everything
 
 ARCH = "resnet18"
 SPEC = get_arch(ARCH).preprocessing(32)
-PARAMS = TrainParams(epochs=4, batch_size=12, lr=1e-3, seed=7, device="cpu", num_threads=2,
+PARAMS = TrainParams(epochs=4, finetune="full", batch_size=12, lr=1e-3, seed=7, device="cpu", num_threads=2,
                      augment=AugmentParams(hflip=True, crop_scale_min=0.8, color_jitter=0.1))
 
 

@@ -171,10 +171,11 @@ class DriftMonitor:
 
     `observe` is cheap (a 64 px thumbnail); PSI is computed when asked (on a Prometheus scrape).
     Until a feature has `min_samples` observations in the window its PSI is NaN: too few requests
-    say nothing, and NaN never crosses an alert threshold.
+    say nothing, and NaN never crosses an alert threshold. With no reference (a model served
+    without `metrics/drift_reference.json`) it records nothing and reports no PSI series.
     """
 
-    def __init__(self, reference: DriftReference, window: int = 500, min_samples: int = 100,
+    def __init__(self, reference: DriftReference | None, window: int = 500, min_samples: int = 100,
                  threshold: float = DEFAULT_THRESHOLD) -> None:
         if not 1 <= min_samples <= window:
             raise ValueError("need 1 <= min_samples <= window")
@@ -186,13 +187,33 @@ class DriftMonitor:
         self._labels: deque[str] = deque(maxlen=window)
         self._lock = threading.Lock()
 
+    def use_reference(self, reference: DriftReference | None) -> bool:
+        """Compare requests with `reference` from now on (None: stop monitoring).
+
+        A different reference (a model trained on other images) empties the window: requests
+        seen so far were judged against the old training set. Returns whether it changed.
+        """
+        with self._lock:
+            if reference == self.reference:
+                return False
+            self.reference = reference
+            self._features.clear()
+            self._labels.clear()
+            return True
+
     def observe(self, image: Image.Image | torch.Tensor | np.ndarray, label: str | None = None,
                 size: tuple[int, int] | None = None) -> None:
         """Record one request: its image (PIL RGB or uint8 tensor), optionally the predicted label
         (for the class balance) and the original (width, height) when `image` was resized."""
-        features = image_features(image, size=size)
+        self.record(image_features(image, size=size), label)
+
+    def record(self, features: Mapping[str, float], label: str | None = None) -> None:
+        """Record one request's precomputed `image_features` (the server computes them in the
+        thread that decodes the upload, then records them with the predicted label)."""
         with self._lock:
-            self._features.append(features)
+            if self.reference is None:
+                return
+            self._features.append(dict(features))
             if label is not None:
                 self._labels.append(label)
 
@@ -203,17 +224,20 @@ class DriftMonitor:
     def psi(self) -> dict[str, float]:
         """PSI per feature (and `class_balance`), NaN where the window is still too small."""
         with self._lock:
+            reference = self.reference
             observed = list(self._features)
             labels = list(self._labels)
         out: dict[str, float] = {}
-        for name, bins in self.reference.features.items():
+        if reference is None:
+            return out
+        for name, bins in reference.features.items():
             values = [f[name] for f in observed if name in f]
             out[name] = psi(bins.expected, bins.shares(values)) if len(values) >= self.min_samples \
                 else math.nan
-        classes = sorted(self.reference.classes)
+        classes = sorted(reference.classes)
         if len(labels) >= self.min_samples:
             actual = [sum(label == c for label in labels) / len(labels) for c in classes]
-            out[CLASS_FEATURE] = psi([self.reference.classes[c] for c in classes], actual)
+            out[CLASS_FEATURE] = psi([reference.classes[c] for c in classes], actual)
         else:
             out[CLASS_FEATURE] = math.nan
         return out

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from fastapi import HTTPException, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from greenr.images import ImageError, load_model_input
+from greenr.drift import DriftMonitor, image_features
+from greenr.images import ImageError, Preprocessing, decode_image, to_uint8_tensor
 from serve.batching import MicroBatcher
 from serve.metrics import Metrics
 from serve.model_store import LoadedModel, ModelStore
@@ -16,6 +18,7 @@ from serve.settings import Settings
 
 # ImageError.kind -> HTTP status. Decompression bombs are bad input (400), not big uploads (413).
 STATUS_FOR_KIND = {"invalid": 400, "unsupported": 415, "too_large": 400}
+log = logging.getLogger("serve")
 
 
 @dataclass
@@ -24,6 +27,14 @@ class AppState:
     store: ModelStore
     batcher: MicroBatcher
     metrics: Metrics
+    drift: DriftMonitor
+
+    def adopt(self, loaded: LoadedModel) -> None:
+        """Point metrics and drift monitoring at a model that was just loaded."""
+        self.metrics.set_model(loaded.version())
+        if self.drift.use_reference(loaded.drift_reference):
+            log.info("drift: %s", "comparing requests with the model's training images"
+                     if loaded.drift_reference else "not monitored (no reference for this model)")
 
 
 def app_state(request: Request) -> AppState:
@@ -59,10 +70,28 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     return data
 
 
-async def preprocess(data: bytes, loaded: LoadedModel, max_pixels: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class ModelInput:
+    image: torch.Tensor  # uint8 (3, S, S), what `normalize` takes in batches
+    drift_features: dict[str, float] | None  # None when drift is not monitored or they failed
+
+
+def _decode(data: bytes, spec: Preprocessing, max_pixels: int, with_features: bool) -> ModelInput:
+    decoded = decode_image(data, max_pixels=max_pixels)
+    image = to_uint8_tensor(decoded, spec)
+    features = None
+    if with_features:
+        try:  # from the small model input: cheap, and drift must never fail a request
+            features = image_features(image, size=decoded.size)
+        except Exception:
+            log.exception("drift features failed; request served without them")
+    return ModelInput(image, features)
+
+
+async def preprocess(data: bytes, loaded: LoadedModel, max_pixels: int, with_features: bool = False) -> ModelInput:
     """Decode and resize in a worker thread (PIL releases the GIL); bad images -> InputError."""
     try:
-        return await run_in_threadpool(load_model_input, data, loaded.ckpt.preprocessing, max_pixels)
+        return await run_in_threadpool(_decode, data, loaded.ckpt.preprocessing, max_pixels, with_features)
     except ImageError as err:
         raise InputError(STATUS_FOR_KIND.get(err.kind, 400), err.reason, err.kind) from None
 
@@ -72,13 +101,16 @@ async def predict_one(state: AppState, upload: UploadFile, loaded: LoadedModel) 
     settings = state.settings
     try:
         data = await read_upload(upload, settings.max_upload_bytes)
-        image = await preprocess(data, loaded, settings.max_pixels)
+        model_input = await preprocess(data, loaded, settings.max_pixels,
+                                       with_features=loaded.drift_reference is not None)
     except InputError as err:
         state.metrics.input_errors.labels(err.kind).inc()
         raise
-    probs = (await state.batcher.predict(image, loaded)).tolist()
+    probs = (await state.batcher.predict(model_input.image, loaded)).tolist()
     best = max(range(len(probs)), key=probs.__getitem__)
     label = loaded.classes[best]
+    if model_input.drift_features is not None:
+        state.drift.record(model_input.drift_features, label)
     state.metrics.predictions.labels(label).inc()
     state.metrics.confidence.observe(probs[best])
     return {"prediction": label, "confidence": probs[best],

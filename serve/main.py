@@ -1,4 +1,4 @@
-"""The app: settings, model store, micro-batcher and metrics wired into FastAPI routes."""
+"""The app: settings, model store, micro-batcher, metrics and drift monitor wired into FastAPI routes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from greenr.drift import DriftMonitor
 from greenr.errors import GreenrError
 from greenr.training import configure_threads
 from serve.batching import MicroBatcher
@@ -25,7 +26,7 @@ async def _initial_load(state: AppState) -> None:
     """Load in a thread; the server answers /health and /ready (503) meanwhile."""
     try:
         loaded = await asyncio.to_thread(state.store.load)
-        state.metrics.set_model(loaded.version())
+        state.adopt(loaded)
     except GreenrError:
         pass  # already logged, and shown at /ready; /model/reload can try again
 
@@ -37,10 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threads = configure_threads(settings.threads)
         metrics_ = app.state.metrics
-        store = ModelStore(settings.model_path, settings.model_rev, settings.model_pull, threads)
+        store = ModelStore(settings.model_path, settings.model_rev, settings.model_pull, threads,
+                           drift_reference=settings.drift_reference or None)
         batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_ms,
                                on_batch=metrics_.batch_size.observe)
-        state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_)
+        state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_,
+                         drift=app.state.drift)
         app.state.greenr = state
         loading = asyncio.create_task(_initial_load(state))
         try:
@@ -52,6 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="greenr", version="0.1.0", lifespan=lifespan,
                   description="Dandelion-vs-grass classifier serving the DVC-tracked checkpoint.")
     app.state.metrics = Metrics()
+    # Registered once per app; it reports nothing until a model with a drift reference loads.
+    app.state.drift = DriftMonitor(None, settings.drift_window, settings.drift_min_samples,
+                                   settings.drift_threshold)
+    app.state.drift.register_gauges(app.state.metrics.registry)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     app.include_router(predict.build_router(settings))
     app.include_router(health.router)

@@ -24,8 +24,9 @@ from torch import nn
 
 from greenr import checkpoint
 from greenr.checkpoint import Checkpoint
+from greenr.drift import DriftReference
 from greenr.errors import GreenrError
-from greenr.paths import METRICS_DIR, repo_root
+from greenr.paths import DRIFT_REFERENCE, METRICS_DIR, repo_root
 
 log = logging.getLogger("serve.model")
 EVALUATE_METRICS = f"{METRICS_DIR}/evaluate.json"
@@ -40,6 +41,8 @@ class LoadedModel:
     source: str  # "workspace" or "rev:<rev>"
     metrics: dict[str, Any] | None
     dvc_lock_md5: str | None
+    # Statistics of the images this model was trained on (None: drift is not monitored).
+    drift_reference: DriftReference | None = None
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -56,7 +59,8 @@ class LoadedModel:
                 "preprocessing": self.ckpt.preprocessing.to_dict(), "meta": self.ckpt.meta,
                 "dvc_lock_md5": self.dvc_lock_md5,
                 "matches_dvc_lock": None if self.dvc_lock_md5 is None else self.dvc_lock_md5 == self.md5,
-                "evaluate_metrics": self.metrics, "loaded_at": self.loaded_at}
+                "evaluate_metrics": self.metrics, "drift_monitored": self.drift_reference is not None,
+                "loaded_at": self.loaded_at}
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -96,9 +100,26 @@ def _pull(root: Path, rel: str) -> None:
                           "or train it with `dvc repro`")
 
 
+def _drift_reference(text: str | None, where: str) -> DriftReference | None:
+    """The drift reference committed beside the model; a missing or bad one only turns drift off."""
+    if text is None:
+        log.warning("no drift reference at %s: drift is not monitored (run `dvc repro drift_reference`)", where)
+        return None
+    try:
+        return DriftReference.from_dict(json.loads(text))
+    except (GreenrError, ValueError, KeyError, TypeError) as exc:
+        log.warning("drift reference %s is unusable (%s): drift is not monitored", where, exc)
+        return None
+
+
 def load_model(model_path: str, rev: str | None = None, pull: bool = True,
-               threads: int = 0, root: Path | None = None) -> LoadedModel:
-    """Read, verify and build the checkpoint; raises GreenrError with a fix on any failure."""
+               threads: int = 0, root: Path | None = None,
+               drift_reference: str | None = DRIFT_REFERENCE) -> LoadedModel:
+    """Read, verify and build the checkpoint; raises GreenrError with a fix on any failure.
+
+    Also reads the evaluate metrics and the drift reference of the same revision (workspace
+    files, or git at `rev`); `drift_reference=None` leaves drift unmonitored.
+    """
     root = root or repo_root()
     path = Path(model_path)
     rel = path.relative_to(root).as_posix() if path.is_absolute() and path.is_relative_to(root) \
@@ -119,6 +140,7 @@ def load_model(model_path: str, rev: str | None = None, pull: bool = True,
                               "(`greenr store status`)") from None
         metrics_text = _git(root, "show", f"{git_rev}:{EVALUATE_METRICS}")
         lock_text = _git(root, "show", f"{git_rev}:dvc.lock")
+        drift_text = _git(root, "show", f"{git_rev}:{drift_reference}") if drift_reference else None
         source = f"rev:{rev}"
     else:
         full = path if path.is_absolute() else root / path
@@ -132,6 +154,8 @@ def load_model(model_path: str, rev: str | None = None, pull: bool = True,
         metrics_text = metrics_file.read_text(encoding="utf-8") if metrics_file.is_file() else None
         lock_file = root / "dvc.lock"
         lock_text = lock_file.read_text(encoding="utf-8") if lock_file.is_file() else None
+        drift_file = root / drift_reference if drift_reference else None
+        drift_text = drift_file.read_text(encoding="utf-8") if drift_file and drift_file.is_file() else None
         source = "workspace"
 
     ckpt = checkpoint.from_bytes(data, source=f"{rel}" + (f"@{rev}" if rev else ""))
@@ -145,7 +169,9 @@ def load_model(model_path: str, rev: str | None = None, pull: bool = True,
         metrics = None
     md5 = hashlib.md5(data).hexdigest()
     loaded = LoadedModel(model=model, ckpt=ckpt, md5=md5, git_rev=git_rev, source=source,
-                         metrics=metrics, dvc_lock_md5=_lock_md5(lock_text, rel))
+                         metrics=metrics, dvc_lock_md5=_lock_md5(lock_text, rel),
+                         drift_reference=_drift_reference(drift_text, f"{drift_reference}@{git_rev[:12]}")
+                         if drift_reference else None)
     log.info("loaded %s (%s, %d classes, %d px) sha256 %s at %s", rel, ckpt.arch, len(ckpt.classes),
              ckpt.image_size, ckpt.sha256[:12], git_rev[:12])
     return loaded
@@ -173,8 +199,10 @@ def _warm_up(model: nn.Module, ckpt: Checkpoint) -> None:
 class ModelStore:
     """Holds the current model (or the reason there is none) and swaps it atomically."""
 
-    def __init__(self, model_path: str, rev: str | None, pull: bool, threads: int) -> None:
+    def __init__(self, model_path: str, rev: str | None, pull: bool, threads: int,
+                 drift_reference: str | None = DRIFT_REFERENCE) -> None:
         self.model_path = model_path
+        self.drift_reference = drift_reference
         self.rev = rev
         self.pull = pull
         self.threads = threads
@@ -192,7 +220,8 @@ class ModelStore:
             self.loading = True
             target = rev if rev is not None else self.rev
             try:
-                loaded = load_model(self.model_path, target or None, self.pull, self.threads)
+                loaded = load_model(self.model_path, target or None, self.pull, self.threads,
+                                    drift_reference=self.drift_reference)
             except GreenrError as err:
                 self.error = str(err)
                 log.error("model load failed: %s", err)

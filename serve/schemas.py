@@ -55,6 +55,8 @@ class ModelInfo(ModelVersion):
     dvc_lock_md5: str | None
     matches_dvc_lock: bool | None
     evaluate_metrics: dict[str, Any] | None
+    # Whether requests are compared with this model's training images (greenr_drift_psi gauges).
+    drift_monitored: bool
     loaded_at: float
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from greenr.drift import DEFAULT_THRESHOLD
 from greenr.images import DEFAULT_MAX_PIXELS
-from greenr.paths import MODEL_PATH
+from greenr.paths import DRIFT_REFERENCE, MODEL_PATH
 
 
 class Settings(BaseSettings):
@@ -32,9 +33,22 @@ class Settings(BaseSettings):
     # Micro-batching: wait at most this long for more requests to share one forward pass.
     batch_wait_ms: float = Field(3.0, ge=0, le=100)
     batch_max_size: int = Field(16, ge=1, le=256)
+    # Input drift: PSI of the last `drift_window` requests against the statistics of the model's
+    # training images (read from the same revision as the model; empty: drift not monitored).
+    drift_reference: str | None = DRIFT_REFERENCE
+    drift_window: int = Field(500, ge=1)
+    drift_min_samples: int = Field(100, ge=1)
+    drift_threshold: float = Field(DEFAULT_THRESHOLD, gt=0)
     # 0 = one per core this process may use.
     threads: int = Field(0, ge=0, le=256)
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _check_drift_window(self) -> Settings:
+        if self.drift_min_samples > self.drift_window:
+            raise ValueError(f"drift_min_samples ({self.drift_min_samples}) must not exceed "
+                             f"drift_window ({self.drift_window})")
+        return self
 
 
 @lru_cache

@@ -60,5 +60,5 @@ async def reload(state: Annotated[AppState, Depends(app_state)], body: ReloadReq
         current = state.store.current
         still = f"; still serving {current.ckpt.sha256[:12]}" if current else ""
         raise HTTPException(409, detail=f"reload failed: {err}{still}") from None
-    state.metrics.set_model(loaded.version())
+    state.adopt(loaded)
     return loaded.describe()

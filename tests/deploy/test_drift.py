@@ -169,3 +169,20 @@ def test_dvc_stage_declares_its_inputs() -> None:
     assert {"stages/drift_reference.py", "greenr/drift.py", "greenr/images.py", "greenr/data.py",
             "splits/train.csv", "data"} <= set(stage["deps"])
     assert stage["outs"] == [{"metrics/drift_reference.json": {"cache": False}}]
+
+
+def test_a_new_reference_empties_the_window_and_none_stops_recording(reference, tmp_path) -> None:
+    monitor = DriftMonitor(reference, window=200, min_samples=100)
+    for label, image in meadows(10, 120, darken=0.35):
+        monitor.observe(image, label=label)
+    same = DriftReference.from_dict(json.loads(json.dumps(reference.to_dict())))
+    assert monitor.use_reference(same) is False  # the same training images: keep the window
+    assert len(monitor) == 120
+    root = tmp_path / "other"
+    other = build_reference(write_training_set(root, seed=11, count=60), root)
+    assert monitor.use_reference(other) is True
+    assert len(monitor) == 0
+    assert monitor.use_reference(None) is True
+    monitor.observe(next(meadows(12, 1))[1], label="grass")
+    assert len(monitor) == 0
+    assert monitor.psi() == {}

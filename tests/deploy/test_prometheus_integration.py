@@ -1,24 +1,29 @@
-"""A real Prometheus (Debian package) on 127.0.0.1 scrapes the drift gauges and answers queries.
+"""A real Prometheus (Debian package) on 127.0.0.1 scrapes the real API and answers queries.
 
-The exporter is prometheus_client's own HTTP server with a DriftMonitor registered, the same
-collector the API registers; the alert rules of deploy/monitoring are loaded as well.
+The API is `python -m serve` in its own process with a drift reference of synthetic meadow
+photos; the test posts darkened photos to /predict and reads the drift gauge back through
+Prometheus' HTTP API, with the alert rules of deploy/monitoring loaded.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, start_http_server
 
-from greenr.drift import DriftMonitor, build_reference
+from greenr.drift import build_reference
 from tests.deploy.conftest import DEPLOY, background_server, free_ports, tool
 from tests.deploy.drift_images import meadows, write_training_set
+from tests.serve.conftest import Server, write_checkpoint
+
+WINDOW = 100
 
 
 def get_json(url: str) -> dict:
@@ -27,31 +32,30 @@ def get_json(url: str) -> dict:
 
 
 @pytest.fixture
-def exporter(tmp_path) -> Iterator[tuple[int, DriftMonitor]]:
+def api(tmp_path) -> Iterator[Server]:
     root = tmp_path / "train"
     reference = build_reference(write_training_set(root, seed=1, count=120), root)
-    monitor = DriftMonitor(reference, window=100, min_samples=50)
-    registry = CollectorRegistry()
-    monitor.register_gauges(registry)
-    (port,) = free_ports()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    (tmp_path / "drift_reference.json").write_text(json.dumps(reference.to_dict()))
+    write_checkpoint(tmp_path / "stage-1.pth")
+    server = Server({"MODEL_PATH": str(tmp_path / "stage-1.pth"), "MODEL_PULL": "false", "THREADS": "1",
+                     "DRIFT_REFERENCE": str(tmp_path / "drift_reference.json"),
+                     "DRIFT_WINDOW": str(WINDOW), "DRIFT_MIN_SAMPLES": str(WINDOW // 2)},
+                    tmp_path / "api.log")
     try:
-        yield port, monitor
+        server.wait_ready()
+        yield server
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        server.stop()
 
 
 @pytest.fixture
-def prometheus(tmp_path, exporter) -> Iterator[str]:
-    exporter_port, _ = exporter
+def prometheus(tmp_path, api) -> Iterator[str]:
     rules = tmp_path / "rules.yml"
     rules.write_text((DEPLOY / "monitoring" / "rules" / "greenr.yml").read_text())
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "rule_files": [str(rules)],
               "scrape_configs": [{"job_name": "greenr-api",
-                                  "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}]}
+                                  "static_configs": [{"targets": [f"127.0.0.1:{api.port}"]}]}]}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     (port,) = free_ports()
     url = f"http://127.0.0.1:{port}"
@@ -83,19 +87,25 @@ def wait_for(url: str, promql: str, predicate, timeout: float = 30) -> list[dict
         time.sleep(0.5)
 
 
-def test_prometheus_scrapes_the_drift_gauges(prometheus, exporter) -> None:
-    _, monitor = exporter
+def test_prometheus_scrapes_the_api_and_its_drift_gauges(prometheus, api) -> None:
     url = prometheus
     wait_for(url, 'up{job="greenr-api"}', lambda r: r[0]["value"][1] == "1")
+    wait_for(url, 'greenr_model_ready{job="greenr-api"}', lambda r: r[0]["value"][1] == "1")
     # Too few requests yet: the gauge exists and is NaN.
     wait_for(url, 'greenr_drift_psi{feature="brightness"}', lambda r: r[0]["value"][1] == "NaN")
 
-    for label, image in meadows(2, 100, darken=0.35):
-        monitor.observe(image, label=label)
+    with httpx.Client(base_url=api.url, timeout=30) as http:
+        for _, image in meadows(2, WINDOW, darken=0.35):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            response = http.post("/predict", files={"file": ("meadow.png", buffer.getvalue(), "image/png")})
+            assert response.status_code == 200, response.text
+    wait_for(url, 'sum(greenr_http_requests_total{route="/predict",status="200"})',
+             lambda r: float(r[0]["value"][1]) == WINDOW)
     result = wait_for(url, 'greenr_drift_psi{feature="brightness"}',
                       lambda r: r[0]["value"][1] != "NaN" and float(r[0]["value"][1]) > 0.25)
     assert result[0]["metric"]["job"] == "greenr-api"
-    wait_for(url, "greenr_drift_window_images", lambda r: float(r[0]["value"][1]) == 100)
+    wait_for(url, "greenr_drift_window_images", lambda r: float(r[0]["value"][1]) == WINDOW)
 
     # The alert expression (without its 15 min `for`) selects the drifted feature and only it
     # among the colour-independent size features.

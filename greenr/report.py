@@ -4,7 +4,7 @@
 
 Sections: test metrics (`dvc metrics diff --json`) and params (`dvc params diff --json`) with
 deltas, the bootstrap intervals from metrics/evaluate.json, and the plots (training curves,
-confusion matrix, ROC) rendered as PNG files beside the report.
+confusion matrix, ROC) of this change beside the base's, rendered as PNG files next to the report.
 """
 
 from __future__ import annotations
@@ -104,15 +104,21 @@ def intervals_table(base: dict[str, Any] | None, new: dict[str, Any]) -> str:
             + _table(["metric", "base", "base interval", "this change", "interval"], rows))
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+def _rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
 
 
-def render_plots(root: Path, out_dir: Path) -> list[tuple[str, str]]:
-    """PNG files of the workspace's plots; returns (title, file name) for those that exist."""
+def plot_rows(root: Path, rel: str, rev: str | None = None) -> list[dict[str, str]]:
+    """Rows of a plots CSV in the workspace, or as committed at `rev` ([] where it is absent)."""
+    if rev is None:
+        path = root / rel
+        return _rows(path.read_text(encoding="utf-8")) if path.is_file() else []
+    done = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True, check=False)
+    return _rows(done.stdout) if done.returncode == 0 else []
+
+
+def render_plots(root: Path, out_dir: Path, base: str | None = None) -> list[tuple[str, str]]:
+    """PNG files of the plots, this change beside `base`; returns (title, file name) of each made."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,39 +135,55 @@ def render_plots(root: Path, out_dir: Path) -> list[tuple[str, str]]:
             handle.write(buffer.getvalue())
         made.append((title, name))
 
-    history = _read_csv(root / PLOTS_DIR / "training.csv")
-    if history:
+    def both(rel: str) -> list[tuple[str, list[dict[str, str]]]]:
+        """[(label, rows)] for the base (if it has the file) and this change (if it has it)."""
+        runs = [(f"base ({base})", plot_rows(root, rel, base))] if base else []
+        runs.append(("this change", plot_rows(root, rel)))
+        return [(label, rows) for label, rows in runs if rows]
+
+    training = both(f"{PLOTS_DIR}/training.csv")
+    if any(label == "this change" for label, _ in training):
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
-        epochs = [int(r["epoch"]) for r in history]
-        for key, ax in (("loss", loss_ax), ("acc", acc_ax)):
-            for split in ("train", "val"):
-                ax.plot(epochs, [float(r[f"{split}_{key}"]) for r in history], marker="o", label=split)
-            ax.set_xlabel("epoch")
-            ax.set_title("loss" if key == "loss" else "accuracy")
-            ax.legend()
-        save(fig, "training.png", "Training curves")
-    confusion = _read_csv(root / PLOTS_DIR / "evaluate" / "confusion.csv")
-    if confusion:
-        classes = sorted({r["actual"] for r in confusion} | {r["predicted"] for r in confusion})
-        counts = [[sum(r["actual"] == a and r["predicted"] == p for r in confusion) for p in classes]
-                  for a in classes]
-        fig, ax = plt.subplots(figsize=(3.6, 3.2))
-        ax.imshow(counts, cmap="Greens")
-        for i, row in enumerate(counts):
-            for j, count in enumerate(row):
-                ax.text(j, i, str(count), ha="center", va="center")
-        ax.set_xticks(range(len(classes)), classes)
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("actual")
+        for run, (label, history) in enumerate(training):
+            epochs = [int(r["epoch"]) for r in history]
+            prefix = "" if len(training) == 1 else f"{label}: "
+            for key, ax in (("loss", loss_ax), ("acc", acc_ax)):
+                for split, marker in (("train", "o"), ("val", "s")):
+                    ax.plot(epochs, [float(r[f"{split}_{key}"]) for r in history], marker=marker,
+                            markersize=3, linestyle="--" if run < len(training) - 1 else "-",
+                            label=f"{prefix}{split}")
+                ax.set_xlabel("epoch")
+                ax.set_title("loss" if key == "loss" else "accuracy")
+        acc_ax.legend(fontsize="small")
+        save(fig, "training.png", "Training curves" + (" (dashed: base)" if len(training) > 1 else ""))
+
+    confusions = both(f"{PLOTS_DIR}/evaluate/confusion.csv")
+    if any(label == "this change" for label, _ in confusions):
+        fig, axes = plt.subplots(1, len(confusions), figsize=(3.6 * len(confusions), 3.2), squeeze=False)
+        for ax, (label, confusion) in zip(axes[0], confusions, strict=True):
+            classes = sorted({r["actual"] for r in confusion} | {r["predicted"] for r in confusion})
+            counts = [[sum(r["actual"] == a and r["predicted"] == p for r in confusion) for p in classes]
+                      for a in classes]
+            ax.imshow(counts, cmap="Greens")
+            for i, row in enumerate(counts):
+                for j, count in enumerate(row):
+                    ax.text(j, i, str(count), ha="center", va="center")
+            ax.set_xticks(range(len(classes)), classes)
+            ax.set_yticks(range(len(classes)), classes)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("actual")
+            ax.set_title(label, fontsize="small")
         save(fig, "confusion.png", "Confusion matrix (test)")
-    roc = _read_csv(root / PLOTS_DIR / "evaluate" / "roc.csv")
-    if roc:
+
+    rocs = both(f"{PLOTS_DIR}/evaluate/roc.csv")
+    if any(label == "this change" for label, _ in rocs):
         fig, ax = plt.subplots(figsize=(3.6, 3.2))
-        ax.plot([float(r["fpr"]) for r in roc], [float(r["tpr"]) for r in roc])
+        for label, roc in rocs:
+            ax.plot([float(r["fpr"]) for r in roc], [float(r["tpr"]) for r in roc], label=label)
         ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
+        ax.legend(fontsize="small")
         save(fig, "roc.png", "ROC (test)")
     return made
 
@@ -177,7 +199,7 @@ def build_report(root: Path, base: str, out: Path, plots: bool = True) -> str:
              "### How sure are we?", "", intervals_table(base_metrics, candidate), "",
              f"> {NOISE_NOTE}", ""]
     if plots:
-        made = render_plots(root, out.parent)
+        made = render_plots(root, out.parent, base)
         if made:
             parts += ["### Plots", ""]
             parts += [f"![{title}]({name})" for title, name in made]

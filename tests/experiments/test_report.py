@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from markdown_it import MarkdownIt
+from PIL import Image
 
-from .conftest import metrics
+from .conftest import git, metrics
 
 
 def _write_plots(root: Path) -> None:
@@ -52,3 +53,26 @@ def test_report_with_a_missing_base_is_a_clear_error(metrics_repo, env_for) -> N
                           text=True, timeout=180, check=False)
     assert done.returncode == 2
     assert "fix:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_report_plots_put_the_base_beside_this_change(metrics_repo, env_for) -> None:
+    root = metrics_repo(metrics(0.90, 0.88), metrics(0.95, 0.94))
+    _write_plots(root)
+    git(root, "add", "plots")
+    git(root, "commit", "-qm", "plots")
+    (root / "plots" / "evaluate" / "roc.csv").write_text("fpr,tpr,threshold\n0,0,1\n0.05,0.9,0.5\n1,1,0\n")
+
+    def report(base: str) -> tuple[str, dict[str, tuple[int, int]]]:
+        out = root / "reports" / base.replace("~", "-")
+        done = subprocess.run([sys.executable, "-m", "greenr.report", "--base", base, "--out",
+                               str(out / "pr.md")], cwd=root, env=env_for(root), capture_output=True,
+                              text=True, timeout=180, check=False)
+        assert done.returncode == 0, done.stderr
+        return (out / "pr.md").read_text(), {name: Image.open(out / name).size
+                                             for name in ("training.png", "confusion.png", "roc.png")}
+
+    with_base, sizes = report("HEAD")  # the base has plots too: both are drawn
+    alone_text, alone = report("HEAD~1")  # the base has none: this change only
+    assert "Training curves (dashed: base)" in with_base
+    assert "dashed: base" not in alone_text
+    assert sizes["confusion.png"][0] > 1.6 * alone["confusion.png"][0]  # two matrices side by side

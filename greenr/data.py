@@ -32,11 +32,8 @@ class Example:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def list_class_images(data_dir: Path, classes: Sequence[str] = CLASSES) -> dict[str, list[Path]]:

@@ -65,7 +65,8 @@ def metrics_table(diff: dict[str, Any]) -> str:
             old, new, delta = values.get("old"), values.get("new"), values.get("diff")
             if isinstance(old, list) or isinstance(new, list):
                 continue  # intervals and matrices have their own section
-            delta_text = f"{delta:+.4f}" if isinstance(delta, (int, float)) else "–"
+            numeric = isinstance(delta, (int, float)) and not isinstance(old, bool) and not isinstance(new, bool)
+            delta_text = f"{delta:+.4f}" if numeric else "–"
             rows.append([path, name, _fmt(old), _fmt(new), delta_text])
     if not rows:
         return "_No metric changed._"
@@ -159,19 +160,23 @@ def render_plots(root: Path, out_dir: Path, base: str | None = None) -> list[tup
 
     confusions = both(f"{PLOTS_DIR}/evaluate/confusion.csv")
     if any(label == "this change" for label, _ in confusions):
-        fig, axes = plt.subplots(1, len(confusions), figsize=(3.6 * len(confusions), 3.2), squeeze=False)
-        for ax, (label, confusion) in zip(axes[0], confusions, strict=True):
+        fig, axes = plt.subplots(1, len(confusions), figsize=(3.6 * len(confusions), 3.2), squeeze=False,
+                                 layout="constrained")
+        for column, (ax, (label, confusion)) in enumerate(zip(axes[0], confusions, strict=True)):
             classes = sorted({r["actual"] for r in confusion} | {r["predicted"] for r in confusion})
             counts = [[sum(r["actual"] == a and r["predicted"] == p for r in confusion) for p in classes]
                       for a in classes]
             ax.imshow(counts, cmap="Greens")
+            top = max(max(row) for row in counts) or 1
             for i, row in enumerate(counts):
                 for j, count in enumerate(row):
-                    ax.text(j, i, str(count), ha="center", va="center")
+                    ax.text(j, i, str(count), ha="center", va="center",
+                            color="white" if count > top / 2 else "black")
             ax.set_xticks(range(len(classes)), classes)
-            ax.set_yticks(range(len(classes)), classes)
+            ax.set_yticks(range(len(classes)), classes if column == 0 else [])
             ax.set_xlabel("predicted")
-            ax.set_ylabel("actual")
+            if column == 0:
+                ax.set_ylabel("actual")
             ax.set_title(label, fontsize="small")
         save(fig, "confusion.png", "Confusion matrix (test)")
 

@@ -138,15 +138,22 @@ class DriftReference:
                    classes=dict(raw["classes"]), images=int(raw["images"]), summary=dict(raw["summary"]))
 
     @classmethod
+    def parse(cls, text: str, source: str) -> DriftReference:
+        """The reference in `text` (read from `source`, named in errors)."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GreenrError(f"drift reference {source} is unreadable: {exc}",
+                              "regenerate it with `dvc repro -f drift_reference`") from None
+
+    @classmethod
     def load(cls, path: str | Path) -> DriftReference:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise GreenrError(f"drift reference {path} does not exist",
                               "run `dvc repro drift_reference` (or `dvc pull`)") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise GreenrError(f"drift reference {path} is unreadable: {exc}",
-                              "regenerate it with `dvc repro -f drift_reference`") from None
+        return cls.parse(text, str(path))
 
 
 def build_reference(rows: Sequence[Example], root: Path, workers: int = 4) -> DriftReference:

@@ -34,8 +34,8 @@ class Check:
     detail: str
 
 
-def read_metrics_at(rev: str, root: Path, path: str = METRICS_FILE) -> dict[str, Any] | None:
-    """The metrics file as committed at `rev`; None when that revision has no such file."""
+def read_text_at(rev: str, root: Path, path: str) -> str | None:
+    """A file as committed at `rev`; None when that revision has no such file."""
     try:
         done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
                               text=True, check=False)
@@ -47,7 +47,13 @@ def read_metrics_at(rev: str, root: Path, path: str = METRICS_FILE) -> dict[str,
         raise GreenrError(f"git show {rev}:{path} failed: {done.stderr.strip()}",
                           "pass an existing revision with --base (e.g. main or origin/main; "
                           "in CI fetch it first: `git fetch origin main`)")
-    return _parse(done.stdout, f"{rev}:{path}")
+    return done.stdout
+
+
+def read_metrics_at(rev: str, root: Path, path: str = METRICS_FILE) -> dict[str, Any] | None:
+    """The metrics file as committed at `rev`; None when that revision has no such file."""
+    text = read_text_at(rev, root, path)
+    return None if text is None else _parse(text, f"{rev}:{path}")
 
 
 def read_metrics_file(path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 from greenr.atomic import atomic_open
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
 from greenr.paths import PLOTS_DIR, repo_root
-from greenr.promote import METRICS_FILE, read_metrics_at
+from greenr.promote import METRICS_FILE, read_metrics_at, read_text_at
 
 NOISE_NOTE = ("The test set is small, so a single accuracy is noisy: with 60 images one image is "
               "1.7 points. Treat a difference as real only when the intervals barely overlap.")
@@ -113,9 +113,10 @@ def plot_rows(root: Path, rel: str, rev: str | None = None) -> list[dict[str, st
     """Rows of a plots CSV in the workspace, or as committed at `rev` ([] where it is absent)."""
     if rev is None:
         path = root / rel
-        return _rows(path.read_text(encoding="utf-8")) if path.is_file() else []
-    done = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True, check=False)
-    return _rows(done.stdout) if done.returncode == 0 else []
+        text = path.read_text(encoding="utf-8") if path.is_file() else None
+    else:
+        text = read_text_at(rev, root, rel)
+    return _rows(text) if text else []
 
 
 def render_plots(root: Path, out_dir: Path, base: str | None = None) -> list[tuple[str, str]]:

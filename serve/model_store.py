@@ -106,9 +106,9 @@ def _drift_reference(text: str | None, where: str) -> DriftReference | None:
         log.warning("no drift reference at %s: drift is not monitored (run `dvc repro drift_reference`)", where)
         return None
     try:
-        return DriftReference.from_dict(json.loads(text))
-    except (GreenrError, ValueError, KeyError, TypeError) as exc:
-        log.warning("drift reference %s is unusable (%s): drift is not monitored", where, exc)
+        return DriftReference.parse(text, where)
+    except GreenrError as exc:
+        log.warning("%s: drift is not monitored", exc)
         return None
 
 

@@ -30,12 +30,14 @@ app = FastAPI()
 async def predict(file: UploadFile = File(...)):  # noqa: B008 - as the original had it
     contents = await file.read()
     img = Image.open(io.BytesIO(contents)).convert("RGB")
-    transform = T.Compose([
-        T.Resize(spec.image_size),
-        T.CenterCrop(spec.image_size),
-        T.ToTensor(),
-        T.Normalize(spec.mean, spec.std),
-    ])
+    transform = T.Compose(
+        [
+            T.Resize(spec.image_size),
+            T.CenterCrop(spec.image_size),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
     x = transform(img).unsqueeze(0)
     with torch.no_grad():
         out = model(x)

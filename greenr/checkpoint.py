@@ -45,24 +45,38 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
-            raise GreenrError(f"checkpoint weights do not fit arch {self.arch!r}: {exc}",
-                              "retrain with `dvc repro train`") from None
+            raise GreenrError(
+                f"checkpoint weights do not fit arch {self.arch!r}: {exc}", "retrain with `dvc repro train`"
+            ) from None
         return model.to(device).eval()
 
 
-def to_bytes(model: nn.Module, arch: str, classes: list[str], preprocessing: Preprocessing,
-             meta: dict[str, Any] | None = None) -> bytes:
+def to_bytes(
+    model: nn.Module, arch: str, classes: list[str], preprocessing: Preprocessing, meta: dict[str, Any] | None = None
+) -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT_VERSION, "model": state, "arch": arch, "classes": list(classes),
-               "image_size": preprocessing.image_size, "preprocessing": preprocessing.to_dict(),
-               "meta": dict(meta or {})}
+    payload = {
+        "format": FORMAT_VERSION,
+        "model": state,
+        "arch": arch,
+        "classes": list(classes),
+        "image_size": preprocessing.image_size,
+        "preprocessing": preprocessing.to_dict(),
+        "meta": dict(meta or {}),
+    }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
 
 
-def save(path: str | Path, model: nn.Module, arch: str, classes: list[str],
-         preprocessing: Preprocessing, meta: dict[str, Any] | None = None) -> str:
+def save(
+    path: str | Path,
+    model: nn.Module,
+    arch: str,
+    classes: list[str],
+    preprocessing: Preprocessing,
+    meta: dict[str, Any] | None = None,
+) -> str:
     """Write the checkpoint atomically; return its SHA-256."""
     data = to_bytes(model, arch, classes, preprocessing, meta)
     write_bytes(path, data)
@@ -74,15 +88,19 @@ def from_bytes(data: bytes, source: str = "checkpoint") -> Checkpoint:
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise GreenrError(f"{source} is not a readable checkpoint: {type(exc).__name__}: {exc}",
-                          fix) from None
+        raise GreenrError(f"{source} is not a readable checkpoint: {type(exc).__name__}: {exc}", fix) from None
     if not isinstance(raw, dict) or any(key not in raw for key in REQUIRED_KEYS):
         raise GreenrError(f"{source} lacks the checkpoint keys {list(REQUIRED_KEYS)}", fix)
     if raw["format"] != FORMAT_VERSION:
         raise GreenrError(f"{source} has checkpoint format {raw['format']}, expected {FORMAT_VERSION}", fix)
-    return Checkpoint(state_dict=raw["model"], arch=str(raw["arch"]), classes=list(raw["classes"]),
-                      preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
-                      meta=dict(raw.get("meta") or {}), sha256=hashlib.sha256(data).hexdigest())
+    return Checkpoint(
+        state_dict=raw["model"],
+        arch=str(raw["arch"]),
+        classes=list(raw["classes"]),
+        preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+        meta=dict(raw.get("meta") or {}),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 def load(path: str | Path) -> Checkpoint:
@@ -90,6 +108,7 @@ def load(path: str | Path) -> Checkpoint:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise GreenrError(f"checkpoint {path} does not exist",
-                          "run `dvc repro` to train it or `dvc pull models/stage-1.pth`") from None
+        raise GreenrError(
+            f"checkpoint {path} does not exist", "run `dvc repro` to train it or `dvc pull models/stage-1.pth`"
+        ) from None
     return from_bytes(data, source=str(path))

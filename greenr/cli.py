@@ -28,8 +28,7 @@ def _env() -> dict[str, str]:
 def dvc(*args: str, check: bool = True) -> int:
     """Run the real dvc CLI in the project, streaming its output."""
     log.info("$ dvc %s", " ".join(args))
-    code = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo_root(),
-                          env=_env()).returncode
+    code = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo_root(), env=_env()).returncode
     if check and code != 0:
         raise GreenrError(f"`dvc {' '.join(args)}` failed (exit {code})", "see DVC's message above")
     return code
@@ -63,18 +62,24 @@ def print_metrics(root: Path) -> None:
     acc_ci = boot.get("accuracy")
     f1_ci = boot.get("macro_f1")
     ci = lambda pair: f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
-    lines = [f"Test metrics ({report['n']} images, {METRICS_DIR}/evaluate.json):",
-             f"  accuracy   {report['accuracy']:.4f}{ci(acc_ci)}",
-             f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",
-             f"  ROC AUC    {report['roc_auc']}",
-             f"  log loss   {report['log_loss']:.4f}"]
+    lines = [
+        f"Test metrics ({report['n']} images, {METRICS_DIR}/evaluate.json):",
+        f"  accuracy   {report['accuracy']:.4f}{ci(acc_ci)}",
+        f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",
+        f"  ROC AUC    {report['roc_auc']}",
+        f"  log loss   {report['log_loss']:.4f}",
+    ]
     for name, row in report["per_class"].items():
-        lines.append(f"  {name:<10} precision {row['precision']:.3f} recall {row['recall']:.3f} "
-                     f"f1 {row['f1']:.3f} (n={row['support']})")
+        lines.append(
+            f"  {name:<10} precision {row['precision']:.3f} recall {row['recall']:.3f} "
+            f"f1 {row['f1']:.3f} (n={row['support']})"
+        )
     lines.append(f"  confusion matrix (rows actual, cols predicted): {report['confusion_matrix']}")
     if boot:
-        lines.append(f"  intervals: {boot['confidence']:.0%} bootstrap over {boot['samples']} resamples; "
-                     "small test sets make single numbers noisy")
+        lines.append(
+            f"  intervals: {boot['confidence']:.0%} bootstrap over {boot['samples']} resamples; "
+            "small test sets make single numbers noisy"
+        )
     print("\n".join(lines))
 
 
@@ -102,8 +107,10 @@ def cmd_store(args: argparse.Namespace) -> None:
             print(f"an object store already answers at {remote.endpoint}; using it as is")
             return
         pid = objectstore.LocalStore(remote).start()
-        print(f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
-              f"bucket {remote.bucket}; stop it with `greenr store stop`")
+        print(
+            f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
+            f"bucket {remote.bucket}; stop it with `greenr store stop`"
+        )
     elif args.action == "stop":
         store = objectstore.LocalStore(objectstore.read_remote(root))
         print("stopped" if store.stop() else "the local object store was not running")
@@ -111,9 +118,11 @@ def cmd_store(args: argparse.Namespace) -> None:
         remote = objectstore.read_remote(root)
         pid = objectstore.LocalStore(remote).pid()
         answers = objectstore.endpoint_answers(remote.endpoint)
-        print(f"remote {remote.name}: s3://{remote.bucket}/{remote.prefix} at {remote.endpoint}; "
-              f"{'answering' if answers else 'not answering'}"
-              f"{f'; local store pid {pid}' if pid else ''}")
+        print(
+            f"remote {remote.name}: s3://{remote.bucket}/{remote.prefix} at {remote.endpoint}; "
+            f"{'answering' if answers else 'not answering'}"
+            f"{f'; local store pid {pid}' if pid else ''}"
+        )
     else:
         remote = objectstore.read_remote(root)
         objectstore.check_remote(remote)
@@ -132,8 +141,16 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> None:
 
     uri = tracking.tracking_uri()
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1",
-           "--port", str(args.port), "--backend-store-uri", uri]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--backend-store-uri",
+        uri,
+    ]
     if artifacts := tracking.default_artifact_location():
         cmd += ["--default-artifact-root", artifacts]
     raise SystemExit(subprocess.run(cmd, env=_env(), cwd=main_checkout()).returncode)
@@ -164,8 +181,7 @@ def parser() -> argparse.ArgumentParser:
         transfer.add_argument("targets", nargs="*")
         transfer.set_defaults(func=cmd_transfer)
     # `ingest` parses its own options (see greenr.ingest.main); listed here for --help.
-    sub.add_parser("ingest", help="fill data/ from DATA_SOURCE or the public URL template "
-                   "(greenr ingest --help)")
+    sub.add_parser("ingest", help="fill data/ from DATA_SOURCE or the public URL template (greenr ingest --help)")
     ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_mlflow_ui)

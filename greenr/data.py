@@ -39,29 +39,34 @@ def file_md5(path: Path) -> str:
 def list_class_images(data_dir: Path, classes: Sequence[str] = CLASSES) -> dict[str, list[Path]]:
     """Image files per class folder; a missing or empty class folder is an error."""
     if not data_dir.is_dir():
-        raise GreenrError(f"data folder {data_dir} does not exist",
-                          "run `make run` (it pulls or ingests the images) or `greenr ingest`")
+        raise GreenrError(
+            f"data folder {data_dir} does not exist",
+            "run `make run` (it pulls or ingests the images) or `greenr ingest`",
+        )
     found: dict[str, list[Path]] = {}
     for name in classes:
         folder = data_dir / name
         if not folder.is_dir():
-            raise GreenrError(f"class folder {folder} is missing",
-                              f"put the {name} images in {folder}/ (or run `greenr ingest`)")
-        files = sorted(p for p in folder.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            raise GreenrError(
+                f"class folder {folder} is missing", f"put the {name} images in {folder}/ (or run `greenr ingest`)"
+            )
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise GreenrError(f"class folder {folder} has no images (.jpg/.jpeg/.png/.webp)",
-                              f"add {name} images to {folder}/ (or run `greenr ingest`)")
+            raise GreenrError(
+                f"class folder {folder} has no images (.jpg/.jpeg/.png/.webp)",
+                f"add {name} images to {folder}/ (or run `greenr ingest`)",
+            )
         found[name] = files
     extra = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and p.name not in classes)
     if extra:
-        raise GreenrError(f"unexpected class folder(s) in {data_dir}: {', '.join(extra)}",
-                          f"the classes are {', '.join(classes)}; move the other folders out")
+        raise GreenrError(
+            f"unexpected class folder(s) in {data_dir}: {', '.join(extra)}",
+            f"the classes are {', '.join(classes)}; move the other folders out",
+        )
     return found
 
 
-def stratified_split(examples: Iterable[Example], fractions: dict[str, float],
-                     seed: int) -> dict[str, list[Example]]:
+def stratified_split(examples: Iterable[Example], fractions: dict[str, float], seed: int) -> dict[str, list[Example]]:
     """Seeded split that keeps each class's share in every split.
 
     Per class: sort by path, shuffle with the seed, cut at rounded fractions. The result
@@ -78,8 +83,10 @@ def stratified_split(examples: Iterable[Example], fractions: dict[str, float],
         n_train = round(n * fractions["train"])
         n_val = round(n * fractions["val"])
         if min(n_train, n_val, n - n_train - n_val) < 1:
-            raise GreenrError(f"class '{label}' has only {n} images: too few for a train/val/test split",
-                              "add images (at least 3 per class, far more to learn anything)")
+            raise GreenrError(
+                f"class '{label}' has only {n} images: too few for a train/val/test split",
+                "add images (at least 3 per class, far more to learn anything)",
+            )
         out["train"] += items[:n_train]
         out["val"] += items[n_train : n_train + n_val]
         out["test"] += items[n_train + n_val :]
@@ -101,8 +108,10 @@ def read_manifest(path: Path) -> list[Example]:
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
-            raise GreenrError(f"{path} has columns {reader.fieldnames}, expected {list(MANIFEST_FIELDS)}",
-                              "regenerate it with `dvc repro -f split`")
+            raise GreenrError(
+                f"{path} has columns {reader.fieldnames}, expected {list(MANIFEST_FIELDS)}",
+                "regenerate it with `dvc repro -f split`",
+            )
         return [Example(r["path"], r["label"], r["md5"]) for r in reader]
 
 
@@ -116,11 +125,14 @@ def read_listed(rows: Sequence[Example], root: Path, read: Callable[[Path], T], 
         try:
             return read(root / row.path)
         except FileNotFoundError:
-            raise GreenrError(f"{row.path} is listed in the split but missing on disk",
-                              "run `dvc pull` or `dvc repro` to restore data and splits") from None
+            raise GreenrError(
+                f"{row.path} is listed in the split but missing on disk",
+                "run `dvc pull` or `dvc repro` to restore data and splits",
+            ) from None
         except ImageError as err:
-            raise GreenrError(f"{row.path}: {err.reason}",
-                              "remove or replace the file, then `dvc add data` and `dvc repro`") from None
+            raise GreenrError(
+                f"{row.path}: {err.reason}", "remove or replace the file, then `dvc add data` and `dvc repro`"
+            ) from None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, rows))
@@ -138,16 +150,18 @@ class TensorDataset:
         return len(self.paths)
 
 
-def load_tensors(rows: Sequence[Example], root: Path, spec: Preprocessing,
-                 classes: Sequence[str] = CLASSES, workers: int = 4) -> TensorDataset:
+def load_tensors(
+    rows: Sequence[Example], root: Path, spec: Preprocessing, classes: Sequence[str] = CLASSES, workers: int = 4
+) -> TensorDataset:
     """Decode and resize every image of a split once, in parallel (PIL releases the GIL)."""
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted({r.label for r in rows} - set(index))
     if unknown:
-        raise GreenrError(f"labels {unknown} are not among the classes {list(classes)}",
-                          "regenerate the split with `dvc repro -f split`")
+        raise GreenrError(
+            f"labels {unknown} are not among the classes {list(classes)}",
+            "regenerate the split with `dvc repro -f split`",
+        )
     images = read_listed(rows, root, lambda path: load_model_input(path, spec), workers)
-    stacked = torch.stack(images) if images else torch.empty(0, 3, spec.image_size, spec.image_size,
-                                                              dtype=torch.uint8)
+    stacked = torch.stack(images) if images else torch.empty(0, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
     labels = torch.tensor([index[r.label] for r in rows], dtype=torch.long)
     return TensorDataset(stacked, labels, [r.path for r in rows])

@@ -53,17 +53,22 @@ def colour_features(rgb: np.ndarray) -> dict[str, float]:
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-12), 0.0)
     means = pixels.mean(axis=0)
     total = float(means.sum()) or 1.0
-    return {"brightness": float(luma.mean()), "saturation": float(saturation.mean()),
-            "red_share": float(means[0]) / total, "green_share": float(means[1]) / total,
-            "blue_share": float(means[2]) / total}
+    return {
+        "brightness": float(luma.mean()),
+        "saturation": float(saturation.mean()),
+        "red_share": float(means[0]) / total,
+        "green_share": float(means[1]) / total,
+        "blue_share": float(means[2]) / total,
+    }
 
 
 def size_features(width: int, height: int) -> dict[str, float]:
     return {"log10_pixels": math.log10(max(width * height, 1)), "aspect_ratio": width / max(height, 1)}
 
 
-def image_features(image: Image.Image | torch.Tensor | np.ndarray,
-                   size: tuple[int, int] | None = None) -> dict[str, float]:
+def image_features(
+    image: Image.Image | torch.Tensor | np.ndarray, size: tuple[int, int] | None = None
+) -> dict[str, float]:
     """Features of one image: a PIL RGB image, or a uint8 tensor (3, H, W) / array (H, W, 3).
 
     Size features come from `size` (width, height) if given, else from a PIL image's own size;
@@ -94,8 +99,9 @@ class FeatureBins:
     expected: tuple[float, ...]
 
     def shares(self, values: Sequence[float]) -> np.ndarray:
-        counts = np.bincount(np.searchsorted(np.asarray(self.edges), np.asarray(values), side="right"),
-                             minlength=len(self.expected))
+        counts = np.bincount(
+            np.searchsorted(np.asarray(self.edges), np.asarray(values), side="right"), minlength=len(self.expected)
+        )
         return counts / max(len(values), 1)
 
     @classmethod
@@ -123,19 +129,32 @@ class DriftReference:
     summary: dict[str, dict[str, float]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "images": self.images, "thumbnail": THUMBNAIL,
-                "classes": self.classes, "summary": self.summary,
-                "features": {name: {"edges": list(b.edges), "expected": list(b.expected)}
-                             for name, b in self.features.items()}}
+        return {
+            "format": FORMAT_VERSION,
+            "images": self.images,
+            "thumbnail": THUMBNAIL,
+            "classes": self.classes,
+            "summary": self.summary,
+            "features": {
+                name: {"edges": list(b.edges), "expected": list(b.expected)} for name, b in self.features.items()
+            },
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> DriftReference:
         if raw.get("format") != FORMAT_VERSION:
-            raise GreenrError(f"drift reference has format {raw.get('format')}, expected {FORMAT_VERSION}",
-                              "regenerate it with `dvc repro drift_reference`")
-        return cls(features={name: FeatureBins(tuple(f["edges"]), tuple(f["expected"]))
-                             for name, f in raw["features"].items()},
-                   classes=dict(raw["classes"]), images=int(raw["images"]), summary=dict(raw["summary"]))
+            raise GreenrError(
+                f"drift reference has format {raw.get('format')}, expected {FORMAT_VERSION}",
+                "regenerate it with `dvc repro drift_reference`",
+            )
+        return cls(
+            features={
+                name: FeatureBins(tuple(f["edges"]), tuple(f["expected"])) for name, f in raw["features"].items()
+            },
+            classes=dict(raw["classes"]),
+            images=int(raw["images"]),
+            summary=dict(raw["summary"]),
+        )
 
     @classmethod
     def parse(cls, text: str, source: str) -> DriftReference:
@@ -143,16 +162,18 @@ class DriftReference:
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, KeyError, TypeError) as exc:
-            raise GreenrError(f"drift reference {source} is unreadable: {exc}",
-                              "regenerate it with `dvc repro -f drift_reference`") from None
+            raise GreenrError(
+                f"drift reference {source} is unreadable: {exc}", "regenerate it with `dvc repro -f drift_reference`"
+            ) from None
 
     @classmethod
     def load(cls, path: str | Path) -> DriftReference:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise GreenrError(f"drift reference {path} does not exist",
-                              "run `dvc repro drift_reference` (or `dvc pull`)") from None
+            raise GreenrError(
+                f"drift reference {path} does not exist", "run `dvc repro drift_reference` (or `dvc pull`)"
+            ) from None
         return cls.parse(text, str(path))
 
 
@@ -166,8 +187,12 @@ def build_reference(rows: Sequence[Example], root: Path, workers: int = 4) -> Dr
     for name in FEATURES:
         values = np.array([m[name] for m in measured])
         bins[name] = FeatureBins.fit(values)
-        summary[name] = {"mean": round(float(values.mean()), 6), "std": round(float(values.std()), 6),
-                         "min": round(float(values.min()), 6), "max": round(float(values.max()), 6)}
+        summary[name] = {
+            "mean": round(float(values.mean()), 6),
+            "std": round(float(values.std()), 6),
+            "min": round(float(values.min()), 6),
+            "max": round(float(values.max()), 6),
+        }
     labels = sorted({r.label for r in rows})
     classes = {label: round(sum(r.label == label for r in rows) / len(rows), 6) for label in labels}
     return DriftReference(features=bins, classes=classes, images=len(rows), summary=summary)
@@ -182,8 +207,13 @@ class DriftMonitor:
     without `metrics/drift_reference.json`) it records nothing and reports no PSI series.
     """
 
-    def __init__(self, reference: DriftReference | None, window: int = 500, min_samples: int = 100,
-                 threshold: float = DEFAULT_THRESHOLD) -> None:
+    def __init__(
+        self,
+        reference: DriftReference | None,
+        window: int = 500,
+        min_samples: int = 100,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
         if not 1 <= min_samples <= window:
             raise ValueError("need 1 <= min_samples <= window")
         self.reference = reference
@@ -208,8 +238,12 @@ class DriftMonitor:
             self._labels.clear()
             return True
 
-    def observe(self, image: Image.Image | torch.Tensor | np.ndarray, label: str | None = None,
-                size: tuple[int, int] | None = None) -> None:
+    def observe(
+        self,
+        image: Image.Image | torch.Tensor | np.ndarray,
+        label: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
         """Record one request: its image (PIL RGB or uint8 tensor), optionally the predicted label
         (for the class balance) and the original (width, height) when `image` was resized."""
         self.record(image_features(image, size=size), label)
@@ -239,8 +273,7 @@ class DriftMonitor:
             return out
         for name, bins in reference.features.items():
             values = [f[name] for f in observed if name in f]
-            out[name] = psi(bins.expected, bins.shares(values)) if len(values) >= self.min_samples \
-                else math.nan
+            out[name] = psi(bins.expected, bins.shares(values)) if len(values) >= self.min_samples else math.nan
         classes = sorted(reference.classes)
         if len(labels) >= self.min_samples:
             actual = [sum(label == c for label in labels) / len(labels) for c in classes]
@@ -269,12 +302,14 @@ class _DriftCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         psi_family = GaugeMetricFamily(
-            "greenr_drift_psi", "Population stability index of recent requests vs the training images",
-            labels=["feature"])
+            "greenr_drift_psi",
+            "Population stability index of recent requests vs the training images",
+            labels=["feature"],
+        )
         for name, value in self.monitor.psi().items():
             psi_family.add_metric([name], value)
         yield psi_family
-        yield GaugeMetricFamily("greenr_drift_window_images", "Requests in the drift window",
-                                value=len(self.monitor))
-        yield GaugeMetricFamily("greenr_drift_psi_threshold", "PSI above which inputs count as drifted",
-                                value=self.monitor.threshold)
+        yield GaugeMetricFamily("greenr_drift_window_images", "Requests in the drift window", value=len(self.monitor))
+        yield GaugeMetricFamily(
+            "greenr_drift_psi_threshold", "PSI above which inputs count as drifted", value=self.monitor.threshold
+        )

@@ -42,5 +42,6 @@ def exits_cleanly(func: F) -> F:
 
 def setup_logging(level: int = logging.INFO) -> None:
     """One line per event, on stderr."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )

@@ -13,8 +13,7 @@ def _r(value: float) -> float:
     return round(float(value), 6)
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                           positive: int) -> dict:
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: int) -> dict:
     """Accuracy, per-class and macro P/R/F1, ROC AUC, log loss and the confusion matrix."""
     preds = probs.argmax(axis=1)
     idx = list(range(len(classes)))
@@ -23,8 +22,10 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
     out = {
         "accuracy": _r(skm.accuracy_score(labels, preds)),
         "macro": {"precision": _r(p.mean()), "recall": _r(r.mean()), "f1": _r(f.mean())},
-        "per_class": {name: {"precision": _r(p[i]), "recall": _r(r[i]), "f1": _r(f[i]),
-                             "support": int(support[i])} for i, name in enumerate(classes)},
+        "per_class": {
+            name: {"precision": _r(p[i]), "recall": _r(r[i]), "f1": _r(f[i]), "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
         "roc_auc": _r(skm.roc_auc_score(labels == positive, probs[:, positive])) if both else None,
         "log_loss": _r(skm.log_loss(labels, np.clip(probs, 1e-7, 1), labels=idx)),
         "confusion_matrix": skm.confusion_matrix(labels, preds, labels=idx).tolist(),
@@ -33,8 +34,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
     return out
 
 
-def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, samples: int, confidence: float,
-                        seed: int) -> dict:
+def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, samples: int, confidence: float, seed: int) -> dict:
     """Percentile bootstrap intervals for accuracy and macro F1 (resampling test images)."""
     if samples == 0 or len(labels) == 0:
         return {}
@@ -53,9 +53,12 @@ def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, samples: int, con
         f1_per_class.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
     f1s = np.mean(f1_per_class, axis=0)
     lo, hi = (1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100
-    return {"confidence": confidence, "samples": samples,
-            "accuracy": [_r(np.percentile(accs, lo)), _r(np.percentile(accs, hi))],
-            "macro_f1": [_r(np.percentile(f1s, lo)), _r(np.percentile(f1s, hi))]}
+    return {
+        "confidence": confidence,
+        "samples": samples,
+        "accuracy": [_r(np.percentile(accs, lo)), _r(np.percentile(accs, hi))],
+        "macro_f1": [_r(np.percentile(f1s, lo)), _r(np.percentile(f1s, hi))],
+    }
 
 
 def curves(labels: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, list[dict]]:
@@ -66,6 +69,8 @@ def curves(labels: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, li
     fpr, tpr, roc_thr = skm.roc_curve(truth, probs[:, positive])
     precision, recall, prc_thr = skm.precision_recall_curve(truth, probs[:, positive])
     roc = [{"fpr": _r(a), "tpr": _r(b), "threshold": _r(min(c, 1.0))} for a, b, c in zip(fpr, tpr, roc_thr)]
-    prc = [{"recall": _r(a), "precision": _r(b), "threshold": _r(c)}
-           for a, b, c in zip(recall[:-1], precision[:-1], prc_thr)]
+    prc = [
+        {"recall": _r(a), "precision": _r(b), "threshold": _r(c)}
+        for a, b, c in zip(recall[:-1], precision[:-1], prc_thr)
+    ]
     return {"roc": roc, "prc": prc}

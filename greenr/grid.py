@@ -24,8 +24,21 @@ from greenr.paths import repo_root
 from greenr.promote import METRICS_FILE
 
 # Columns worth a glance; everything else in `dvc exp show` is hidden to keep one screen.
-KEEP = ("Experiment", "Created", "State", "accuracy", "macro.f1", "roc_auc", "val_acc", "model.arch",
-        "model.pretrained", "model.image_size", "train.lr", "train.finetune", "train.epochs")
+KEEP = (
+    "Experiment",
+    "Created",
+    "State",
+    "accuracy",
+    "macro.f1",
+    "roc_auc",
+    "val_acc",
+    "model.arch",
+    "model.pretrained",
+    "model.image_size",
+    "train.lr",
+    "train.finetune",
+    "train.epochs",
+)
 
 
 def queue_argv(sets: list[str], name: str | None = None) -> list[str]:
@@ -36,25 +49,40 @@ def queue_argv(sets: list[str], name: str | None = None) -> list[str]:
 
 
 def show_argv(base: str, metric: str, markdown: bool = False) -> list[str]:
-    argv = ["dvc", "exp", "show", "--rev", base, "--sort-by", f"{METRICS_FILE}:{metric}",
-            "--sort-order", "desc", "--no-pager", "--drop", ".*",
-            # DVC names a column by its key, prefixed with the file only when ambiguous.
-            "--keep", "(^|:)(" + "|".join(k.replace(".", r"\.") for k in KEEP) + ")$"]
+    argv = [
+        "dvc",
+        "exp",
+        "show",
+        "--rev",
+        base,
+        "--sort-by",
+        f"{METRICS_FILE}:{metric}",
+        "--sort-order",
+        "desc",
+        "--no-pager",
+        "--drop",
+        ".*",
+        # DVC names a column by its key, prefixed with the file only when ambiguous.
+        "--keep",
+        "(^|:)(" + "|".join(k.replace(".", r"\.") for k in KEEP) + ")$",
+    ]
     return argv + (["--md"] if markdown else [])
 
 
 def _dvc(argv: list[str], capture: bool = False) -> str:
     print("$ " + shlex.join(argv), file=sys.stderr)
     try:
-        done = subprocess.run(argv, cwd=repo_root(), text=True, check=False,
-                              capture_output=capture)
+        done = subprocess.run(argv, cwd=repo_root(), text=True, check=False, capture_output=capture)
     except FileNotFoundError:
-        raise GreenrError("the dvc command is not on PATH",
-                          "put the project venv's bin first on PATH (`source .venv/bin/activate`)") from None
+        raise GreenrError(
+            "the dvc command is not on PATH", "put the project venv's bin first on PATH (`source .venv/bin/activate`)"
+        ) from None
     if done.returncode != 0:
         detail = f": {done.stderr.strip()[-500:]}" if capture else ""
-        raise GreenrError(f"`{shlex.join(argv)}` failed (exit {done.returncode}){detail}",
-                          "see DVC's message above; `dvc queue logs NAME` shows a failed experiment's log")
+        raise GreenrError(
+            f"`{shlex.join(argv)}` failed (exit {done.returncode}){detail}",
+            "see DVC's message above; `dvc queue logs NAME` shows a failed experiment's log",
+        )
     return done.stdout or ""
 
 
@@ -84,17 +112,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m greenr.grid", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     queue = sub.add_parser("queue", help="queue one experiment per combination of -S values")
-    queue.add_argument("-S", "--set-param", dest="sets", action="append", required=True,
-                       metavar="KEY=V1,V2", help="as `dvc exp run -S` (comma-separated = grid)")
+    queue.add_argument(
+        "-S",
+        "--set-param",
+        dest="sets",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="as `dvc exp run -S` (comma-separated = grid)",
+    )
     queue.add_argument("--name", help="experiment name (single experiments only)")
     run = sub.add_parser("run", help="run everything queued")
     run.add_argument("--jobs", type=int, default=1, help="parallel experiments (default 1: CPU-bound)")
     for name in ("show", "best"):
-        cmd = sub.add_parser(name, help="table against BASE" if name == "show" else
-                             "print (and --apply) the best experiment on BASE")
+        cmd = sub.add_parser(
+            name, help="table against BASE" if name == "show" else "print (and --apply) the best experiment on BASE"
+        )
         cmd.add_argument("--base", default="main", help="baseline revision (default: main)")
-        cmd.add_argument("--metric", default="accuracy",
-                         help=f"key in {METRICS_FILE} to sort by (default: accuracy; e.g. macro.f1)")
+        cmd.add_argument(
+            "--metric", default="accuracy", help=f"key in {METRICS_FILE} to sort by (default: accuracy; e.g. macro.f1)"
+        )
         if name == "show":
             cmd.add_argument("--md", action="store_true", help="Markdown table (for a PR)")
         else:
@@ -111,8 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         shown = json.loads(_dvc(["dvc", "exp", "show", "--rev", args.base, "--json"], capture=True) or "[]")
         best = best_experiment(shown, args.metric)
         if best is None:
-            raise GreenrError(f"no finished experiment on {args.base} has {METRICS_FILE}:{args.metric}",
-                              "run the grid first: `python -m greenr.grid run`")
+            raise GreenrError(
+                f"no finished experiment on {args.base} has {METRICS_FILE}:{args.metric}",
+                "run the grid first: `python -m greenr.grid run`",
+            )
         print(f"best: {best[0]} ({args.metric} {best[1]:.4f})")
         if args.apply:
             _dvc(["dvc", "exp", "apply", best[0]])

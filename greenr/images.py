@@ -48,8 +48,12 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, raw: dict) -> Preprocessing:
-        return cls(image_size=int(raw["image_size"]), mean=tuple(raw["mean"]),
-                   std=tuple(raw["std"]), resize=str(raw.get("resize", cls.resize)))
+        return cls(
+            image_size=int(raw["image_size"]),
+            mean=tuple(raw["mean"]),
+            std=tuple(raw["std"]),
+            resize=str(raw.get("resize", cls.resize)),
+        )
 
 
 def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -72,12 +76,10 @@ def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
                 # A file cut off inside its header fails here, before `load()`.
                 raise ImageError(f"image is truncated or corrupt ({exc})") from None
             if img.format not in SUPPORTED_FORMATS:
-                raise ImageError(f"unsupported image format {img.format}; use JPEG, PNG or WebP",
-                                 "unsupported")
+                raise ImageError(f"unsupported image format {img.format}; use JPEG, PNG or WebP", "unsupported")
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(f"image is {width}x{height} pixels, over the limit of {max_pixels}",
-                                 "too_large")
+                raise ImageError(f"image is {width}x{height} pixels, over the limit of {max_pixels}", "too_large")
             try:
                 img.load()
                 img = ImageOps.exif_transpose(img)
@@ -127,7 +129,8 @@ def normalize(batch: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def load_model_input(source: bytes | str | Path, spec: Preprocessing,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def load_model_input(
+    source: bytes | str | Path, spec: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
     """Decode and resize one image: the uint8 tensor that `normalize` takes in batches."""
     return to_uint8_tensor(decode_image(source, max_pixels=max_pixels), spec)

@@ -9,8 +9,13 @@ from greenr.images import Preprocessing, normalize
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, spec: Preprocessing,
-                   device: torch.device | str = "cpu", batch_size: int = 64) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: Preprocessing,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Logits (N, C) on the CPU for uint8 images (N, 3, S, S)."""
     outputs = []
     for start in range(0, len(images), batch_size):
@@ -21,7 +26,12 @@ def predict_logits(model: nn.Module, images: torch.Tensor, spec: Preprocessing,
     return torch.cat(outputs)
 
 
-def predict_proba(model: nn.Module, images: torch.Tensor, spec: Preprocessing,
-                  device: torch.device | str = "cpu", batch_size: int = 64) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: Preprocessing,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Class probabilities (N, C) on the CPU."""
     return torch.softmax(predict_logits(model, images, spec, device, batch_size), dim=1)

@@ -36,8 +36,7 @@ from greenr.paths import DATA_DIR, repo_root
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL_TEMPLATE = ("https://raw.githubusercontent.com/btphan95/greenr-airflow/master/data/"
-                        "{class}/{index:08d}.jpg")
+DEFAULT_URL_TEMPLATE = "https://raw.githubusercontent.com/btphan95/greenr-airflow/master/data/{class}/{index:08d}.jpg"
 DEFAULT_COUNT = 200  # images per class at the URL template (indices 0..199)
 # Statuses worth asking again: the server or a proxy is busy, not the file missing.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -68,17 +67,24 @@ class IngestReport:
         return len(self.written) + len(self.unchanged)
 
     def summary(self) -> str:
-        lines = [(f"ingest from {self.source} into {self.dest}: {self.ok} ok "
-                  f"({len(self.written)} written, {len(self.unchanged)} unchanged), "
-                  f"{len(self.skipped)} skipped")]
+        lines = [
+            (
+                f"ingest from {self.source} into {self.dest}: {self.ok} ok "
+                f"({len(self.written)} written, {len(self.unchanged)} unchanged), "
+                f"{len(self.skipped)} skipped"
+            )
+        ]
         lines += [f"  skipped {s.file}: {s.reason}" for s in sorted(self.skipped, key=lambda s: s.file)]
         if self.extra:
-            lines.append(f"  {len(self.extra)} file(s) in {self.dest} are not in the source and were kept "
-                         f"(pass --prune to remove them): {', '.join(self.extra[:5])}"
-                         + (" ..." if len(self.extra) > 5 else ""))
+            lines.append(
+                f"  {len(self.extra)} file(s) in {self.dest} are not in the source and were kept "
+                f"(pass --prune to remove them): {', '.join(self.extra[:5])}" + (" ..." if len(self.extra) > 5 else "")
+            )
         if self.removed:
-            lines.append(f"  removed {len(self.removed)} file(s): {', '.join(self.removed[:5])}"
-                         + (" ..." if len(self.removed) > 5 else ""))
+            lines.append(
+                f"  removed {len(self.removed)} file(s): {', '.join(self.removed[:5])}"
+                + (" ..." if len(self.removed) > 5 else "")
+            )
         if self.dvc_updated:
             lines.append(f"  ran `dvc add {self.dest.name}` ({self.dest.name}.dvc updated)")
         return "\n".join(lines)
@@ -109,32 +115,43 @@ def is_url(source: str) -> bool:
     return "://" in source
 
 
-def _url_items(template: str, classes: Sequence[str], count: int, timeout: float, retries: int,
-               backoff: float) -> list[_Item]:
+def _url_items(
+    template: str, classes: Sequence[str], count: int, timeout: float, retries: int, backoff: float
+) -> list[_Item]:
     if "{class}" not in template or "{index" not in template:
-        raise GreenrError(f"URL template {template!r} lacks the {{class}} and {{index}} fields",
-                          "use a template like https://host/data/{class}/{index:08d}.jpg")
+        raise GreenrError(
+            f"URL template {template!r} lacks the {{class}} and {{index}} fields",
+            "use a template like https://host/data/{class}/{index:08d}.jpg",
+        )
     scheme = urllib.parse.urlsplit(template).scheme.lower()
     if scheme not in ("http", "https"):
-        raise GreenrError(f"URL template {template!r} uses {scheme!r}; only http and https are supported",
-                          "use an http(s) URL template or a local folder")
+        raise GreenrError(
+            f"URL template {template!r} uses {scheme!r}; only http and https are supported",
+            "use an http(s) URL template or a local folder",
+        )
     host = urllib.parse.urlsplit(template.replace("{", "").replace("}", "")).hostname or ""
     if offline() and not _is_loopback(host):
-        raise GreenrError(f"GREENR_OFFLINE is set, so the images cannot be downloaded from {host}",
-                          "set DATA_SOURCE to a local folder with one sub-folder per class "
-                          "(e.g. DATA_SOURCE=../shared/datasets/dandelion-grass), or unset GREENR_OFFLINE")
+        raise GreenrError(
+            f"GREENR_OFFLINE is set, so the images cannot be downloaded from {host}",
+            "set DATA_SOURCE to a local folder with one sub-folder per class "
+            "(e.g. DATA_SOURCE=../shared/datasets/dandelion-grass), or unset GREENR_OFFLINE",
+        )
     items = []
     for label in classes:
         for index in range(count):
             try:
                 url = template.format_map({"class": label, "index": index})
             except (KeyError, ValueError, IndexError) as exc:
-                raise GreenrError(f"URL template {template!r} cannot be filled in: {exc}",
-                                  "use only the fields {class} and {index} (e.g. {index:08d})") from None
+                raise GreenrError(
+                    f"URL template {template!r} cannot be filled in: {exc}",
+                    "use only the fields {class} and {index} (e.g. {index:08d})",
+                ) from None
             name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
             if not name:
-                raise GreenrError(f"URL {url} does not end in a file name",
-                                  "the template must end in a file name such as {index:08d}.jpg")
+                raise GreenrError(
+                    f"URL {url} does not end in a file name",
+                    "the template must end in a file name such as {index:08d}.jpg",
+                )
             items.append(_Item(label, name, _downloader(url, timeout, retries, backoff), url))
     return items
 
@@ -181,19 +198,25 @@ def download(url: str, timeout: float, retries: int, backoff: float) -> bytes:
 
 def _local_items(source: Path, classes: Sequence[str]) -> list[_Item]:
     if not source.is_dir():
-        raise GreenrError(f"data source folder {source} does not exist",
-                          "set DATA_SOURCE (or --source) to a folder with one sub-folder per class "
-                          f"({', '.join(classes)}), or unset it to download from the public URL template")
+        raise GreenrError(
+            f"data source folder {source} does not exist",
+            "set DATA_SOURCE (or --source) to a folder with one sub-folder per class "
+            f"({', '.join(classes)}), or unset it to download from the public URL template",
+        )
     items = []
     for label in classes:
         folder = source / label
         if not folder.is_dir():
-            raise GreenrError(f"class folder {folder} is missing in the data source",
-                              f"the source needs one sub-folder per class: {', '.join(classes)}")
+            raise GreenrError(
+                f"class folder {folder} is missing in the data source",
+                f"the source needs one sub-folder per class: {', '.join(classes)}",
+            )
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
-            raise GreenrError(f"class folder {folder} in the data source is empty",
-                              f"put the {label} images (.jpg/.jpeg/.png/.webp) in {folder}/")
+            raise GreenrError(
+                f"class folder {folder} in the data source is empty",
+                f"put the {label} images (.jpg/.jpeg/.png/.webp) in {folder}/",
+            )
         items += [_Item(label, p.name, p.read_bytes, str(p)) for p in files]
     others = sorted(p.name for p in source.iterdir() if p.is_dir() and p.name not in classes)
     if others:
@@ -256,9 +279,20 @@ def _clean_stale_temp_files(dest: Path, classes: Sequence[str]) -> list[str]:
     return removed
 
 
-def ingest(source: str, dest: Path, *, classes: Sequence[str] = CLASSES, count: int = DEFAULT_COUNT,
-           workers: int = 8, timeout: float = 20.0, retries: int = 3, backoff: float = 0.5,
-           refresh: bool = False, prune: bool = False, dvc_add: bool = True) -> IngestReport:
+def ingest(
+    source: str,
+    dest: Path,
+    *,
+    classes: Sequence[str] = CLASSES,
+    count: int = DEFAULT_COUNT,
+    workers: int = 8,
+    timeout: float = 20.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+    refresh: bool = False,
+    prune: bool = False,
+    dvc_add: bool = True,
+) -> IngestReport:
     """Fill `dest/{class}/` from `source` (a folder or an http(s) URL template); see the module doc.
 
     URL sources: files already present that decode are kept without downloading them again,
@@ -268,9 +302,10 @@ def ingest(source: str, dest: Path, *, classes: Sequence[str] = CLASSES, count: 
     """
     dest = Path(dest).resolve()
     if workers < 1 or retries < 0 or timeout <= 0 or count < 1:
-        raise GreenrError(f"bad ingest settings: workers={workers}, retries={retries}, "
-                          f"timeout={timeout}, count={count}",
-                          "use workers >= 1, retries >= 0, timeout > 0, count >= 1")
+        raise GreenrError(
+            f"bad ingest settings: workers={workers}, retries={retries}, timeout={timeout}, count={count}",
+            "use workers >= 1, retries >= 0, timeout > 0, count >= 1",
+        )
     if is_url(source):
         items = _url_items(source, classes, count, timeout, retries, backoff)
         trust_present = not refresh
@@ -281,8 +316,9 @@ def ingest(source: str, dest: Path, *, classes: Sequence[str] = CLASSES, count: 
         trust_present = False  # reading a local file costs no more than checking the copy
         shown_source = str(src)
         if src == dest:
-            raise GreenrError(f"the data source {src} is the destination itself",
-                              "point --source at a different folder")
+            raise GreenrError(
+                f"the data source {src} is the destination itself", "point --source at a different folder"
+            )
     report = IngestReport(source=shown_source, dest=dest)
     report.removed += _clean_stale_temp_files(dest, classes)
     log.info("ingesting %d file(s) from %s into %s (%d workers)", len(items), shown_source, dest, workers)
@@ -302,7 +338,8 @@ def ingest(source: str, dest: Path, *, classes: Sequence[str] = CLASSES, count: 
                 f"no usable {label} image came from {shown_source} "
                 f"({sum(i.label == label for i in items)} tried; {'; '.join(reasons[:3])})",
                 "check the network and the URL template (or the source folder), or set DATA_SOURCE "
-                "to a local folder with one sub-folder per class")
+                "to a local folder with one sub-folder per class",
+            )
 
     wanted = {item.key for item in items}
     for label in classes:
@@ -327,11 +364,18 @@ def dvc_executable() -> str:
 
 def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run([dvc_executable(), *args], cwd=cwd, capture_output=True, text=True, check=False,
-                              env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        return subprocess.run(
+            [dvc_executable(), *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+        )
     except FileNotFoundError:
-        raise GreenrError("the dvc command was not found", "run `make setup` (it installs dvc into .venv), "
-                          "or pass --no-dvc-add") from None
+        raise GreenrError(
+            "the dvc command was not found", "run `make setup` (it installs dvc into .venv), or pass --no-dvc-add"
+        ) from None
 
 
 def run_dvc_add(dest: Path, changed: bool = True) -> bool:
@@ -342,12 +386,17 @@ def run_dvc_add(dest: Path, changed: bool = True) -> bool:
     """
     project = next((p for p in dest.parents if (p / ".dvc").is_dir()), None)
     if project is None:
-        raise GreenrError(f"{dest} is not inside a DVC project, so `dvc add` cannot track it",
-                          "ingest into the project's data/ folder, or pass --no-dvc-add")
+        raise GreenrError(
+            f"{dest} is not inside a DVC project, so `dvc add` cannot track it",
+            "ingest into the project's data/ folder, or pass --no-dvc-add",
+        )
     target = dest.relative_to(project).as_posix()
     dvc_file = dest.with_name(dest.name + ".dvc")
-    up_to_date = (not changed and dvc_file.is_file()
-                  and _dvc(["status", "--quiet", dvc_file.name], dvc_file.parent).returncode == 0)
+    up_to_date = (
+        not changed
+        and dvc_file.is_file()
+        and _dvc(["status", "--quiet", dvc_file.name], dvc_file.parent).returncode == 0
+    )
     if up_to_date:
         log.info("%s is up to date", dvc_file.name)
         return False
@@ -355,8 +404,10 @@ def run_dvc_add(dest: Path, changed: bool = True) -> bool:
     result = _dvc(["add", "--quiet", target], project)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip()[-1500:]
-        raise GreenrError(f"`dvc add {target}` failed (exit {result.returncode}): {tail}",
-                          f"fix the problem above, then run `dvc add {target}` in {project}")
+        raise GreenrError(
+            f"`dvc add {target}` failed (exit {result.returncode}): {tail}",
+            f"fix the problem above, then run `dvc add {target}` in {project}",
+        )
     return True
 
 
@@ -369,18 +420,23 @@ def default_source() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="greenr ingest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", default=None,
-                        help="a folder with one sub-folder per class, or an http(s) URL template with "
-                             "{class} and {index} (default: $DATA_SOURCE, else the public URL template)")
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="a folder with one sub-folder per class, or an http(s) URL template with "
+        "{class} and {index} (default: $DATA_SOURCE, else the public URL template)",
+    )
     parser.add_argument("--dest", type=Path, default=None, help="the data folder (default: data/)")
     parser.add_argument("--classes", default=",".join(CLASSES), help="comma-separated class names")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
-                        help="URL template only: indices per class, 0..COUNT-1")
+    parser.add_argument(
+        "--count", type=int, default=DEFAULT_COUNT, help="URL template only: indices per class, 0..COUNT-1"
+    )
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads or copies")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=3, help="retries per file after the first try")
-    parser.add_argument("--refresh", action="store_true",
-                        help="URL template only: download files already present again and compare")
+    parser.add_argument(
+        "--refresh", action="store_true", help="URL template only: download files already present again and compare"
+    )
     parser.add_argument("--prune", action="store_true", help="remove files in dest that the source lacks")
     parser.add_argument("--no-dvc-add", action="store_true", help="do not run `dvc add` afterwards")
     return parser
@@ -390,10 +446,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    report = ingest(args.source or default_source(), args.dest or repo_root() / DATA_DIR,
-                    classes=[c.strip() for c in args.classes.split(",") if c.strip()], count=args.count,
-                    workers=args.workers, timeout=args.timeout, retries=args.retries,
-                    refresh=args.refresh, prune=args.prune, dvc_add=not args.no_dvc_add)
+    report = ingest(
+        args.source or default_source(),
+        args.dest or repo_root() / DATA_DIR,
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()],
+        count=args.count,
+        workers=args.workers,
+        timeout=args.timeout,
+        retries=args.retries,
+        refresh=args.refresh,
+        prune=args.prune,
+        dvc_add=not args.no_dvc_add,
+    )
     print(report.summary())
     return 0
 

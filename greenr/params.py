@@ -151,8 +151,10 @@ def load_section(name: str, path: Path | None = None) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise GreenrError(f"params.yaml: {_describe(name, model, err)}",
-                          "correct the value in params.yaml (or the -S override you passed)") from None
+        raise GreenrError(
+            f"params.yaml: {_describe(name, model, err)}",
+            "correct the value in params.yaml (or the -S override you passed)",
+        ) from None
 
 
 def validate_all(path: Path | None = None) -> dict[str, Section]:
@@ -164,6 +166,5 @@ def validate_all(path: Path | None = None) -> dict[str, Section]:
         for key in unknown:
             close = difflib.get_close_matches(key, list(SECTIONS), n=1)
             hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        raise GreenrError(f"params.yaml: unknown section {', '.join(hints)}",
-                          f"known sections: {', '.join(SECTIONS)}")
+        raise GreenrError(f"params.yaml: unknown section {', '.join(hints)}", f"known sections: {', '.join(SECTIONS)}")
     return {name: load_section(name, path) for name in SECTIONS}

@@ -37,16 +37,17 @@ class Check:
 def read_text_at(rev: str, root: Path, path: str) -> str | None:
     """A file as committed at `rev`; None when that revision has no such file."""
     try:
-        done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise GreenrError(f"could not run git: {exc}", "install git") from None
     if done.returncode != 0:
         if "exists on disk, but not in" in done.stderr or "does not exist in" in done.stderr:
             return None
-        raise GreenrError(f"git show {rev}:{path} failed: {done.stderr.strip()}",
-                          "pass an existing revision with --base (e.g. main or origin/main; "
-                          "in CI fetch it first: `git fetch origin main`)")
+        raise GreenrError(
+            f"git show {rev}:{path} failed: {done.stderr.strip()}",
+            "pass an existing revision with --base (e.g. main or origin/main; "
+            "in CI fetch it first: `git fetch origin main`)",
+        )
     return done.stdout
 
 
@@ -69,8 +70,10 @@ def _parse(text: str, source: str) -> dict[str, Any]:
         data = json.loads(text)
         float(data["accuracy"]), float(data["macro"]["f1"])
     except (ValueError, KeyError, TypeError):
-        raise GreenrError(f"{source} is not an evaluate metrics file (needs accuracy and macro.f1)",
-                          "regenerate it with `dvc repro evaluate`") from None
+        raise GreenrError(
+            f"{source} is not an evaluate metrics file (needs accuracy and macro.f1)",
+            "regenerate it with `dvc repro evaluate`",
+        ) from None
     return data
 
 
@@ -78,21 +81,32 @@ def gate(candidate: dict[str, Any], base: dict[str, Any] | None, rules: PromoteP
     """Every check, passed or not: floors first, then regressions against the base."""
     acc, f1 = float(candidate["accuracy"]), float(candidate["macro"]["f1"])
     checks = [
-        Check("accuracy floor", acc >= rules.min_accuracy,
-              f"accuracy {acc:.4f} {'>=' if acc >= rules.min_accuracy else '<'} "
-              f"promote.min_accuracy {rules.min_accuracy:.4f}"),
-        Check("macro F1 floor", f1 >= rules.min_macro_f1,
-              f"macro F1 {f1:.4f} {'>=' if f1 >= rules.min_macro_f1 else '<'} "
-              f"promote.min_macro_f1 {rules.min_macro_f1:.4f}"),
+        Check(
+            "accuracy floor",
+            acc >= rules.min_accuracy,
+            f"accuracy {acc:.4f} {'>=' if acc >= rules.min_accuracy else '<'} "
+            f"promote.min_accuracy {rules.min_accuracy:.4f}",
+        ),
+        Check(
+            "macro F1 floor",
+            f1 >= rules.min_macro_f1,
+            f"macro F1 {f1:.4f} {'>=' if f1 >= rules.min_macro_f1 else '<'} "
+            f"promote.min_macro_f1 {rules.min_macro_f1:.4f}",
+        ),
     ]
     if base is not None:
         for name, new, old, allowed in (
-                ("accuracy", acc, float(base["accuracy"]), rules.max_accuracy_drop),
-                ("macro F1", f1, float(base["macro"]["f1"]), rules.max_macro_f1_drop)):
+            ("accuracy", acc, float(base["accuracy"]), rules.max_accuracy_drop),
+            ("macro F1", f1, float(base["macro"]["f1"]), rules.max_macro_f1_drop),
+        ):
             ok = new >= old - allowed - 1e-12
-            checks.append(Check(f"{name} vs base", ok,
-                                f"{name} {new:.4f} vs base {old:.4f} (delta {new - old:+.4f}, "
-                                f"allowed drop {allowed:.4f})"))
+            checks.append(
+                Check(
+                    f"{name} vs base",
+                    ok,
+                    f"{name} {new:.4f} vs base {old:.4f} (delta {new - old:+.4f}, allowed drop {allowed:.4f})",
+                )
+            )
     return checks
 
 
@@ -107,13 +121,19 @@ def register(root: Path, rules: PromoteParams) -> str:
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m greenr.promote",
-                                     description="Promotion gate for the evaluated model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m greenr.promote", description="Promotion gate for the evaluated model."
+    )
     parser.add_argument("--base", default="main", help="git revision to compare with (default: main)")
-    parser.add_argument("--candidate", type=Path, default=None,
-                        help=f"candidate metrics file (default: {METRICS_FILE} in the workspace)")
-    parser.add_argument("--register", action="store_true",
-                        help="when promoted, register the model in MLflow with the alias")
+    parser.add_argument(
+        "--candidate",
+        type=Path,
+        default=None,
+        help=f"candidate metrics file (default: {METRICS_FILE} in the workspace)",
+    )
+    parser.add_argument(
+        "--register", action="store_true", help="when promoted, register the model in MLflow with the alias"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     root = repo_root()
@@ -127,8 +147,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: {args.base} has no {METRICS_FILE}; only the floors apply")
     failed = [c for c in checks if not c.passed]
     if failed:
-        print(f"rejected: {len(failed)} of {len(checks)} checks failed "
-              f"({', '.join(c.name for c in failed)})", file=sys.stderr)
+        print(
+            f"rejected: {len(failed)} of {len(checks)} checks failed ({', '.join(c.name for c in failed)})",
+            file=sys.stderr,
+        )
         sys.exit(1)
     print(f"promoted: the candidate passes all {len(checks)} checks against {args.base}")
     if args.register:

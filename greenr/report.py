@@ -22,21 +22,26 @@ from greenr.errors import GreenrError, exits_cleanly, setup_logging
 from greenr.paths import PLOTS_DIR, repo_root
 from greenr.promote import METRICS_FILE, read_metrics_at, read_text_at
 
-NOISE_NOTE = ("The test set is small, so a single accuracy is noisy: with 60 images one image is "
-              "1.7 points. Treat a difference as real only when the intervals barely overlap.")
+NOISE_NOTE = (
+    "The test set is small, so a single accuracy is noisy: with 60 images one image is "
+    "1.7 points. Treat a difference as real only when the intervals barely overlap."
+)
 
 
 def dvc_json(root: Path, *args: str) -> dict[str, Any]:
     """Run `dvc ... --json` and parse its output."""
     try:
-        done = subprocess.run(["dvc", *args, "--json"], cwd=root, capture_output=True, text=True,
-                              check=False, env=None)
+        done = subprocess.run(["dvc", *args, "--json"], cwd=root, capture_output=True, text=True, check=False, env=None)
     except FileNotFoundError:
-        raise GreenrError("the dvc command is not on PATH", "run it with the project venv's bin "
-                          "first on PATH (`make setup`, then `source .venv/bin/activate`)") from None
+        raise GreenrError(
+            "the dvc command is not on PATH",
+            "run it with the project venv's bin first on PATH (`make setup`, then `source .venv/bin/activate`)",
+        ) from None
     if done.returncode != 0:
-        raise GreenrError(f"`dvc {' '.join(args)}` failed: {done.stderr.strip()[-500:]}",
-                          "check that the base revision exists (`git fetch origin main` in CI)")
+        raise GreenrError(
+            f"`dvc {' '.join(args)}` failed: {done.stderr.strip()[-500:]}",
+            "check that the base revision exists (`git fetch origin main` in CI)",
+        )
     return json.loads(done.stdout or "{}")
 
 
@@ -78,8 +83,11 @@ def params_table(diff: dict[str, Any]) -> str:
     def raw(value: Any) -> str:
         return "–" if value is None else str(value)
 
-    rows = [[path, name, raw(values.get("old")), raw(values.get("new"))]
-            for path, entries in sorted(diff.items()) for name, values in sorted(entries.items())]
+    rows = [
+        [path, name, raw(values.get("old")), raw(values.get("new"))]
+        for path, entries in sorted(diff.items())
+        for name, values in sorted(entries.items())
+    ]
     if not rows:
         return "_No parameter changed._"
     return _table(["file", "param", "base", "this change"], rows)
@@ -99,10 +107,13 @@ def intervals_table(base: dict[str, Any] | None, new: dict[str, Any]) -> str:
         return f"{report['accuracy']:.4f}" if key == "accuracy" else f"{report['macro']['f1']:.4f}"
 
     confidence = (new.get("bootstrap") or {}).get("confidence", 0.95)
-    rows = [[label, point(base, key), interval(base, key), point(new, key), interval(new, key)]
-            for label, key in (("accuracy", "accuracy"), ("macro F1", "macro_f1"))]
-    return (f"Bootstrap {confidence:.0%} intervals over the {new.get('n', '?')} test images:\n\n"
-            + _table(["metric", "base", "base interval", "this change", "interval"], rows))
+    rows = [
+        [label, point(base, key), interval(base, key), point(new, key), interval(new, key)]
+        for label, key in (("accuracy", "accuracy"), ("macro F1", "macro_f1"))
+    ]
+    return f"Bootstrap {confidence:.0%} intervals over the {new.get('n', '?')} test images:\n\n" + _table(
+        ["metric", "base", "base interval", "this change", "interval"], rows
+    )
 
 
 def _rows(text: str) -> list[dict[str, str]]:
@@ -151,9 +162,14 @@ def render_plots(root: Path, out_dir: Path, base: str | None = None) -> list[tup
             prefix = "" if len(training) == 1 else f"{label}: "
             for key, ax in (("loss", loss_ax), ("acc", acc_ax)):
                 for split, marker in (("train", "o"), ("val", "s")):
-                    ax.plot(epochs, [float(r[f"{split}_{key}"]) for r in history], marker=marker,
-                            markersize=3, linestyle="--" if run < len(training) - 1 else "-",
-                            label=f"{prefix}{split}")
+                    ax.plot(
+                        epochs,
+                        [float(r[f"{split}_{key}"]) for r in history],
+                        marker=marker,
+                        markersize=3,
+                        linestyle="--" if run < len(training) - 1 else "-",
+                        label=f"{prefix}{split}",
+                    )
                 ax.set_xlabel("epoch")
                 ax.set_title("loss" if key == "loss" else "accuracy")
         acc_ax.legend(fontsize="small")
@@ -161,18 +177,19 @@ def render_plots(root: Path, out_dir: Path, base: str | None = None) -> list[tup
 
     confusions = both(f"{PLOTS_DIR}/evaluate/confusion.csv")
     if any(label == "this change" for label, _ in confusions):
-        fig, axes = plt.subplots(1, len(confusions), figsize=(3.6 * len(confusions), 3.2), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            1, len(confusions), figsize=(3.6 * len(confusions), 3.2), squeeze=False, layout="constrained"
+        )
         for column, (ax, (label, confusion)) in enumerate(zip(axes[0], confusions, strict=True)):
             classes = sorted({r["actual"] for r in confusion} | {r["predicted"] for r in confusion})
-            counts = [[sum(r["actual"] == a and r["predicted"] == p for r in confusion) for p in classes]
-                      for a in classes]
+            counts = [
+                [sum(r["actual"] == a and r["predicted"] == p for r in confusion) for p in classes] for a in classes
+            ]
             ax.imshow(counts, cmap="Greens")
             top = max(max(row) for row in counts) or 1
             for i, row in enumerate(counts):
                 for j, count in enumerate(row):
-                    ax.text(j, i, str(count), ha="center", va="center",
-                            color="white" if count > top / 2 else "black")
+                    ax.text(j, i, str(count), ha="center", va="center", color="white" if count > top / 2 else "black")
             ax.set_xticks(range(len(classes)), classes)
             ax.set_yticks(range(len(classes)), classes if column == 0 else [])
             ax.set_xlabel("predicted")
@@ -199,11 +216,24 @@ def build_report(root: Path, base: str, out: Path, plots: bool = True) -> str:
     params_diff = dvc_json(root, "params", "diff", base)
     candidate = json.loads((root / METRICS_FILE).read_text(encoding="utf-8"))
     base_metrics = read_metrics_at(base, root)
-    parts = [f"## greenr: this change against `{base}`", "",
-             "### Test metrics (`dvc metrics diff`)", "", metrics_table(metrics_diff), "",
-             "### Parameters (`dvc params diff`)", "", params_table(params_diff), "",
-             "### How sure are we?", "", intervals_table(base_metrics, candidate), "",
-             f"> {NOISE_NOTE}", ""]
+    parts = [
+        f"## greenr: this change against `{base}`",
+        "",
+        "### Test metrics (`dvc metrics diff`)",
+        "",
+        metrics_table(metrics_diff),
+        "",
+        "### Parameters (`dvc params diff`)",
+        "",
+        params_table(params_diff),
+        "",
+        "### How sure are we?",
+        "",
+        intervals_table(base_metrics, candidate),
+        "",
+        f"> {NOISE_NOTE}",
+        "",
+    ]
     if plots:
         made = render_plots(root, out.parent, base)
         if made:
@@ -215,8 +245,9 @@ def build_report(root: Path, base: str, out: Path, plots: bool = True) -> str:
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m greenr.report",
-                                     description="Markdown report of this change against a base revision.")
+    parser = argparse.ArgumentParser(
+        prog="python -m greenr.report", description="Markdown report of this change against a base revision."
+    )
     parser.add_argument("--base", default="main", help="git revision to compare with (default: main)")
     parser.add_argument("--out", type=Path, default=Path("reports/pr.md"))
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

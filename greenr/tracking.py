@@ -55,10 +55,18 @@ def git_commit(root: Path | None = None) -> tuple[str, bool]:
     """(HEAD commit or 'unknown', whether the work tree has uncommitted changes)."""
     root = root or repo_root()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    cwd=root, capture_output=True, text=True, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
         return commit, dirty
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
@@ -76,9 +84,14 @@ def data_version(root: Path | None = None) -> str:
 
 def run_tags(stage: str) -> dict[str, str]:
     commit, dirty = git_commit()
-    tags = {"mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower(),
-            "data_version": data_version(), "dvc_stage": stage,
-            "checkout": str(main_checkout())}
+    tags = {
+        "mlflow.source.git.commit": commit,
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "data_version": data_version(),
+        "dvc_stage": stage,
+        "checkout": str(main_checkout()),
+    }
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = exp
     return tags
@@ -93,10 +106,13 @@ def run_name() -> str:
 
 def find_run_id(checkpoint_sha256: str) -> str | None:
     """The latest run that trained the checkpoint with this SHA-256, if any."""
-    runs = mlflow.search_runs([experiment_id()],
-                              filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
-                              order_by=["attributes.start_time DESC"], max_results=1,
-                              output_format="list")
+    runs = mlflow.search_runs(
+        [experiment_id()],
+        filter_string=f"tags.checkpoint_sha256 = '{checkpoint_sha256}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -110,13 +126,15 @@ def register_checkpoint_model(checkpoint_sha256: str, name: str, alias: str) -> 
 
     run_id = find_run_id(checkpoint_sha256)
     if run_id is None:
-        raise GreenrError(f"no MLflow run has tag checkpoint_sha256 = {checkpoint_sha256[:12]}…",
-                          "train the model on this machine (`dvc repro`), or point "
-                          "MLFLOW_TRACKING_URI at the server that recorded its training")
+        raise GreenrError(
+            f"no MLflow run has tag checkpoint_sha256 = {checkpoint_sha256[:12]}…",
+            "train the model on this machine (`dvc repro`), or point "
+            "MLFLOW_TRACKING_URI at the server that recorded its training",
+        )
     client = mlflow.MlflowClient()
-    models = client.search_logged_models(experiment_ids=[experiment_id()],
-                                         filter_string=f"source_run_id = '{run_id}'",
-                                         max_results=1)
+    models = client.search_logged_models(
+        experiment_ids=[experiment_id()], filter_string=f"source_run_id = '{run_id}'", max_results=1
+    )
     source = f"models:/{models[0].model_id}" if models else f"runs:/{run_id}/model"
     version = mlflow.register_model(source, name, tags={"checkpoint_sha256": checkpoint_sha256})
     client.set_registered_model_alias(name, alias, version.version)
@@ -134,8 +152,7 @@ def start_run(stage: str, checkpoint_sha256: str | None = None) -> Iterator[Any]
     run_id = None
     if checkpoint_sha256 and stage != "train":
         run_id = find_run_id(checkpoint_sha256)
-    with mlflow.start_run(run_id=run_id, experiment_id=exp_id,
-                          run_name=None if run_id else run_name()) as run:
+    with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name()) as run:
         mlflow.set_tags({k: v for k, v in run_tags(stage).items() if not (run_id and k == "dvc_stage")})
         yield run
 
@@ -148,6 +165,10 @@ def log_model(model: Any, checkpoint_path: Path, spec: Any) -> None:
     example = np.zeros((2, 3, spec.image_size, spec.image_size), dtype=np.float32)
     plain = model.cpu().eval().to(memory_format=torch.contiguous_format)
     mlflow.pytorch.log_model(
-        plain, name="model", input_example=example, serialization_format="pt2",
+        plain,
+        name="model",
+        input_example=example,
+        serialization_format="pt2",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        extra_files=[str(checkpoint_path)])
+        extra_files=[str(checkpoint_path)],
+    )

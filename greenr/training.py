@@ -29,14 +29,17 @@ log = logging.getLogger(__name__)
 
 def resolve_device(choice: str) -> torch.device:
     """`auto` picks cuda > mps > cpu; a forced device that is absent is an error."""
-    available = {"cuda": torch.cuda.is_available(),
-                 "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
-                 "cpu": True}
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
     if choice == "auto":
         return torch.device(next(name for name in ("cuda", "mps", "cpu") if available[name]))
     if not available[choice]:
-        raise GreenrError(f"train.device is {choice!r} but no {choice} device is available",
-                          "set train.device: auto (or cpu)")
+        raise GreenrError(
+            f"train.device is {choice!r} but no {choice} device is available", "set train.device: auto (or cpu)"
+        )
     return torch.device(choice)
 
 
@@ -125,7 +128,7 @@ def augment(images: torch.Tensor, aug: AugmentParams, generator: torch.Generator
         x = x * brightness
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * contrast + mean
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         x = (x - gray) * saturation + gray
     return x.clamp(0, 255)
 
@@ -139,8 +142,7 @@ def make_optimizer(model: nn.Module, arch: str, params: TrainParams) -> torch.op
             p.requires_grad_(False)
         groups = [{"params": head, "lr": params.lr}]
     elif params.finetune == "discriminative":
-        groups = [{"params": backbone, "lr": params.lr * params.backbone_lr_scale},
-                  {"params": head, "lr": params.lr}]
+        groups = [{"params": backbone, "lr": params.lr * params.backbone_lr_scale}, {"params": head, "lr": params.lr}]
     else:
         groups = [{"params": backbone + head, "lr": params.lr}]
     if params.optimizer == "adam":
@@ -170,9 +172,13 @@ class EpochStats:
 
     def row(self) -> dict[str, float | int]:
         """What goes into the committed plot file: no timings, so reruns are identical."""
-        return {"epoch": self.epoch, "train_loss": round(self.train_loss, 6),
-                "train_acc": round(self.train_acc, 6), "val_loss": round(self.val_loss, 6),
-                "val_acc": round(self.val_acc, 6)}
+        return {
+            "epoch": self.epoch,
+            "train_loss": round(self.train_loss, 6),
+            "train_acc": round(self.train_acc, 6),
+            "val_loss": round(self.val_loss, 6),
+            "val_acc": round(self.val_acc, 6),
+        }
 
 
 @dataclass
@@ -186,10 +192,17 @@ class FitResult:
         return self.history[self.best_epoch - 1]
 
 
-def train_one_epoch(model: nn.Module, data: TensorDataset, spec: Preprocessing,
-                    params: TrainParams, arch: str, optimizer: torch.optim.Optimizer,
-                    device: torch.device, generator: torch.Generator,
-                    aug_generator: torch.Generator | None = None) -> tuple[float, float]:
+def train_one_epoch(
+    model: nn.Module,
+    data: TensorDataset,
+    spec: Preprocessing,
+    params: TrainParams,
+    arch: str,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    generator: torch.Generator,
+    aug_generator: torch.Generator | None = None,
+) -> tuple[float, float]:
     """One pass over the training set in a seeded order; returns (mean loss, accuracy).
 
     Data-parallel (`model` wrapped in DistributedDataParallel): every rank draws the same
@@ -226,8 +239,9 @@ def train_one_epoch(model: nn.Module, data: TensorDataset, spec: Preprocessing,
     return total_loss / len(data), correct / len(data)
 
 
-def validate(model: nn.Module, data: TensorDataset, spec: Preprocessing,
-             device: torch.device, batch_size: int) -> tuple[float, float]:
+def validate(
+    model: nn.Module, data: TensorDataset, spec: Preprocessing, device: torch.device, batch_size: int
+) -> tuple[float, float]:
     model.eval()
     logits = predict_logits(model, data.images, spec, device, batch_size)
     loss = F.cross_entropy(logits, data.labels).item()
@@ -235,9 +249,16 @@ def validate(model: nn.Module, data: TensorDataset, spec: Preprocessing,
     return loss, acc
 
 
-def fit(model: nn.Module, arch: str, train: TensorDataset, val: TensorDataset,
-        spec: Preprocessing, params: TrainParams, device: torch.device,
-        on_epoch: Callable[[EpochStats], None] | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    arch: str,
+    train: TensorDataset,
+    val: TensorDataset,
+    spec: Preprocessing,
+    params: TrainParams,
+    device: torch.device,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
     """Train for `params.epochs`, validating after each; return the best epoch's model.
 
     Best = highest validation accuracy, ties broken by lower validation loss.
@@ -258,24 +279,38 @@ def fit(model: nn.Module, arch: str, train: TensorDataset, val: TensorDataset,
     best_epoch = 0
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(net, train, spec, params, arch, optimizer,
-                                                device, generator, aug_generator)
+        train_loss, train_acc = train_one_epoch(
+            net, train, spec, params, arch, optimizer, device, generator, aug_generator
+        )
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = validate(model, val, spec, device, params.batch_size)
-        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
-                           seconds=time.perf_counter() - started,
-                           images_per_second=len(train) / train_seconds)
+        stats = EpochStats(
+            epoch,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            seconds=time.perf_counter() - started,
+            images_per_second=len(train) / train_seconds,
+        )
         history.append(stats)
         if not math.isfinite(train_loss):
-            raise GreenrError(f"training diverged at epoch {epoch} (loss {train_loss})",
-                              "lower train.lr")
+            raise GreenrError(f"training diverged at epoch {epoch} (loss {train_loss})", "lower train.lr")
         key = (val_acc, -val_loss)
         if best_key is None or key > best_key:
             best_key, best_epoch = key, epoch
             best_state = copy.deepcopy(model.state_dict())
-        log.info("epoch %d/%d train_loss=%.4f train_acc=%.3f val_loss=%.4f val_acc=%.3f "
-                 "(%.1fs, %.0f img/s)", epoch, params.epochs, train_loss, train_acc, val_loss,
-                 val_acc, stats.seconds, stats.images_per_second)
+        log.info(
+            "epoch %d/%d train_loss=%.4f train_acc=%.3f val_loss=%.4f val_acc=%.3f (%.1fs, %.0f img/s)",
+            epoch,
+            params.epochs,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            stats.seconds,
+            stats.images_per_second,
+        )
         if on_epoch:
             on_epoch(stats)
     model.load_state_dict(best_state)

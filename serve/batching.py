@@ -84,8 +84,9 @@ class MicroBatcher:
     def _run_group(self, group: list[_Item]) -> None:
         loaded = group[0].loaded
         try:
-            probs = predict_proba(loaded.model, torch.stack([i.image for i in group]),
-                                  loaded.ckpt.preprocessing, batch_size=len(group))
+            probs = predict_proba(
+                loaded.model, torch.stack([i.image for i in group]), loaded.ckpt.preprocessing, batch_size=len(group)
+            )
             results: list[torch.Tensor | BaseException] = list(probs)
         except Exception as exc:
             log.exception("batch of %d failed", len(group))

@@ -33,8 +33,12 @@ class AppState:
         """Point metrics and drift monitoring at a model that was just loaded."""
         self.metrics.set_model(loaded.version())
         if self.drift.use_reference(loaded.drift_reference):
-            log.info("drift: %s", "comparing requests with the model's training images"
-                     if loaded.drift_reference else "not monitored (no reference for this model)")
+            log.info(
+                "drift: %s",
+                "comparing requests with the model's training images"
+                if loaded.drift_reference
+                else "not monitored (no reference for this model)",
+            )
 
 
 def app_state(request: Request) -> AppState:
@@ -101,8 +105,9 @@ async def predict_one(state: AppState, upload: UploadFile, loaded: LoadedModel) 
     settings = state.settings
     try:
         data = await read_upload(upload, settings.max_upload_bytes)
-        model_input = await preprocess(data, loaded, settings.max_pixels,
-                                       with_features=loaded.drift_reference is not None)
+        model_input = await preprocess(
+            data, loaded, settings.max_pixels, with_features=loaded.drift_reference is not None
+        )
     except InputError as err:
         state.metrics.input_errors.labels(err.kind).inc()
         raise
@@ -113,5 +118,9 @@ async def predict_one(state: AppState, upload: UploadFile, loaded: LoadedModel) 
         state.drift.record(model_input.drift_features, label)
     state.metrics.predictions.labels(label).inc()
     state.metrics.confidence.observe(probs[best])
-    return {"prediction": label, "confidence": probs[best],
-            "probabilities": dict(zip(loaded.classes, probs)), "model": loaded.version()}
+    return {
+        "prediction": label,
+        "confidence": probs[best],
+        "probabilities": dict(zip(loaded.classes, probs)),
+        "model": loaded.version(),
+    }

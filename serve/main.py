@@ -38,12 +38,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threads = configure_threads(settings.threads)
         metrics_ = app.state.metrics
-        store = ModelStore(settings.model_path, settings.model_rev, settings.model_pull, threads,
-                           drift_reference=settings.drift_reference or None)
-        batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_ms,
-                               on_batch=metrics_.batch_size.observe)
-        state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_,
-                         drift=app.state.drift)
+        store = ModelStore(
+            settings.model_path,
+            settings.model_rev,
+            settings.model_pull,
+            threads,
+            drift_reference=settings.drift_reference or None,
+        )
+        batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_ms, on_batch=metrics_.batch_size.observe)
+        state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_, drift=app.state.drift)
         app.state.greenr = state
         loading = asyncio.create_task(_initial_load(state))
         try:
@@ -52,12 +55,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.cancel()
             batcher.close()
 
-    app = FastAPI(title="greenr", version="0.1.0", lifespan=lifespan,
-                  description="Dandelion-vs-grass classifier serving the DVC-tracked checkpoint.")
+    app = FastAPI(
+        title="greenr",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Dandelion-vs-grass classifier serving the DVC-tracked checkpoint.",
+    )
     app.state.metrics = Metrics()
     # Registered once per app; it reports nothing until a model with a drift reference loads.
-    app.state.drift = DriftMonitor(None, settings.drift_window, settings.drift_min_samples,
-                                   settings.drift_threshold)
+    app.state.drift = DriftMonitor(None, settings.drift_window, settings.drift_min_samples, settings.drift_threshold)
     app.state.drift.register_gauges(app.state.metrics.registry)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     app.include_router(predict.build_router(settings))

@@ -51,22 +51,34 @@ class LoadedModel:
 
     def version(self) -> dict[str, Any]:
         """Short identity of the model, returned with every prediction."""
-        return {"arch": self.ckpt.arch, "sha256": self.ckpt.sha256, "md5": self.md5,
-                "git_rev": self.git_rev, "source": self.source}
+        return {
+            "arch": self.ckpt.arch,
+            "sha256": self.ckpt.sha256,
+            "md5": self.md5,
+            "git_rev": self.git_rev,
+            "source": self.source,
+        }
 
     def describe(self) -> dict[str, Any]:
-        return {**self.version(), "classes": self.classes, "image_size": self.ckpt.image_size,
-                "preprocessing": self.ckpt.preprocessing.to_dict(), "meta": self.ckpt.meta,
-                "dvc_lock_md5": self.dvc_lock_md5,
-                "matches_dvc_lock": None if self.dvc_lock_md5 is None else self.dvc_lock_md5 == self.md5,
-                "evaluate_metrics": self.metrics, "drift_monitored": self.drift_reference is not None,
-                "loaded_at": self.loaded_at}
+        return {
+            **self.version(),
+            "classes": self.classes,
+            "image_size": self.ckpt.image_size,
+            "preprocessing": self.ckpt.preprocessing.to_dict(),
+            "meta": self.ckpt.meta,
+            "dvc_lock_md5": self.dvc_lock_md5,
+            "matches_dvc_lock": None if self.dvc_lock_md5 is None else self.dvc_lock_md5 == self.md5,
+            "evaluate_metrics": self.metrics,
+            "drift_monitored": self.drift_reference is not None,
+            "loaded_at": self.loaded_at,
+        }
 
 
 def _git(root: Path, *args: str) -> str | None:
     try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -88,16 +100,24 @@ def _pull(root: Path, rel: str) -> None:
     """`dvc pull` one file; a failure becomes a GreenrError with dvc's last lines."""
     log.info("%s is missing: pulling it with `dvc pull %s`", rel, rel)
     try:
-        done = subprocess.run([sys.executable, "-m", "dvc", "pull", rel], cwd=root,
-                              capture_output=True, text=True, timeout=300, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "dvc", "pull", rel],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
-        raise GreenrError(f"`dvc pull {rel}` could not run: {exc}",
-                          "run `dvc pull` yourself or `dvc repro` to train the model") from None
+        raise GreenrError(
+            f"`dvc pull {rel}` could not run: {exc}", "run `dvc pull` yourself or `dvc repro` to train the model"
+        ) from None
     if done.returncode != 0:
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise GreenrError(f"{rel} is missing and `dvc pull {rel}` failed: {tail}",
-                          "start the object store (`greenr store start`) and check credentials, "
-                          "or train it with `dvc repro`")
+        raise GreenrError(
+            f"{rel} is missing and `dvc pull {rel}` failed: {tail}",
+            "start the object store (`greenr store start`) and check credentials, or train it with `dvc repro`",
+        )
 
 
 def _drift_reference(text: str | None, where: str) -> DriftReference | None:
@@ -112,9 +132,14 @@ def _drift_reference(text: str | None, where: str) -> DriftReference | None:
         return None
 
 
-def load_model(model_path: str, rev: str | None = None, pull: bool = True,
-               threads: int = 0, root: Path | None = None,
-               drift_reference: str | None = DRIFT_REFERENCE) -> LoadedModel:
+def load_model(
+    model_path: str,
+    rev: str | None = None,
+    pull: bool = True,
+    threads: int = 0,
+    root: Path | None = None,
+    drift_reference: str | None = DRIFT_REFERENCE,
+) -> LoadedModel:
     """Read, verify and build the checkpoint; raises GreenrError with a fix on any failure.
 
     Also reads the evaluate metrics and the drift reference of the same revision (workspace
@@ -122,22 +147,24 @@ def load_model(model_path: str, rev: str | None = None, pull: bool = True,
     """
     root = root or repo_root()
     path = Path(model_path)
-    rel = path.relative_to(root).as_posix() if path.is_absolute() and path.is_relative_to(root) \
-        else path.as_posix()
+    rel = path.relative_to(root).as_posix() if path.is_absolute() and path.is_relative_to(root) else path.as_posix()
     if rev:
         import dvc.api  # slow import; only needed for revisions
 
         git_rev = _git(root, "rev-parse", "--verify", f"{rev}^{{commit}}")
         if git_rev is None:
-            raise GreenrError(f"MODEL_REV {rev!r} is not a git revision of {root}",
-                              "use a commit, tag, branch or experiment name from `git log`/`dvc exp list`")
+            raise GreenrError(
+                f"MODEL_REV {rev!r} is not a git revision of {root}",
+                "use a commit, tag, branch or experiment name from `git log`/`dvc exp list`",
+            )
         try:
             with dvc.api.open(rel, repo=str(root), rev=rev, mode="rb") as handle:
                 data = handle.read()
         except Exception as exc:
-            raise GreenrError(f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
-                              "push it with `dvc push` from where it was trained and check the remote "
-                              "(`greenr store status`)") from None
+            raise GreenrError(
+                f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
+                "push it with `dvc push` from where it was trained and check the remote (`greenr store status`)",
+            ) from None
         metrics_text = _git(root, "show", f"{git_rev}:{EVALUATE_METRICS}")
         lock_text = _git(root, "show", f"{git_rev}:dvc.lock")
         drift_text = _git(root, "show", f"{git_rev}:{drift_reference}") if drift_reference else None
@@ -168,12 +195,25 @@ def load_model(model_path: str, rev: str | None = None, pull: bool = True,
     except json.JSONDecodeError:
         metrics = None
     md5 = hashlib.md5(data).hexdigest()
-    loaded = LoadedModel(model=model, ckpt=ckpt, md5=md5, git_rev=git_rev, source=source,
-                         metrics=metrics, dvc_lock_md5=_lock_md5(lock_text, rel),
-                         drift_reference=_drift_reference(drift_text, f"{drift_reference}@{git_rev[:12]}")
-                         if drift_reference else None)
-    log.info("loaded %s (%s, %d classes, %d px) sha256 %s at %s", rel, ckpt.arch, len(ckpt.classes),
-             ckpt.image_size, ckpt.sha256[:12], git_rev[:12])
+    loaded = LoadedModel(
+        model=model,
+        ckpt=ckpt,
+        md5=md5,
+        git_rev=git_rev,
+        source=source,
+        metrics=metrics,
+        dvc_lock_md5=_lock_md5(lock_text, rel),
+        drift_reference=_drift_reference(drift_text, f"{drift_reference}@{git_rev[:12]}") if drift_reference else None,
+    )
+    log.info(
+        "loaded %s (%s, %d classes, %d px) sha256 %s at %s",
+        rel,
+        ckpt.arch,
+        len(ckpt.classes),
+        ckpt.image_size,
+        ckpt.sha256[:12],
+        git_rev[:12],
+    )
     return loaded
 
 
@@ -181,8 +221,9 @@ def _read(full: Path) -> bytes:
     try:
         return full.read_bytes()
     except FileNotFoundError:
-        raise GreenrError(f"checkpoint {full} does not exist",
-                          "run `dvc repro` to train it or `dvc pull models/stage-1.pth`") from None
+        raise GreenrError(
+            f"checkpoint {full} does not exist", "run `dvc repro` to train it or `dvc pull models/stage-1.pth`"
+        ) from None
     except OSError as exc:
         raise GreenrError(f"checkpoint {full} cannot be read: {exc}", "check the file's permissions") from None
 
@@ -199,8 +240,9 @@ def _warm_up(model: nn.Module, ckpt: Checkpoint) -> None:
 class ModelStore:
     """Holds the current model (or the reason there is none) and swaps it atomically."""
 
-    def __init__(self, model_path: str, rev: str | None, pull: bool, threads: int,
-                 drift_reference: str | None = DRIFT_REFERENCE) -> None:
+    def __init__(
+        self, model_path: str, rev: str | None, pull: bool, threads: int, drift_reference: str | None = DRIFT_REFERENCE
+    ) -> None:
         self.model_path = model_path
         self.drift_reference = drift_reference
         self.rev = rev
@@ -220,8 +262,9 @@ class ModelStore:
             self.loading = True
             target = rev if rev is not None else self.rev
             try:
-                loaded = load_model(self.model_path, target or None, self.pull, self.threads,
-                                    drift_reference=self.drift_reference)
+                loaded = load_model(
+                    self.model_path, target or None, self.pull, self.threads, drift_reference=self.drift_reference
+                )
             except GreenrError as err:
                 self.error = str(err)
                 log.error("model load failed: %s", err)

@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_drift_window(self) -> Settings:
         if self.drift_min_samples > self.drift_window:
-            raise ValueError(f"drift_min_samples ({self.drift_min_samples}) must not exceed "
-                             f"drift_window ({self.drift_window})")
+            raise ValueError(
+                f"drift_min_samples ({self.drift_min_samples}) must not exceed drift_window ({self.drift_window})"
+            )
         return self
 
 

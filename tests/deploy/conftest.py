@@ -54,8 +54,9 @@ def free_ports(count: int = 1) -> list[int]:
 
 
 @contextmanager
-def background_server(args: list[str], log_path: Path, ready: Callable[[], bool],
-                      timeout: float = 60) -> Iterator[subprocess.Popen]:
+def background_server(
+    args: list[str], log_path: Path, ready: Callable[[], bool], timeout: float = 60
+) -> Iterator[subprocess.Popen]:
     """Start a server process, wait until `ready()` is true, and stop it by its PID afterwards."""
     log = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)

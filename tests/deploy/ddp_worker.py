@@ -22,8 +22,7 @@ SIZE = 32
 
 def stamped_images(n: int, seed: int) -> torch.Tensor:
     """Random images whose top-left red pixel is the example's index."""
-    images = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(seed))
+    images = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
     return images
 
@@ -35,11 +34,17 @@ def main() -> None:
     torch.set_num_threads(1)
     seed_everything(0)
     spec = Preprocessing(image_size=SIZE)
-    train = TensorDataset(stamped_images(N_TRAIN, 1), torch.arange(N_TRAIN) % 2,
-                          [f"t{i}" for i in range(N_TRAIN)])
+    train = TensorDataset(stamped_images(N_TRAIN, 1), torch.arange(N_TRAIN) % 2, [f"t{i}" for i in range(N_TRAIN)])
     val = TensorDataset(stamped_images(6, 2), torch.arange(6) % 2, [f"v{i}" for i in range(6)])
-    params = TrainParams(epochs=2, finetune="full", batch_size=8, lr=1e-3, seed=3, device="cpu",
-                         augment=AugmentParams(hflip=False, vflip=False, crop_scale_min=1.0, color_jitter=0))
+    params = TrainParams(
+        epochs=2,
+        finetune="full",
+        batch_size=8,
+        lr=1e-3,
+        seed=3,
+        device="cpu",
+        augment=AugmentParams(hflip=False, vflip=False, crop_scale_min=1.0, color_jitter=0),
+    )
     model = build_model("resnet18", 2)
 
     seen: list[int] = []
@@ -56,9 +61,17 @@ def main() -> None:
     for name, tensor in sorted(result.model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world": world, "sha256": digest.hexdigest(), "seen": seen,
-        "history": [s.row() for s in result.history]}))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "world": world,
+                "sha256": digest.hexdigest(),
+                "seen": seen,
+                "history": [s.row() for s in result.history],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,13 +14,26 @@ from typing import Any
 
 import yaml
 
-SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "replicas",
-                  "patches"}
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
-                  "StorageClass", "CustomResourceDefinition", "PriorityClass"}
+SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "replicas", "patches"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "PriorityClass",
+}
 # Lists whose items strategic merge patches match by `name`.
-MERGE_BY_NAME = {"containers", "initContainers", "env", "volumes", "volumeMounts",
-                 "volumeClaimTemplates", "imagePullSecrets"}
+MERGE_BY_NAME = {
+    "containers",
+    "initContainers",
+    "env",
+    "volumes",
+    "volumeMounts",
+    "volumeClaimTemplates",
+    "imagePullSecrets",
+}
 SCALABLE = {"Deployment", "StatefulSet", "ReplicaSet"}
 
 
@@ -35,8 +48,12 @@ def merge(base: Any, patch: Any, key: str = "") -> Any:
         for k, v in patch.items():
             out[k] = merge(out[k], v, k) if k in out else copy.deepcopy(v)
         return out
-    if (isinstance(base, list) and isinstance(patch, list) and key in MERGE_BY_NAME
-            and all(isinstance(i, dict) and "name" in i for i in base + patch)):
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and key in MERGE_BY_NAME
+        and all(isinstance(i, dict) and "name" in i for i in base + patch)
+    ):
         out = copy.deepcopy(base)
         index = {item["name"]: i for i, item in enumerate(out)}
         for item in patch:
@@ -60,12 +77,18 @@ def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
     if not pod:
         return
     for container in pod.get("containers", []) + pod.get("initContainers", []):
-        name = container["image"].split("@")[0].rsplit(":", 1)[0] if ":" in container["image"].split("/")[-1] \
+        name = (
+            container["image"].split("@")[0].rsplit(":", 1)[0]
+            if ":" in container["image"].split("/")[-1]
             else container["image"]
+        )
         for image in images:
             if image["name"] == name:
-                container["image"] = f"{image.get('newName', name)}:{image['newTag']}" if "newTag" in image \
+                container["image"] = (
+                    f"{image.get('newName', name)}:{image['newTag']}"
+                    if "newTag" in image
                     else image.get("newName", name)
+                )
 
 
 def render(folder: Path) -> list[dict[str, Any]]:
@@ -84,8 +107,9 @@ def render(folder: Path) -> list[dict[str, Any]]:
         if set(entry) != {"path"}:
             raise ValueError(f"only `patches: - path:` is supported, got {entry}")
         for patch in _docs(folder / entry["path"]):
-            targets = [d for d in docs if d["kind"] == patch["kind"]
-                       and d["metadata"]["name"] == patch["metadata"]["name"]]
+            targets = [
+                d for d in docs if d["kind"] == patch["kind"] and d["metadata"]["name"] == patch["metadata"]["name"]
+            ]
             if len(targets) != 1:
                 raise ValueError(f"patch {entry['path']} matches {len(targets)} resources")
             docs[docs.index(targets[0])] = merge(targets[0], patch)

@@ -47,26 +47,43 @@ print("RESULT" + json.dumps({
 @pytest.fixture(scope="module")
 def airflow_python() -> Path:
     """The Airflow venv, made (idempotently) by the project's own script."""
-    result = subprocess.run([str(DEPLOY / "airflow" / "setup.sh")], capture_output=True, text=True,
-                            timeout=900, check=False, env=os.environ | {"AIRFLOW_VENV": str(AIRFLOW_VENV)})
+    result = subprocess.run(
+        [str(DEPLOY / "airflow" / "setup.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=os.environ | {"AIRFLOW_VENV": str(AIRFLOW_VENV)},
+    )
     assert result.returncode == 0, f"deploy/airflow/setup.sh failed:\n{result.stdout}\n{result.stderr}"
     return AIRFLOW_VENV / "bin" / "python"
 
 
 def airflow_env(home: Path, **extra: str) -> dict[str, str]:
-    return os.environ | {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-                         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO", **extra}
+    return os.environ | {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
 def dag_summary(airflow_python, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("airflow-home")
-    result = subprocess.run([str(airflow_python), "-c", INSPECT % str(DAGS)], capture_output=True,
-                            text=True, timeout=300, check=False, env=airflow_env(home))
+    result = subprocess.run(
+        [str(airflow_python), "-c", INSPECT % str(DAGS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=airflow_env(home),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def test_dag_folder_imports_without_errors(dag_summary) -> None:
@@ -101,8 +118,9 @@ class ReloadRecorder(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        ReloadRecorder.calls.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                     "body": self.rfile.read(length).decode()})
+        ReloadRecorder.calls.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), "body": self.rfile.read(length).decode()}
+        )
         payload = json.dumps({"sha256": "reloaded"}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -130,8 +148,13 @@ def reload_server() -> Iterator[str]:
 
 def copy_checkout(target: Path) -> None:
     """This working tree (tracked and new files, not ignored ones) as a fresh git repository."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file():
@@ -162,31 +185,58 @@ def test_dags_test_end_to_end(airflow_python, tmp_path, reload_server) -> None:
     cli = Path(sys.executable).parent / "greenr"  # the project's own CLI (pull, ingest, push)
 
     with running_s3(tmp_path / "s3") as s3:
-        subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "minio", "endpointurl",
-                        s3.endpoint], cwd=repo, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "remote", "modify", "--local", "minio", "endpointurl", s3.endpoint],
+            cwd=repo,
+            check=True,
+        )
         home = tmp_path / "airflow-home"
-        env = airflow_env(home, GREENR_REPO=str(repo), GREENR_PYTHON=sys.executable, GREENR_CLI=str(cli),
-                          GREENR_API_URL=reload_server, RELOAD_TOKEN="test-token",
-                          DATA_SOURCE=str(tmp_path / "source"), GREENR_STATE_DIR=str(tmp_path / "state"),
-                          GREENR_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1",
-                          **s3.env)
+        env = airflow_env(
+            home,
+            GREENR_REPO=str(repo),
+            GREENR_PYTHON=sys.executable,
+            GREENR_CLI=str(cli),
+            GREENR_API_URL=reload_server,
+            RELOAD_TOKEN="test-token",
+            DATA_SOURCE=str(tmp_path / "source"),
+            GREENR_STATE_DIR=str(tmp_path / "state"),
+            GREENR_OFFLINE="1",
+            MLFLOW_DISABLE_TELEMETRY="true",
+            DVC_NO_ANALYTICS="1",
+            **s3.env,
+        )
         airflow = str(airflow_python.parent / "airflow")
-        migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True,
-                                 timeout=300, check=False)
+        migrate = subprocess.run(
+            [airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         assert migrate.returncode == 0, migrate.stderr[-3000:]
-        conf = {"overrides": ["model.image_size=32", "train.epochs=1", "train.batch_size=8",
-                              "evaluate.bootstrap_samples=10"], "metric_floor": 0.0}
-        run = subprocess.run([airflow, "dags", "test", "greenr_pipeline", "-c", json.dumps(conf)], env=env,
-                             capture_output=True, text=True, timeout=900, check=False)
+        conf = {
+            "overrides": [
+                "model.image_size=32",
+                "train.epochs=1",
+                "train.batch_size=8",
+                "evaluate.bootstrap_samples=10",
+            ],
+            "metric_floor": 0.0,
+        }
+        run = subprocess.run(
+            [airflow, "dags", "test", "greenr_pipeline", "-c", json.dumps(conf)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         output = run.stdout + run.stderr
         assert run.returncode == 0, output[-6000:]
 
         with sqlite3.connect(home / "airflow.db") as db:
-            by_task = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ?",
-                                      ("greenr_pipeline",)).fetchall())
+            by_task = dict(
+                db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ?", ("greenr_pipeline",)).fetchall()
+            )
         assert by_task == dict.fromkeys(
-            ("validate_overrides", "ensure_data", "reproduce", "gate", "push", "reload_server"), "success"), \
-            output[-6000:]
+            ("validate_overrides", "ensure_data", "reproduce", "gate", "push", "reload_server"), "success"
+        ), output[-6000:]
 
         # data and model reached the S3 server
         keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="greenr").get("Contents", [])]
@@ -198,8 +248,13 @@ def test_dags_test_end_to_end(airflow_python, tmp_path, reload_server) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["model"]["image_size"] == 32 and params["train"]["epochs"] == 1
     assert (repo / "metrics" / "drift_reference.json").is_file()
-    exps = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=repo,
-                          capture_output=True, text=True, check=True).stdout
+    exps = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "list", "--name-only"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "airflow-" in exps
     # the server was told to reload, with the token
     assert ReloadRecorder.calls == [{"path": "/model/reload", "auth": "Bearer test-token", "body": ""}]

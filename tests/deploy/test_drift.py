@@ -104,7 +104,7 @@ def test_too_few_requests_give_nan_not_an_alert(reference) -> None:
 
 def test_tensor_input_matches_pil_colour_features() -> None:
     """The server may pass the model-input uint8 tensor instead of the PIL image."""
-    (_, image), = meadows(9, 1)
+    ((_, image),) = meadows(9, 1)
     from_pil = image_features(image)
     tensor = to_uint8_tensor(image, Preprocessing(image_size=64))
     from_tensor = image_features(tensor, size=image.size)
@@ -166,8 +166,14 @@ def test_dvc_stage_declares_its_inputs() -> None:
     assert stage["cmd"] == "python -m stages.drift_reference"
     for dep in stage["deps"]:
         assert (REPO / dep).exists() or dep in {"data", "splits/train.csv"}, dep
-    assert {"stages/drift_reference.py", "greenr/drift.py", "greenr/images.py", "greenr/data.py",
-            "splits/train.csv", "data"} <= set(stage["deps"])
+    assert {
+        "stages/drift_reference.py",
+        "greenr/drift.py",
+        "greenr/images.py",
+        "greenr/data.py",
+        "splits/train.csv",
+        "data",
+    } <= set(stage["deps"])
     assert stage["outs"] == [{"metrics/drift_reference.json": {"cache": False}}]
 
 

@@ -13,8 +13,12 @@ from tests.deploy.conftest import DEPLOY, REPO, tool
 MONITORING = DEPLOY / "monitoring"
 # What the dashboard and the alerts read from the API (serve/metrics.py, greenr/drift.py).
 API_METRICS = {
-    "greenr_http_requests_total", "greenr_http_request_duration_seconds", "greenr_predictions_total",
-    "greenr_prediction_confidence", "greenr_input_errors_total", "greenr_inference_batch_size",
+    "greenr_http_requests_total",
+    "greenr_http_request_duration_seconds",
+    "greenr_predictions_total",
+    "greenr_prediction_confidence",
+    "greenr_input_errors_total",
+    "greenr_inference_batch_size",
     "greenr_model_ready",
 }
 DRIFT_METRICS = {"greenr_drift_psi", "greenr_drift_window_images"}
@@ -22,8 +26,9 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("promtool"), *args], capture_output=True, text=True, timeout=60,
-                          cwd=MONITORING, check=False)
+    return subprocess.run(
+        [tool("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=MONITORING, check=False
+    )
 
 
 def test_prometheus_config_is_valid() -> None:
@@ -44,14 +49,23 @@ def test_rule_unit_tests_pass() -> None:
 
 def test_rule_unit_tests_can_fail(tmp_path) -> None:
     """The same tests against a rule file whose API-down alert never fires must fail."""
-    rules = (MONITORING / "rules" / "greenr.yml").read_text().replace(
-        'up{job="greenr-api"} == 0', 'up{job="greenr-api"} == 2')
+    rules = (
+        (MONITORING / "rules" / "greenr.yml")
+        .read_text()
+        .replace('up{job="greenr-api"} == 0', 'up{job="greenr-api"} == 2')
+    )
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "greenr.yml").write_text(rules)
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "t.yml").write_text((MONITORING / "tests" / "greenr.test.yml").read_text())
-    result = subprocess.run([tool("promtool"), "test", "rules", "tests/t.yml"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", "tests/t.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0 and "GreenrApiDown" in result.stdout + result.stderr
 
 

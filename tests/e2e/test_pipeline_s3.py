@@ -14,8 +14,14 @@ from support import free_port, init_project, point_remote_at, project_env, run, 
 pytestmark = pytest.mark.e2e
 
 
-DETERMINISTIC_OUTPUTS = ["metrics/evaluate.json", "metrics/train.json", "plots/training.csv",
-                         "plots/evaluate/roc.csv", "models/stage-1.pth", "splits/train.csv"]
+DETERMINISTIC_OUTPUTS = [
+    "metrics/evaluate.json",
+    "metrics/train.json",
+    "plots/training.csv",
+    "plots/evaluate/roc.csv",
+    "models/stage-1.pth",
+    "splits/train.csv",
+]
 
 
 def digest(path: Path) -> str:

@@ -16,13 +16,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def metrics(accuracy: float, f1: float, interval: tuple[float, float] = (0.8, 0.95)) -> dict:
-    return {"accuracy": accuracy, "macro": {"precision": f1, "recall": f1, "f1": f1},
-            "roc_auc": 0.95, "log_loss": 0.3, "n": 60,
-            "per_class": {"dandelion": {"precision": f1, "recall": f1, "f1": f1, "support": 30},
-                          "grass": {"precision": f1, "recall": f1, "f1": f1, "support": 30}},
-            "confusion_matrix": [[27, 3], [3, 27]],
-            "bootstrap": {"confidence": 0.95, "samples": 1000, "accuracy": list(interval),
-                          "macro_f1": list(interval)}}
+    return {
+        "accuracy": accuracy,
+        "macro": {"precision": f1, "recall": f1, "f1": f1},
+        "roc_auc": 0.95,
+        "log_loss": 0.3,
+        "n": 60,
+        "per_class": {
+            "dandelion": {"precision": f1, "recall": f1, "f1": f1, "support": 30},
+            "grass": {"precision": f1, "recall": f1, "f1": f1, "support": 30},
+        },
+        "confusion_matrix": [[27, 3], [3, 27]],
+        "bootstrap": {"confidence": 0.95, "samples": 1000, "accuracy": list(interval), "macro_f1": list(interval)},
+    }
 
 
 def git(root: Path, *args: str) -> str:
@@ -33,18 +39,21 @@ def git(root: Path, *args: str) -> str:
 def metrics_repo(tmp_path: Path) -> Callable[..., Path]:
     """make(base, candidate, commit_candidate=True): base committed, candidate on top."""
 
-    def make(base: dict, candidate: dict, commit_candidate: bool = True,
-             params_change: dict | None = None) -> Path:
+    def make(base: dict, candidate: dict, commit_candidate: bool = True, params_change: dict | None = None) -> Path:
         root = tmp_path / "repo"
         root.mkdir()
         git(root, "init", "-q", "-b", "main")
         git(root, "config", "user.email", "t@example.invalid")
         git(root, "config", "user.name", "test")
         dvc = Path(sys.executable).parent / "dvc"
-        subprocess.run([str(dvc), "init", "-q"], cwd=root, check=True, capture_output=True,
-                       env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-        subprocess.run([str(dvc), "config", "core.analytics", "false"], cwd=root, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(dvc), "init", "-q"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+        )
+        subprocess.run([str(dvc), "config", "core.analytics", "false"], cwd=root, check=True, capture_output=True)
         (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -68,8 +77,15 @@ def metrics_repo(tmp_path: Path) -> Callable[..., Path]:
 def env_for(tmp_path: Path) -> Callable[[Path], dict[str, str]]:
     def env(root: Path) -> dict[str, str]:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        out = {**os.environ, "PATH": path, "GREENR_ROOT": str(root), "GREENR_STATE_DIR": str(tmp_path / "state"),
-               "GREENR_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO)}
+        out = {
+            **os.environ,
+            "PATH": path,
+            "GREENR_ROOT": str(root),
+            "GREENR_STATE_DIR": str(tmp_path / "state"),
+            "GREENR_OFFLINE": "1",
+            "DVC_NO_ANALYTICS": "1",
+            "PYTHONPATH": str(REPO),
+        }
         out.pop("MLFLOW_TRACKING_URI", None)
         return out
 

@@ -12,8 +12,15 @@ from .conftest import metrics
 
 
 def run_gate(root, env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "greenr.promote", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "greenr.promote", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_gate_passes_a_better_candidate(metrics_repo, env_for) -> None:

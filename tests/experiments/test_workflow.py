@@ -37,9 +37,15 @@ def test_steps_run_in_order() -> None:
     def index(text: str, where: list[str]) -> int:
         return next(i for i, item in enumerate(where) if text in item)
 
-    order = [index("uv sync --locked", runs), index("dvc pull", runs), index("dvc repro", runs),
-             index("dvc push", runs), index("greenr.report", runs),
-             index("sticky-pull-request-comment", uses), index("greenr.promote", runs)]
+    order = [
+        index("uv sync --locked", runs),
+        index("dvc pull", runs),
+        index("dvc repro", runs),
+        index("dvc push", runs),
+        index("greenr.report", runs),
+        index("sticky-pull-request-comment", uses),
+        index("greenr.promote", runs),
+    ]
     assert order == sorted(order)
     assert uses[0].startswith("actions/checkout") and _steps()[0]["with"]["fetch-depth"] == 0
 

@@ -13,10 +13,10 @@ def test_ingest_options_reach_the_ingest_command(tmp_path: Path):
         make_images(source / label, label, 3, 32)
     dest = tmp_path / "data"
     env = project_env(REPO, tmp_path / "state")
-    result = run([str(VENV_BIN / "greenr"), "ingest", "--source", str(source), "--dest", str(dest),
-                  "--no-dvc-add"], REPO, env)
-    assert sorted(p.name for p in (dest / "grass").iterdir()) == ["00000000.jpg", "00000001.jpg",
-                                                                   "00000002.jpg"]
+    result = run(
+        [str(VENV_BIN / "greenr"), "ingest", "--source", str(source), "--dest", str(dest), "--no-dvc-add"], REPO, env
+    )
+    assert sorted(p.name for p in (dest / "grass").iterdir()) == ["00000000.jpg", "00000001.jpg", "00000002.jpg"]
     assert "6 ok" in result.stdout + result.stderr
 
 
@@ -25,8 +25,9 @@ def test_params_check_reports_a_typo_without_traceback(tmp_path: Path):
     project.mkdir()
     (project / "dvc.yaml").write_text("stages: {}\n")
     (project / "params.yaml").write_text("train:\n  epocs: 3\n")
-    result = run([str(VENV_BIN / "greenr"), "params", "check"], project,
-                 project_env(project, tmp_path / "state"), check=False)
+    result = run(
+        [str(VENV_BIN / "greenr"), "params", "check"], project, project_env(project, tmp_path / "state"), check=False
+    )
     assert result.returncode == 2
     assert "train.epocs: unknown key (did you mean 'epochs'?)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -43,8 +44,14 @@ def test_mlflow_ui_serves_the_embedded_store_on_loopback(tmp_path: Path):
 
     port = free_port()
     env = project_env(REPO, tmp_path / "state")
-    proc = subprocess.Popen([str(VENV_BIN / "greenr"), "mlflow-ui", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "greenr"), "mlflow-ui", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline, body = time.monotonic() + 120, b""
         while time.monotonic() < deadline and proc.poll() is None:

@@ -157,8 +157,9 @@ def test_class_with_only_bad_files_is_a_clear_error(local_source: Path, tmp_path
     assert "not a recognised image" in err.value.what
 
 
-def test_main_prints_summary_and_uses_data_source_env(local_source: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch, capsys):
+def test_main_prints_summary_and_uses_data_source_env(
+    local_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
     monkeypatch.setenv("DATA_SOURCE", str(local_source))
     assert main(["--dest", str(tmp_path / "data"), "--no-dvc-add", "--workers", "2"]) == 0
     out = capsys.readouterr().out
@@ -220,6 +221,7 @@ def image_host(class_jpeg) -> Iterator[FakeImageHost]:
             handler.send_header("Content-Length", str(len(body)))
             handler.end_headers()
             handler.wfile.write(body)
+
         return respond
 
     def slow(handler: BaseHTTPRequestHandler) -> None:
@@ -276,8 +278,12 @@ def test_http_downloads_verifies_retries_and_reports(image_host: FakeImageHost, 
 
     assert report.ok == 12
     skipped = reasons(report)
-    assert set(skipped) == {"dandelion/00000005.jpg", "dandelion/00000006.jpg", "dandelion/00000007.jpg",
-                            "grass/00000006.jpg"}
+    assert set(skipped) == {
+        "dandelion/00000005.jpg",
+        "dandelion/00000006.jpg",
+        "dandelion/00000007.jpg",
+        "grass/00000006.jpg",
+    }
     assert "HTTP 404" in skipped["dandelion/00000005.jpg"]
     assert "truncated" in skipped["dandelion/00000006.jpg"]
     assert "timed out" in skipped["dandelion/00000007.jpg"] and "2 tries" in skipped["dandelion/00000007.jpg"]
@@ -310,8 +316,15 @@ def test_http_rerun_downloads_and_rewrites_nothing_present(image_host: FakeImage
 
 def test_every_download_failing_is_a_clear_error(image_host: FakeImageHost, tmp_path: Path):
     with pytest.raises(GreenrError) as err:
-        ingest(f"{image_host.url}/nothing/{{class}}/{{index}}.jpg", tmp_path / "data", count=3,
-               timeout=0.5, retries=1, backoff=0.01, dvc_add=False)
+        ingest(
+            f"{image_host.url}/nothing/{{class}}/{{index}}.jpg",
+            tmp_path / "data",
+            count=3,
+            timeout=0.5,
+            retries=1,
+            backoff=0.01,
+            dvc_add=False,
+        )
     assert "no usable dandelion image" in err.value.what and "HTTP 404" in err.value.what
     assert "DATA_SOURCE" in err.value.fix
 
@@ -323,8 +336,15 @@ def test_unreachable_server_is_retried_then_reported(tmp_path: Path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(GreenrError) as err:
-        ingest(f"http://127.0.0.1:{port}/{{class}}/{{index}}.jpg", tmp_path / "data", count=1,
-               timeout=0.5, retries=1, backoff=0.01, dvc_add=False)
+        ingest(
+            f"http://127.0.0.1:{port}/{{class}}/{{index}}.jpg",
+            tmp_path / "data",
+            count=1,
+            timeout=0.5,
+            retries=1,
+            backoff=0.01,
+            dvc_add=False,
+        )
     assert "Connection refused" in err.value.what or "ConnectionRefusedError" in err.value.what
 
 
@@ -334,11 +354,14 @@ def test_offline_refuses_remote_urls_before_any_download(tmp_path: Path):
     assert "GREENR_OFFLINE" in err.value.what and "DATA_SOURCE" in err.value.fix
 
 
-@pytest.mark.parametrize("template, expected", [
-    ("http://127.0.0.1:1/data/all.jpg", "lacks the {class} and {index} fields"),
-    ("ftp://127.0.0.1/{class}/{index}.jpg", "only http and https"),
-    ("http://127.0.0.1:1/{class}/{index}/{other}.jpg", "cannot be filled in"),
-])
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        ("http://127.0.0.1:1/data/all.jpg", "lacks the {class} and {index} fields"),
+        ("ftp://127.0.0.1/{class}/{index}.jpg", "only http and https"),
+        ("http://127.0.0.1:1/{class}/{index}/{other}.jpg", "cannot be filled in"),
+    ],
+)
 def test_bad_url_templates_are_clear_errors(tmp_path: Path, template: str, expected: str):
     with pytest.raises(GreenrError, match=expected.replace("{", r"\{").replace("}", r"\}")):
         ingest(template, tmp_path / "data", dvc_add=False)

@@ -52,14 +52,17 @@ def test_corrupt_image_is_skipped_and_reported(project, tmp_path):
     assert "broken.jpg" not in manifests and manifests.count(".jpg") == 16
 
 
-@pytest.mark.parametrize(("overrides", "fragments"), [
-    ({"train": {"lerning_rate": 0.1}}, ["train.lerning_rate: unknown key"]),
-    ({"train": {"lrr": 0.1}}, ["did you mean 'lr'?"]),
-    ({"train": {"epochs": 0}}, ["train.epochs", "greater than or equal to 1"]),
-    ({"train": {"batch_size": "many"}}, ["train.batch_size"]),
-    ({"model": {"arch": "resnet50"}}, ["model.arch"]),
-    ({"train": {"augment": {"hflipp": True}}}, ["train.augment.hflipp: unknown key", "'hflip'"]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"train": {"lerning_rate": 0.1}}, ["train.lerning_rate: unknown key"]),
+        ({"train": {"lrr": 0.1}}, ["did you mean 'lr'?"]),
+        ({"train": {"epochs": 0}}, ["train.epochs", "greater than or equal to 1"]),
+        ({"train": {"batch_size": "many"}}, ["train.batch_size"]),
+        ({"model": {"arch": "resnet50"}}, ["model.arch"]),
+        ({"train": {"augment": {"hflipp": True}}}, ["train.augment.hflipp: unknown key", "'hflip'"]),
+    ],
+)
 def test_bad_train_params_fail_before_any_work(project, tmp_path, overrides, fragments):
     set_params(project, overrides)
     assert_clean_failure(stage(project, "train", tmp_path), *fragments)
@@ -76,8 +79,7 @@ def test_pretrained_offline_fails_fast_with_advice(project, tmp_path, monkeypatc
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     set_params(project, {"model": {"pretrained": True}})
     result = stage(project, "train", tmp_path)
-    assert_clean_failure(result, "ImageNet weights for resnet18", "model.pretrained: false",
-                         "efficientnet_lite0")
+    assert_clean_failure(result, "ImageNet weights for resnet18", "model.pretrained: false", "efficientnet_lite0")
     assert not (project / "models" / "stage-1.pth").exists()
 
 

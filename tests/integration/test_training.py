@@ -19,8 +19,16 @@ from greenr.training import FitResult, fit, seed_everything
 
 ARCH = "resnet18"
 SPEC = get_arch(ARCH).preprocessing(32)
-PARAMS = TrainParams(epochs=4, finetune="full", batch_size=12, lr=1e-3, seed=7, device="cpu", num_threads=2,
-                     augment=AugmentParams(hflip=True, crop_scale_min=0.8, color_jitter=0.1))
+PARAMS = TrainParams(
+    epochs=4,
+    finetune="full",
+    batch_size=12,
+    lr=1e-3,
+    seed=7,
+    device="cpu",
+    num_threads=2,
+    augment=AugmentParams(hflip=True, crop_scale_min=0.8, color_jitter=0.1),
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +36,11 @@ def data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> dict[str, Te
     """Yellow blobs vs green noise, 30 per class at 40 px, split 60/30/10."""
     root = tmp_path_factory.mktemp("repo")
     make_dataset(root / "data", per_class=30, size=40)
-    rows = [Example(p.relative_to(root).as_posix(), label, file_md5(p))
-            for label, files in list_class_images(root / "data").items() for p in files]
+    rows = [
+        Example(p.relative_to(root).as_posix(), label, file_md5(p))
+        for label, files in list_class_images(root / "data").items()
+        for p in files
+    ]
     split = stratified_split(rows, {"train": 0.6, "val": 0.3, "test": 0.1}, seed=0)
     return {name: load_tensors(split[name], root, SPEC, workers=2) for name in ("train", "val")}
 
@@ -47,8 +58,9 @@ def test_fit_learns_and_is_reproducible_with_the_same_seed(data: dict[str, Tenso
 
     assert len(first.history) == PARAMS.epochs
     assert first.best.val_acc >= 0.85, [round(s.val_acc, 3) for s in first.history]
-    assert first.best_epoch == max(range(1, PARAMS.epochs + 1),
-                                   key=lambda e: (first.history[e - 1].val_acc, -first.history[e - 1].val_loss))
+    assert first.best_epoch == max(
+        range(1, PARAMS.epochs + 1), key=lambda e: (first.history[e - 1].val_acc, -first.history[e - 1].val_loss)
+    )
     assert not first.model.training
     first_state, second_state = first.model.state_dict(), second.model.state_dict()
     assert first_state.keys() == second_state.keys()

@@ -80,13 +80,22 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics() -> None:
     assert batchnorms and not any(m.training for m in batchnorms)
     assert model._fc.training and model._fc[0].training  # the head's dropout stays on
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("_fc.")}
-    data = TensorDataset(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8),
-                         torch.tensor([0, 1] * 4), [f"x{i}" for i in range(8)])
+    data = TensorDataset(
+        torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8), torch.tensor([0, 1] * 4), [f"x{i}" for i in range(8)]
+    )
     spec = get_arch("efficientnet_lite0").preprocessing(64)
     head_before = model._fc[1].weight.clone()
     optimizer = make_optimizer(model, "efficientnet_lite0", params)
-    train_one_epoch(model, data, spec, params, "efficientnet_lite0", optimizer, torch.device("cpu"),
-                    torch.Generator().manual_seed(0))
+    train_one_epoch(
+        model,
+        data,
+        spec,
+        params,
+        "efficientnet_lite0",
+        optimizer,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(0),
+    )
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # incl. running_mean/var
     assert not torch.equal(head_before, model._fc[1].weight)
@@ -102,8 +111,9 @@ def test_checkpoint_round_trip_rebuilds_it(tmp_path: Path) -> None:
     assert loaded.arch == "efficientnet_lite0"
     assert loaded.preprocessing == spec
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    torch.testing.assert_close(predict_proba(loaded.build(), images, loaded.preprocessing),
-                               predict_proba(model, images, spec))
+    torch.testing.assert_close(
+        predict_proba(loaded.build(), images, loaded.preprocessing), predict_proba(model, images, spec)
+    )
 
 
 def _write_images(folder: Path, color: tuple[int, int, int], count: int, seed: int) -> None:
@@ -130,12 +140,24 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _write_images(repo / "data" / "dandelion", (230, 200, 30), 8, 1)
     _write_images(repo / "data" / "grass", (40, 160, 40), 8, 2)
-    env = {**os.environ, "GREENR_ROOT": str(repo), "GREENR_STATE_DIR": str(tmp_path / "state"),
-           "GREENR_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    env = {
+        **os.environ,
+        "GREENR_ROOT": str(repo),
+        "GREENR_STATE_DIR": str(tmp_path / "state"),
+        "GREENR_OFFLINE": "1",
+        "PYTHONPATH": str(repo),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     for stage in ("split", "train", "evaluate"):
-        done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, f"{stage} failed:\n{done.stderr[-3000:]}"
     ckpt = checkpoint.load(repo / "models" / "stage-1.pth")
     assert ckpt.arch == "efficientnet_lite0"

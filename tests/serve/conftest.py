@@ -29,8 +29,9 @@ RELOAD_TOKEN = "test-reload-token"
 def write_checkpoint(path: Path, seed: int = 0, image_size: int = IMAGE_SIZE) -> str:
     torch.manual_seed(seed)
     model = build_model("resnet18", len(CLASSES))
-    return checkpoint.save(path, model, "resnet18", CLASSES, get_arch("resnet18").preprocessing(image_size),
-                           meta={"seed": seed})
+    return checkpoint.save(
+        path, model, "resnet18", CLASSES, get_arch("resnet18").preprocessing(image_size), meta={"seed": seed}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -41,14 +42,20 @@ def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(model_path: Path, **overrides: object) -> Settings:
-    values = {"model_path": str(model_path), "model_pull": False, "reload_token": RELOAD_TOKEN,
-              "threads": 2, "batch_wait_ms": 2.0}
+    values = {
+        "model_path": str(model_path),
+        "model_pull": False,
+        "reload_token": RELOAD_TOKEN,
+        "threads": 2,
+        "batch_wait_ms": 2.0,
+    }
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
 
-def wait_ready(client: TestClient | httpx.Client, timeout: float = 120,
-               alive: Callable[[], None] = lambda: None) -> dict:
+def wait_ready(
+    client: TestClient | httpx.Client, timeout: float = 120, alive: Callable[[], None] = lambda: None
+) -> dict:
     """Poll /ready until 200; a load error or `alive()` raising fails at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,11 +88,18 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "GREENR_OFFLINE": "1",
-                    "LOG_LEVEL": "warning", **env}
+        full_env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "GREENR_OFFLINE": "1",
+            "LOG_LEVEL": "warning",
+            **env,
+        }
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "serve"], cwd=REPO, env=full_env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serve"], cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def wait_ready(self, timeout: float = 120) -> dict:
         with httpx.Client(base_url=self.url, timeout=5) as http:
@@ -111,8 +125,10 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(ckpt_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server({"MODEL_PATH": str(ckpt_path), "MODEL_PULL": "false", "RELOAD_TOKEN": RELOAD_TOKEN,
-                  "THREADS": "2"}, tmp_path_factory.mktemp("server") / "server.log")
+    srv = Server(
+        {"MODEL_PATH": str(ckpt_path), "MODEL_PULL": "false", "RELOAD_TOKEN": RELOAD_TOKEN, "THREADS": "2"},
+        tmp_path_factory.mktemp("server") / "server.log",
+    )
     try:
         srv.wait_ready()
         yield srv

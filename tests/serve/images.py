@@ -48,8 +48,7 @@ def bomb_png(width: int, height: int) -> bytes:
     row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
     comp = zlib.compressobj(9)
     body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", body)
-            + _chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
 
 
 GOOD: dict[str, tuple[bytes, str]] = {}
@@ -58,21 +57,23 @@ GOOD: dict[str, tuple[bytes, str]] = {}
 def good_corpus() -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, content type) of images that must classify with 200."""
     if not GOOD:
-        GOOD.update({
-            "jpeg": (encode(photo(), "JPEG"), "image/jpeg"),
-            "png": (encode(photo(), "PNG"), "image/png"),
-            "webp": (encode(photo(), "WEBP"), "image/webp"),
-            "grayscale_jpeg": (encode(photo(mode="L"), "JPEG"), "image/jpeg"),
-            "grayscale_png": (encode(photo(mode="L"), "PNG"), "image/png"),
-            "png_16bit": (encode(photo(mode="L").convert("I;16"), "PNG"), "image/png"),
-            "rgba_png": (encode(photo(mode="RGBA"), "PNG"), "image/png"),
-            "palette_png": (palette_png_with_transparency(), "image/png"),
-            "cmyk_jpeg": (encode(photo(mode="CMYK"), "JPEG"), "image/jpeg"),
-            "exif_rotated_jpeg": (exif_rotated_jpeg()[0], "image/jpeg"),
-            "tall_photo": (encode(photo((30, 200)), "JPEG"), "image/jpeg"),
-            "tiny_1px": (encode(photo((1, 1)), "PNG"), "image/png"),
-            "wrong_content_type_header": (encode(photo(), "PNG"), "application/octet-stream"),
-        })
+        GOOD.update(
+            {
+                "jpeg": (encode(photo(), "JPEG"), "image/jpeg"),
+                "png": (encode(photo(), "PNG"), "image/png"),
+                "webp": (encode(photo(), "WEBP"), "image/webp"),
+                "grayscale_jpeg": (encode(photo(mode="L"), "JPEG"), "image/jpeg"),
+                "grayscale_png": (encode(photo(mode="L"), "PNG"), "image/png"),
+                "png_16bit": (encode(photo(mode="L").convert("I;16"), "PNG"), "image/png"),
+                "rgba_png": (encode(photo(mode="RGBA"), "PNG"), "image/png"),
+                "palette_png": (palette_png_with_transparency(), "image/png"),
+                "cmyk_jpeg": (encode(photo(mode="CMYK"), "JPEG"), "image/jpeg"),
+                "exif_rotated_jpeg": (exif_rotated_jpeg()[0], "image/jpeg"),
+                "tall_photo": (encode(photo((30, 200)), "JPEG"), "image/jpeg"),
+                "tiny_1px": (encode(photo((1, 1)), "PNG"), "image/png"),
+                "wrong_content_type_header": (encode(photo(), "PNG"), "application/octet-stream"),
+            }
+        )
     return GOOD
 
 

@@ -32,8 +32,13 @@ def reference_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def drift_client(ckpt_path: Path, reference: Path) -> TestClient:
-    settings = make_settings(ckpt_path, drift_reference=str(reference), drift_window=WINDOW,
-                             drift_min_samples=WINDOW // 2, drift_threshold=THRESHOLD)
+    settings = make_settings(
+        ckpt_path,
+        drift_reference=str(reference),
+        drift_window=WINDOW,
+        drift_min_samples=WINDOW // 2,
+        drift_threshold=THRESHOLD,
+    )
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 

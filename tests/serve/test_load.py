@@ -23,16 +23,42 @@ MAX_RSS_GROWTH = 150 * 1024 * 1024
 
 
 def multipart_body(data: bytes) -> bytes:
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def run_hey(hey: str, url: str, body: Path, requests: int) -> Counter:
     start = time.monotonic()
     done = subprocess.run(
-        [hey, "-n", str(requests), "-c", str(CONCURRENCY), "-m", "POST", "-t", "30", "-o", "csv",
-         "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body), f"{url}/predict"],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            hey,
+            "-n",
+            str(requests),
+            "-c",
+            str(CONCURRENCY),
+            "-m",
+            "POST",
+            "-t",
+            "30",
+            "-o",
+            "csv",
+            "-T",
+            f"multipart/form-data; boundary={BOUNDARY}",
+            "-D",
+            str(body),
+            f"{url}/predict",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert len(rows) == requests, f"hey reported {len(rows)} of {requests} requests: {done.stderr[-500:]}"

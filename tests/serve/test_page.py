@@ -29,8 +29,9 @@ def test_upload_shows_label_and_probability_bars(server: Server, tmp_path: Path)
             expect(label).to_have_text(re.compile(f"^({'|'.join(CLASSES)})$"), timeout=30_000)
             bars = page.locator("#bars .bar")
             expect(bars).to_have_count(len(CLASSES))
-            widths = [bars.nth(i).locator(".fill").evaluate("e => parseFloat(e.style.width)")
-                      for i in range(len(CLASSES))]
+            widths = [
+                bars.nth(i).locator(".fill").evaluate("e => parseFloat(e.style.width)") for i in range(len(CLASSES))
+            ]
             assert abs(sum(widths) - 100) < 0.5
             assert widths == sorted(widths, reverse=True)
             expect(page.locator("#model")).to_contain_text("resnet18")

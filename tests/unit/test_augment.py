@@ -36,5 +36,4 @@ def test_a_flip_alone_mirrors_whole_images():
     flip_only = AugmentParams(hflip=True, vflip=False, crop_scale_min=1.0, color_jitter=0.0)
     out = run(flip_only, 4)
     for original, augmented in zip(BATCH.float(), out):
-        assert torch.allclose(augmented, original, atol=1e-3) or torch.allclose(
-            augmented, original.flip(-1), atol=1e-3)
+        assert torch.allclose(augmented, original, atol=1e-3) or torch.allclose(augmented, original.flip(-1), atol=1e-3)

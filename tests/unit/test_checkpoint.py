@@ -100,8 +100,9 @@ def test_weights_that_do_not_fit_the_classes_are_a_clear_error(model: nn.Module)
         ckpt.build()
 
 
-def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp_file(tmp_path: Path, model: nn.Module,
-                                                                  monkeypatch: pytest.MonkeyPatch):
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp_file(
+    tmp_path: Path, model: nn.Module, monkeypatch: pytest.MonkeyPatch
+):
     path = tmp_path / "ckpt.pth"
     checkpoint.save(path, model, "resnet18", CLASSES, SPEC)
     before = path.read_bytes()

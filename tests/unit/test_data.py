@@ -14,8 +14,9 @@ FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
 def examples(per_class: dict[str, int]) -> list[Example]:
-    return [Example(f"data/{label}/{i:08d}.jpg", label, f"{i:032x}")
-            for label, n in per_class.items() for i in range(n)]
+    return [
+        Example(f"data/{label}/{i:08d}.jpg", label, f"{i:032x}") for label, n in per_class.items() for i in range(n)
+    ]
 
 
 def paths(split: dict[str, list[Example]]) -> dict[str, list[str]]:
@@ -42,8 +43,7 @@ def test_every_image_lands_in_exactly_one_split_with_per_class_proportions():
     assert sorted(everything) == sorted(e.path for e in rows) and len(set(everything)) == len(rows)
     for label, n in (("dandelion", 200), ("grass", 100)):
         counts = {name: sum(e.label == label for e in part) for name, part in split.items()}
-        assert counts == {"train": round(n * 0.7), "val": round(n * 0.15),
-                          "test": n - round(n * 0.7) - round(n * 0.15)}
+        assert counts == {"train": round(n * 0.7), "val": round(n * 0.15), "test": n - round(n * 0.7) - round(n * 0.15)}
     assert all(part == sorted(part, key=lambda e: e.path) for part in split.values())
 
 

@@ -61,8 +61,7 @@ def run(args: list[str], timeout: float | None = None) -> str:
     env["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DVC_NO_ANALYTICS", "1")
     log.info("$ %s   (in %s)", " ".join(args), REPO)
-    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-                            check=False)
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     for line in (result.stdout + result.stderr).splitlines():
         log.info("%s", line)
     if result.returncode != 0:
@@ -85,10 +84,15 @@ def experiment_name(run_id: str) -> str:
     default_args=DEFAULT_ARGS,
     tags=["greenr", "training"],
     params={
-        "overrides": Param([], type="array", items={"type": "string"},
-                           description="params.yaml overrides, e.g. train.epochs=5 (dvc exp run -S)"),
-        "metric_floor": Param(0.85, type="number", minimum=0, maximum=1,
-                              description="minimum test accuracy when greenr.promote is absent"),
+        "overrides": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="params.yaml overrides, e.g. train.epochs=5 (dvc exp run -S)",
+        ),
+        "metric_floor": Param(
+            0.85, type="number", minimum=0, maximum=1, description="minimum test accuracy when greenr.promote is absent"
+        ),
         "reload_rev": Param("", type="string", description="revision the server loads; empty = its default"),
     },
 )
@@ -100,7 +104,8 @@ def greenr_pipeline() -> None:
         bad = [o for o in overrides if not OVERRIDE.match(o)]
         if bad:
             raise AirflowFailException(
-                f"overrides {bad} are not `section.key=value` with section in {', '.join(SECTIONS)}")
+                f"overrides {bad} are not `section.key=value` with section in {', '.join(SECTIONS)}"
+            )
         return overrides
 
     @task(retries=3, execution_timeout=timedelta(minutes=30))
@@ -127,8 +132,12 @@ def greenr_pipeline() -> None:
     def gate(experiment: str, params: dict | None = None) -> dict:
         """The promotion gate `python -m greenr.promote` if the project has one, else a floor on
         test accuracy. Failing here stops the run before anything is pushed or reloaded."""
-        has_promote = subprocess.run([PYTHON, "-c", "import greenr.promote"], cwd=REPO,
-                                     capture_output=True, check=False).returncode == 0
+        has_promote = (
+            subprocess.run(
+                [PYTHON, "-c", "import greenr.promote"], cwd=REPO, capture_output=True, check=False
+            ).returncode
+            == 0
+        )
         if has_promote:
             run([PYTHON, "-m", "greenr.promote"])
             return {"experiment": experiment, "gate": "greenr.promote"}
@@ -136,8 +145,9 @@ def greenr_pipeline() -> None:
         floor = float((params or {}).get("metric_floor", 0.85))
         accuracy = float(metrics["accuracy"])
         if accuracy < floor:
-            raise AirflowFailException(f"test accuracy {accuracy:.3f} is below the floor {floor:.3f}: "
-                                       f"not pushing experiment {experiment}")
+            raise AirflowFailException(
+                f"test accuracy {accuracy:.3f} is below the floor {floor:.3f}: not pushing experiment {experiment}"
+            )
         log.info("test accuracy %.3f >= floor %.3f", accuracy, floor)
         return {"experiment": experiment, "gate": "metric_floor", "accuracy": accuracy}
 
@@ -156,9 +166,11 @@ def greenr_pipeline() -> None:
             raise AirflowFailException("RELOAD_TOKEN is not set in the Airflow environment")
         rev = (params or {}).get("reload_rev") or ""
         request = urllib.request.Request(
-            f"{API_URL.rstrip('/')}/model/reload", method="POST",
+            f"{API_URL.rstrip('/')}/model/reload",
+            method="POST",
             data=json.dumps({"rev": rev}).encode() if rev else None,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 answer = json.loads(response.read() or b"{}")

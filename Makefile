@@ -1,17 +1,20 @@
 # Entry points. `make run` and `make test` set everything up themselves (idempotently).
+# Every target calls the project's one CLI (`greenr`, see `greenr --help`) or a tool it pins.
 .DEFAULT_GOAL := help
 export DATA_SOURCE
 VENV := .venv/bin
 
-.PHONY: help setup test-tools run test test-fast serve store-start store-stop mlflow-ui bench clean-state
+.PHONY: help setup test-tools run test test-fast lint serve store-start store-stop mlflow-ui bench
 
 help:
 	@echo "make setup        create/refresh .venv from uv.lock (idempotent)"
 	@echo "make run          the main job: object store, data, dvc repro, dvc push, test metrics"
 	@echo "                  (DATA_SOURCE=DIR make run ingests from a local folder)"
-	@echo "make test         the test suite (installs chromium/prometheus/wrk if missing)"
-	@echo "make serve        the prediction server on http://127.0.0.1:8000"
-	@echo "make store-start  start the local MinIO-compatible object store; store-stop stops it"
+	@echo "make test         the whole test suite (installs chromium, prometheus, hey, wrk and Airflow if missing)"
+	@echo "make test-fast    the tests without the end-to-end ones (no extra tools needed)"
+	@echo "make lint         ruff check, ruff format --check, mypy on greenr/ and serve/"
+	@echo "make serve        the prediction server on http://127.0.0.1:8000 (greenr serve)"
+	@echo "make store-start  start the local MinIO-compatible object store (make store-stop stops it)"
 	@echo "make mlflow-ui    the MLflow UI on http://127.0.0.1:5000"
 	@echo "make bench        the training-throughput benchmark"
 
@@ -31,8 +34,13 @@ test: setup test-tools
 test-fast: setup
 	$(VENV)/pytest -m "not e2e and not real_data"
 
+lint: setup
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+
 serve: setup
-	$(VENV)/python -m serve
+	$(VENV)/greenr serve
 
 store-start: setup
 	$(VENV)/greenr store start

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from greenr import checkpoint
-from greenr.images import normalize
+from greenr.data.tensors import normalize
+from greenr.model import checkpoint
 
 
 def timed(fn, x: torch.Tensor, repeat: int) -> float:

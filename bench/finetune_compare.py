@@ -3,10 +3,10 @@
     python bench/finetune_compare.py --arch efficientnet_lite0 --image-size 128 --epochs 8 \
         --settings frozen full discriminative
 
-Uses the same code as the train and evaluate stages (greenr.training.fit, predict_proba,
+Uses the same code as the train and evaluate stages (greenr.model.training.fit, predict_proba,
 bootstrap_intervals) on splits/{train,val,test}.csv, and prints one row per setting. Run
 `python -m stages.split` first. The winner on validation is what `finetune: auto` should mean
-for the arch (greenr/model.py ARCHS).
+for the arch (greenr/model/architectures.py ARCHS).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import time
 import numpy as np
 import torch
 
-from greenr.data import CLASSES, load_tensors, read_manifest
-from greenr.evaluation import bootstrap_intervals
-from greenr.inference import predict_proba
-from greenr.model import build_model, get_arch, resolve_pretrained
+from greenr.data.dataset import CLASSES, read_manifest
+from greenr.data.tensors import load_tensors
+from greenr.evaluation.metrics import bootstrap_intervals
+from greenr.model.architectures import build_model, get_arch, resolve_pretrained
+from greenr.model.device import configure_threads
+from greenr.model.inference import predict_proba
+from greenr.model.training import fit, seed_everything
 from greenr.params import load_section
 from greenr.paths import SPLITS_DIR, repo_root
-from greenr.training import configure_threads, fit, seed_everything
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from greenr.data import CLASSES, load_tensors, read_manifest
-from greenr.images import normalize
-from greenr.model import build_model, get_arch
+from greenr.data.dataset import CLASSES, read_manifest
+from greenr.data.tensors import load_tensors, normalize
+from greenr.model.architectures import build_model, get_arch
+from greenr.model.device import configure_threads
 from greenr.paths import SPLITS_DIR, repo_root
-from greenr.training import configure_threads
 
 
 @torch.inference_mode()

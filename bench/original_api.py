@@ -16,7 +16,7 @@ import torchvision.transforms as T
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
-from greenr import checkpoint
+from greenr.model import checkpoint
 
 ckpt = checkpoint.load(os.environ.get("MODEL_PATH", "models/stage-1.pth"))
 model = ckpt.build("cpu")

@@ -27,7 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from serve.process import free_port, stop
+from greenr.processes import free_port, stop
 
 BOUNDARY = "greenr-bench"
 
@@ -131,8 +131,8 @@ def find_image(root: Path) -> bytes:
 def ensure_model(path: Path, tmp: Path) -> Path:
     if path.is_file():
         return path
-    from greenr import checkpoint
-    from greenr.model import build_model, get_arch
+    from greenr.model import checkpoint
+    from greenr.model.architectures import build_model, get_arch
 
     fallback = tmp / "stage-1.pth"
     checkpoint.save(

@@ -1,8 +1,8 @@
 """Training throughput (images/s), side by side in one process:
 
   (a) pure compute  - forward + backward + optimizer step on in-memory float tensors
-  (b) train stage   - `greenr.training.train_one_epoch` on the decoded-once uint8 cache
-                      (`greenr.data.load_tensors`), with the augmentation from params.yaml
+  (b) train stage   - `greenr.model.training.train_one_epoch` on the decoded-once uint8 cache
+                      (`greenr.data.dataset.load_tensors`), with the augmentation from params.yaml
   (c) original      - torchvision ImageFolder + Resize/ToTensor/Normalize + DataLoader,
                       decoding every image every epoch (num_workers 0 and 2)
   (p) prep only     - augment + normalize of (b) without the model: where (b) loses to (a)
@@ -30,18 +30,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from greenr.data import Example as Row
-from greenr.data import TensorDataset, list_class_images, load_tensors
-from greenr.images import normalize
-from greenr.model import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.data.dataset import Example as Row
+from greenr.data.dataset import list_class_images
+from greenr.data.tensors import TensorDataset, load_tensors, normalize
+from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model.device import configure_threads, resolve_device
+from greenr.model.training import augment, make_optimizer, train_one_epoch
 from greenr.params import load_section
-from greenr.training import (
-    augment,
-    configure_threads,
-    make_optimizer,
-    resolve_device,
-    train_one_epoch,
-)
 
 ORDER = ("a", "b", "c0", "c2", "p")
 LABELS = {

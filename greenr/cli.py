@@ -1,37 +1,27 @@
-"""`greenr`: the project's commands (main job, object store, data, MLflow UI)."""
+"""`greenr`: every command of the project, as sub-commands of one CLI.
+
+The parser lives here; each handler imports the module that does the work only when that
+command runs, so `greenr --help` and light commands start quickly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from greenr import scm
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
-from greenr.paths import DATA_DIR, METRICS_DIR, main_checkout, repo_root
+from greenr.paths import DATA_DIR, DATA_DVC, EVALUATE_METRICS, main_checkout, repo_root
 
 log = logging.getLogger("greenr")
 
 
-def _env() -> dict[str, str]:
-    """Subprocess environment: this venv's tools first on PATH (DVC stages call `python`)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    return env
-
-
-def dvc(*args: str, check: bool = True) -> int:
-    """Run the real dvc CLI in the project, streaming its output."""
-    log.info("$ dvc %s", " ".join(args))
-    code = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo_root(), env=_env()).returncode
-    if check and code != 0:
-        raise GreenrError(f"`dvc {' '.join(args)}` failed (exit {code})", "see DVC's message above")
-    return code
+# ---------------------------------------------------------------------------- the main job
 
 
 def _has_images(folder: Path) -> bool:
@@ -42,28 +32,31 @@ def ensure_data(root: Path) -> None:
     """data/ from the DVC remote if it has them, else ingested from DATA_SOURCE or the web."""
     if _has_images(root / DATA_DIR):
         return
-    if (root / "data.dvc").is_file():
-        log.info("no data/ yet: trying `dvc pull data.dvc`")
-        if dvc("pull", "data.dvc", check=False) == 0 and _has_images(root / DATA_DIR):
+    if (root / DATA_DVC).is_file():
+        log.info("no data/ yet: trying `dvc pull %s`", DATA_DVC)
+        if scm.dvc("pull", DATA_DVC, check=False).returncode == 0 and _has_images(root / DATA_DIR):
             return
         log.warning("the DVC remote does not have this data version yet; ingesting instead")
-    from greenr import ingest
+    from greenr.data import ingest
 
     report = ingest.ingest(ingest.default_source(), root / DATA_DIR)
     print(report.summary())
 
 
 def print_metrics(root: Path) -> None:
-    path = root / METRICS_DIR / "evaluate.json"
+    path = root / EVALUATE_METRICS
     if not path.is_file():
-        raise GreenrError(f"{path} does not exist", "run `greenr run` or `dvc repro`")
+        raise GreenrError(f"{EVALUATE_METRICS} does not exist", "run `greenr run` or `dvc repro`")
     report = json.loads(path.read_text())
     boot = report.get("bootstrap") or {}
     acc_ci = boot.get("accuracy")
     f1_ci = boot.get("macro_f1")
-    ci = lambda pair: f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
+
+    def ci(pair: list[float] | None) -> str:
+        return f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
+
     lines = [
-        f"Test metrics ({report['n']} images, {METRICS_DIR}/evaluate.json):",
+        f"Test metrics ({report['n']} images, {EVALUATE_METRICS}):",
         f"  accuracy   {report['accuracy']:.4f}{ci(acc_ci)}",
         f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",
         f"  ROC AUC    {report['roc_auc']}",
@@ -84,20 +77,41 @@ def print_metrics(root: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from greenr import objectstore
+    from greenr.ops import objectstore
     from greenr.params import validate_all
 
     root = repo_root()
     validate_all()
     with objectstore.store_available(root):
         ensure_data(root)
-        dvc("repro", *(["--force"] if args.force else []), "--pull")
-        dvc("push")
+        scm.dvc("repro", *(["--force"] if args.force else []), "--pull")
+        scm.dvc("push")
     print_metrics(root)
 
 
+# ---------------------------------------------------------------------------- data and the store
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from greenr.data import ingest
+
+    report = ingest.ingest(
+        args.source or ingest.default_source(),
+        args.dest or repo_root() / DATA_DIR,
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()],
+        count=args.count,
+        workers=args.workers,
+        timeout=args.timeout,
+        retries=args.retries,
+        refresh=args.refresh,
+        prune=args.prune,
+        dvc_add=not args.no_dvc_add,
+    )
+    print(report.summary())
+
+
 def cmd_store(args: argparse.Namespace) -> None:
-    from greenr import objectstore
+    from greenr.ops import objectstore
 
     root = repo_root()
     if args.action == "start":
@@ -116,12 +130,12 @@ def cmd_store(args: argparse.Namespace) -> None:
         print("stopped" if store.stop() else "the local object store was not running")
     elif args.action == "status":
         remote = objectstore.read_remote(root)
-        pid = objectstore.LocalStore(remote).pid()
+        local_pid = objectstore.LocalStore(remote).pid()
         answers = objectstore.endpoint_answers(remote.endpoint)
         print(
             f"remote {remote.name}: s3://{remote.bucket}/{remote.prefix} at {remote.endpoint}; "
             f"{'answering' if answers else 'not answering'}"
-            f"{f'; local store pid {pid}' if pid else ''}"
+            f"{f'; local store pid {local_pid}' if local_pid else ''}"
         )
     else:
         remote = objectstore.read_remote(root)
@@ -130,30 +144,10 @@ def cmd_store(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from greenr import objectstore
+    from greenr.ops import objectstore
 
     with objectstore.store_available(repo_root()):
-        dvc(args.command, *args.targets)
-
-
-def cmd_mlflow_ui(args: argparse.Namespace) -> None:
-    from greenr import tracking
-
-    uri = tracking.tracking_uri()
-    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "ui",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        "--backend-store-uri",
-        uri,
-    ]
-    if artifacts := tracking.default_artifact_location():
-        cmd += ["--default-artifact-root", artifacts]
-    raise SystemExit(subprocess.run(cmd, env=_env(), cwd=main_checkout()).returncode)
+        scm.dvc(args.command, *args.targets)
 
 
 def cmd_params(args: argparse.Namespace) -> None:
@@ -167,29 +161,177 @@ def cmd_metrics(args: argparse.Namespace) -> None:
     print_metrics(repo_root())
 
 
+# ---------------------------------------------------------------------------- experiments
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    from greenr.evaluation import grid
+
+    if args.action == "queue":
+        grid.queue(args.sets, args.name)
+    elif args.action == "run":
+        grid.run_queued(args.jobs)
+    elif args.action == "show":
+        grid.show(args.base, args.metric, args.md)
+    else:
+        grid.best(args.base, args.metric, args.apply)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from greenr.evaluation import report
+
+    print(f"wrote {report.write_report(args.base, args.out, plots=not args.no_plots)}")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from greenr.evaluation import promote
+
+    raise SystemExit(promote.run_gate(args.base, args.candidate, args.register))
+
+
+# ---------------------------------------------------------------------------- services
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serve.__main__ import main as serve_main
+
+    serve_main()
+
+
+def cmd_mlflow_ui(args: argparse.Namespace) -> None:
+    from greenr.ops import tracking
+
+    uri = tracking.tracking_uri()
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        # One user on loopback: one worker starts in seconds instead of four.
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        uri,
+    ]
+    if artifacts := tracking.default_artifact_location():
+        cmd += ["--default-artifact-root", artifacts]
+    raise SystemExit(subprocess.run(cmd, env=scm.tool_env(), cwd=main_checkout()).returncode)
+
+
+# ---------------------------------------------------------------------------- the parser
+
+
+def _add_base(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+
+
+def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    from greenr.data.dataset import CLASSES
+    from greenr.data.ingest import DEFAULT_COUNT
+
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="a folder with one sub-folder per class, or an http(s) URL template with "
+        "{class} and {index} (default: $DATA_SOURCE, else the public URL template)",
+    )
+    parser.add_argument("--dest", type=Path, default=None, help="the data folder (default: data/)")
+    parser.add_argument("--classes", default=",".join(CLASSES), help="comma-separated class names")
+    parser.add_argument(
+        "--count", type=int, default=DEFAULT_COUNT, help="URL template only: indices per class, 0..COUNT-1"
+    )
+    parser.add_argument("--workers", type=int, default=8, help="parallel downloads or copies")
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per request")
+    parser.add_argument("--retries", type=int, default=3, help="retries per file after the first try")
+    parser.add_argument(
+        "--refresh", action="store_true", help="URL template only: download files already present again and compare"
+    )
+    parser.add_argument("--prune", action="store_true", help="remove files in dest that the source lacks")
+    parser.add_argument("--no-dvc-add", action="store_true", help="do not run `dvc add` afterwards")
+
+
+def _grid_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    queue = sub.add_parser("queue", help="queue one experiment per combination of -S values")
+    queue.add_argument(
+        "-S",
+        "--set-param",
+        dest="sets",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="as `dvc exp run -S` (comma-separated = grid)",
+    )
+    queue.add_argument("--name", help="experiment name (single experiments only)")
+    run = sub.add_parser("run", help="run everything queued (`dvc exp run --run-all`)")
+    run.add_argument("--jobs", type=int, default=1, help="parallel experiments (default 1: CPU-bound)")
+    for name, text in (
+        ("show", "one table of the experiments on BASE, best first"),
+        ("best", "print (and --apply) the best experiment on BASE"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        _add_base(cmd)
+        cmd.add_argument(
+            "--metric", default="accuracy", help=f"key in {EVALUATE_METRICS} to sort by (default: accuracy)"
+        )
+        if name == "show":
+            cmd.add_argument("--md", action="store_true", help="Markdown table (for a PR)")
+        else:
+            cmd.add_argument("--apply", action="store_true", help="`dvc exp apply` it to the workspace")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="greenr", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
+    top = argparse.ArgumentParser(prog="greenr", description=__doc__.split("\n")[0])
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     run = sub.add_parser("run", help="main job: object store, data, dvc repro, dvc push, test metrics")
     run.add_argument("--force", action="store_true", help="rerun every stage (dvc repro --force)")
     run.set_defaults(func=cmd_run)
-    store = sub.add_parser("store", help="the local MinIO-compatible object store")
+
+    ingest = sub.add_parser("ingest", help="fill data/ from DATA_SOURCE or the public URL template, then dvc add")
+    _ingest_arguments(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    store = sub.add_parser("store", help="the local MinIO-compatible object store (SeaweedFS)")
     store.add_argument("action", choices=["start", "stop", "status", "check"])
     store.set_defaults(func=cmd_store)
     for name in ("push", "pull"):
         transfer = sub.add_parser(name, help=f"dvc {name}, checking the object store first")
         transfer.add_argument("targets", nargs="*")
         transfer.set_defaults(func=cmd_transfer)
-    # `ingest` parses its own options (see greenr.ingest.main); listed here for --help.
-    sub.add_parser("ingest", help="fill data/ from DATA_SOURCE or the public URL template (greenr ingest --help)")
-    ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI on 127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(func=cmd_mlflow_ui)
+
     params = sub.add_parser("params", help="validate params.yaml")
     params.add_argument("action", choices=["check"])
     params.set_defaults(func=cmd_params)
     metrics = sub.add_parser("metrics", help="print the test metrics")
     metrics.set_defaults(func=cmd_metrics)
+
+    grid = sub.add_parser("grid", help="experiment grids with dvc exp: queue, run, show, best")
+    _grid_arguments(grid)
+    grid.set_defaults(func=cmd_grid)
+    report = sub.add_parser("report", help="Markdown PR report: metrics/params diffs, intervals, plots")
+    _add_base(report)
+    report.add_argument("--out", type=Path, default=Path("reports/pr.md"))
+    report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    report.set_defaults(func=cmd_report)
+    promote = sub.add_parser("promote", help="promotion gate: exit 0 promote, 1 rejected (says why)")
+    _add_base(promote)
+    promote.add_argument(
+        "--candidate", type=Path, default=None, help=f"candidate metrics file (default: {EVALUATE_METRICS})"
+    )
+    promote.add_argument(
+        "--register", action="store_true", help="when promoted, register the model in MLflow with the alias"
+    )
+    promote.set_defaults(func=cmd_promote)
+
+    serve = sub.add_parser("serve", help="the prediction server (settings from the environment; see README)")
+    serve.set_defaults(func=cmd_serve)
+    ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_mlflow_ui)
     return top
 
 
@@ -198,12 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     # SIGTERM unwinds like Ctrl-C, so a local object store this command started is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ingest"]:
-        from greenr import ingest
-
-        raise SystemExit(ingest.main(argv[1:]))
-    args = parser().parse_args(argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     args.func(args)
 
 

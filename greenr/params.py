@@ -37,7 +37,7 @@ class SplitParams(Section):
 
 class ModelParams(Section):
     arch: Literal["resnet18", "efficientnet_lite0"] = "resnet18"
-    # auto: the arch's default (greenr/model.py ARCHS): resnet18 from scratch (its ImageNet
+    # auto: the arch's default (greenr/model/architectures.py ARCHS): resnet18 from scratch (its ImageNet
     # weights need a download), efficientnet_lite0 with the ImageNet weights it ships with.
     pretrained: bool | Literal["auto"] = "auto"
     image_size: int = Field(128, ge=32, le=1024)
@@ -60,7 +60,7 @@ class TrainParams(Section):
     weight_decay: float = Field(0.0, ge=0)
     # full: train everything; frozen: train only the head (BatchNorm of the backbone kept
     # in eval mode); discriminative: train everything, backbone at lr * backbone_lr_scale;
-    # auto: what won on validation for model.arch (greenr/model.py ARCHS; full from scratch).
+    # auto: what won on validation for model.arch (greenr/model/architectures.py ARCHS; full from scratch).
     finetune: Literal["auto", "full", "frozen", "discriminative"] = "auto"
     backbone_lr_scale: float = Field(0.1, gt=0, le=1)
     augment: AugmentParams = AugmentParams()
@@ -79,7 +79,7 @@ class EvaluateParams(Section):
 
 
 class PromoteParams(Section):
-    """The promotion gate (`python -m greenr.promote`): absolute floors and allowed regressions."""
+    """The promotion gate (`python -m greenr.evaluation.promote`): absolute floors and allowed regressions."""
 
     min_accuracy: float = Field(0.85, ge=0, le=1)
     min_macro_f1: float = Field(0.85, ge=0, le=1)

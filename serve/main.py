@@ -9,15 +9,16 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from greenr.drift import DriftMonitor
 from greenr.errors import GreenrError
-from greenr.training import configure_threads
+from greenr.model.device import configure_threads
+from greenr.ops.drift import DriftMonitor
 from serve.batching import MicroBatcher
-from serve.deps import AppState
-from serve.metrics import Metrics, RequestMetricsMiddleware
+from serve.metrics import Metrics
+from serve.middleware import RequestMetricsMiddleware, RequireStarted
 from serve.model_store import ModelStore
-from serve.routes import health, metrics, page, predict
+from serve.routes import health, metrics, model, page, predict
 from serve.settings import Settings, get_settings
+from serve.state import AppState
 
 log = logging.getLogger("serve")
 
@@ -65,9 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Registered once per app; it reports nothing until a model with a drift reference loads.
     app.state.drift = DriftMonitor(None, settings.drift_window, settings.drift_min_samples, settings.drift_threshold)
     app.state.drift.register_gauges(app.state.metrics.registry)
+    app.add_middleware(RequireStarted)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     app.include_router(predict.build_router(settings))
     app.include_router(health.router)
+    app.include_router(model.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
     return app

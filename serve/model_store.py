@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,14 +20,14 @@ import torch
 import yaml
 from torch import nn
 
-from greenr import checkpoint
-from greenr.checkpoint import Checkpoint
-from greenr.drift import DriftReference
+from greenr import scm
 from greenr.errors import GreenrError
-from greenr.paths import DRIFT_REFERENCE, METRICS_DIR, repo_root
+from greenr.model import checkpoint
+from greenr.model.checkpoint import Checkpoint
+from greenr.ops.drift import DriftReference
+from greenr.paths import DRIFT_REFERENCE, DVC_LOCK, EVALUATE_METRICS, repo_root
 
 log = logging.getLogger("serve.model")
-EVALUATE_METRICS = f"{METRICS_DIR}/evaluate.json"
 
 
 @dataclass(frozen=True)
@@ -74,15 +72,6 @@ class LoadedModel:
         }
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _lock_md5(lock_text: str | None, model_path: str) -> str | None:
     """The md5 that dvc.lock records for `model_path` (any stage's outs)."""
     try:
@@ -99,25 +88,14 @@ def _lock_md5(lock_text: str | None, model_path: str) -> str | None:
 def _pull(root: Path, rel: str) -> None:
     """`dvc pull` one file; a failure becomes a GreenrError with dvc's last lines."""
     log.info("%s is missing: pulling it with `dvc pull %s`", rel, rel)
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "dvc", "pull", rel],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise GreenrError(
-            f"`dvc pull {rel}` could not run: {exc}", "run `dvc pull` yourself or `dvc repro` to train the model"
-        ) from None
-    if done.returncode != 0:
-        tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise GreenrError(
-            f"{rel} is missing and `dvc pull {rel}` failed: {tail}",
-            "start the object store (`greenr store start`) and check credentials, or train it with `dvc repro`",
-        )
+    scm.dvc(
+        "pull",
+        rel,
+        cwd=root,
+        capture=True,
+        timeout=300,
+        fix="start the object store (`greenr store start`) and check credentials, or train it with `dvc repro`",
+    )
 
 
 def _drift_reference(text: str | None, where: str) -> DriftReference | None:
@@ -151,7 +129,7 @@ def load_model(
     if rev:
         import dvc.api  # slow import; only needed for revisions
 
-        git_rev = _git(root, "rev-parse", "--verify", f"{rev}^{{commit}}")
+        git_rev = scm.resolve(rev, cwd=root)
         if git_rev is None:
             raise GreenrError(
                 f"MODEL_REV {rev!r} is not a git revision of {root}",
@@ -165,21 +143,20 @@ def load_model(
                 f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
                 "push it with `dvc push` from where it was trained and check the remote (`greenr store status`)",
             ) from None
-        metrics_text = _git(root, "show", f"{git_rev}:{EVALUATE_METRICS}")
-        lock_text = _git(root, "show", f"{git_rev}:dvc.lock")
-        drift_text = _git(root, "show", f"{git_rev}:{drift_reference}") if drift_reference else None
+        metrics_text = scm.show(git_rev, EVALUATE_METRICS, cwd=root)
+        lock_text = scm.show(git_rev, DVC_LOCK, cwd=root)
+        drift_text = scm.show(git_rev, drift_reference, cwd=root) if drift_reference else None
         source = f"rev:{rev}"
     else:
         full = path if path.is_absolute() else root / path
         if not full.is_file() and pull:
             _pull(root, rel)
         data = _read(full)
-        git_rev = _git(root, "rev-parse", "HEAD") or "unknown"
-        if _git(root, "status", "--porcelain", "--untracked-files=no"):
-            git_rev += "-dirty"
+        commit, dirty = scm.head(cwd=root)
+        git_rev = f"{commit}-dirty" if dirty else commit
         metrics_file = root / EVALUATE_METRICS
         metrics_text = metrics_file.read_text(encoding="utf-8") if metrics_file.is_file() else None
-        lock_file = root / "dvc.lock"
+        lock_file = root / DVC_LOCK
         lock_text = lock_file.read_text(encoding="utf-8") if lock_file.is_file() else None
         drift_file = root / drift_reference if drift_reference else None
         drift_text = drift_file.read_text(encoding="utf-8") if drift_file and drift_file.is_file() else None
@@ -231,7 +208,7 @@ def _read(full: Path) -> bytes:
 @torch.inference_mode()
 def _warm_up(model: nn.Module, ckpt: Checkpoint) -> None:
     """One forward pass so the first request does not pay for lazy initialisation."""
-    from greenr.inference import predict_proba
+    from greenr.model.inference import predict_proba
 
     size = ckpt.image_size
     predict_proba(model, torch.zeros(1, 3, size, size, dtype=torch.uint8), ckpt.preprocessing)

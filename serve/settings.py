@@ -7,8 +7,8 @@ from functools import lru_cache
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from greenr.drift import DEFAULT_THRESHOLD
-from greenr.images import DEFAULT_MAX_PIXELS
+from greenr.data.images import DEFAULT_MAX_PIXELS
+from greenr.ops.drift import DEFAULT_THRESHOLD
 from greenr.paths import DRIFT_REFERENCE, MODEL_PATH
 
 

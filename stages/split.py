@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from greenr.data import (
+from greenr.data.dataset import (
     CLASSES,
     SPLITS,
     Example,
@@ -17,10 +17,10 @@ from greenr.data import (
     stratified_split,
     write_manifest,
 )
+from greenr.data.images import ImageError, decode_image
 from greenr.errors import exits_cleanly, setup_logging
-from greenr.images import ImageError, decode_image
 from greenr.params import load_section
-from greenr.paths import DATA_DIR, SPLITS_DIR, repo_root
+from greenr.paths import DATA_DIR, repo_root, split_manifest
 
 log = logging.getLogger("stages.split")
 
@@ -47,7 +47,7 @@ def main() -> None:
         examples, {"train": params.train, "val": params.val, "test": params.test}, seed=params.seed
     )
     for name in SPLITS:
-        write_manifest(root / SPLITS_DIR / f"{name}.csv", splits[name])
+        write_manifest(root / split_manifest(name), splits[name])
         counts = {c: sum(e.label == c for e in splits[name]) for c in CLASSES}
         log.info("%s: %d images %s", name, len(splits[name]), counts)
 

@@ -10,21 +10,17 @@ import csv
 import io
 import logging
 
-from greenr import checkpoint, tracking
 from greenr.atomic import atomic_open, write_json
-from greenr.data import CLASSES, load_tensors, read_manifest
+from greenr.data.dataset import CLASSES, read_manifest
+from greenr.data.tensors import load_tensors
 from greenr.errors import exits_cleanly, setup_logging
-from greenr.model import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model import checkpoint
+from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model.device import configure_threads, resolve_device
+from greenr.model.training import EpochStats, fit, init_distributed, seed_everything
+from greenr.ops import tracking
 from greenr.params import load_section
-from greenr.paths import METRICS_DIR, MODEL_PATH, PLOTS_DIR, SPLITS_DIR, repo_root
-from greenr.training import (
-    EpochStats,
-    configure_threads,
-    fit,
-    init_distributed,
-    resolve_device,
-    seed_everything,
-)
+from greenr.paths import MODEL_PATH, TRAIN_METRICS, TRAINING_PLOT, repo_root, split_manifest
 
 log = logging.getLogger("stages.train")
 
@@ -54,8 +50,8 @@ def main() -> None:
     params = params.model_copy(update={"finetune": resolve_finetune(arch.name, pretrained, params.finetune)})
     spec = arch.preprocessing(model_params.image_size)
     model = build_model(arch.name, len(CLASSES), pretrained=pretrained)
-    train_set = load_tensors(read_manifest(root / SPLITS_DIR / "train.csv"), root, spec)
-    val_set = load_tensors(read_manifest(root / SPLITS_DIR / "val.csv"), root, spec)
+    train_set = load_tensors(read_manifest(root / split_manifest("train")), root, spec)
+    val_set = load_tensors(read_manifest(root / split_manifest("val")), root, spec)
     log.info(
         "training %s (%s, finetune %s) on %s (%d threads): %d train / %d val images at %d px",
         arch.name,
@@ -101,9 +97,9 @@ def main() -> None:
             "data_version": tracking.data_version(),
         }
         sha256 = checkpoint.save(root / MODEL_PATH, result.model.cpu(), arch.name, list(CLASSES), spec, meta)
-        write_history(root / PLOTS_DIR / "training.csv", result.history)
+        write_history(root / TRAINING_PLOT, result.history)
         write_json(
-            root / METRICS_DIR / "train.json",
+            root / TRAIN_METRICS,
             meta | {"epochs": params.epochs, "pretrained": pretrained, "finetune": params.finetune},
         )
         tracking.mlflow.set_tag("checkpoint_sha256", sha256)

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import class_image, jpeg_bytes
+
+from tests.helpers.images import class_image, jpeg_bytes
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.deploy.conftest import DEPLOY, REPO
-from tests.deploy.s3_server import running_s3
+from tests.helpers.project import DEPLOY, REPO
+from tests.helpers.s3 import running_s3
 
 DAGS = DEPLOY / "airflow" / "dags"
 AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV", REPO / ".state" / "airflow-venv"))
@@ -110,7 +110,7 @@ def test_task_graph_is_as_intended(dag_summary) -> None:
 def test_schedule_and_params(dag_summary) -> None:
     assert dag_summary["schedule"] == "0 3 * * 1"
     assert dag_summary["catchup"] is False
-    assert set(dag_summary["params"]) == {"overrides", "metric_floor", "reload_rev"}
+    assert set(dag_summary["params"]) == {"overrides", "reload_rev"}
 
 
 class ReloadRecorder(BaseHTTPRequestHandler):
@@ -217,7 +217,6 @@ def test_dags_test_end_to_end(airflow_python, tmp_path, reload_server) -> None:
                 "train.batch_size=8",
                 "evaluate.bootstrap_samples=10",
             ],
-            "metric_floor": 0.0,
         }
         run = subprocess.run(
             [airflow, "dags", "test", "greenr_pipeline", "-c", json.dumps(conf)],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO
+from tests.helpers.project import DEPLOY, REPO
 
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?[-?+]([^}]*))?\}")

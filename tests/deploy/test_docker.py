@@ -9,7 +9,8 @@ import tomllib
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO, tool
+from tests.helpers.processes import tool
+from tests.helpers.project import DEPLOY, REPO
 
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
 

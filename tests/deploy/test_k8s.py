@@ -11,8 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, load_yaml_docs
-from tests.deploy.kustomize_lite import MERGE_BY_NAME, render
+from tests.helpers.kustomize import MERGE_BY_NAME, render
+from tests.helpers.project import DEPLOY
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.32.0"
@@ -49,7 +49,7 @@ def test_every_manifest_file_validates_strictly() -> None:
     for path in sorted(K8S.rglob("*.yaml")):
         if path.name == "kustomization.yaml" or path.resolve() in patches:
             continue
-        for doc in load_yaml_docs(path):
+        for doc in filter(None, yaml.safe_load_all(path.read_text(encoding="utf-8"))):
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             objects += 1
     assert objects >= 15

@@ -8,10 +8,11 @@ import subprocess
 
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO, tool
+from tests.helpers.processes import tool
+from tests.helpers.project import DEPLOY, REPO
 
 MONITORING = DEPLOY / "monitoring"
-# What the dashboard and the alerts read from the API (serve/metrics.py, greenr/drift.py).
+# What the dashboard and the alerts read from the API (serve/metrics.py, greenr/ops/drift.py).
 API_METRICS = {
     "greenr_http_requests_total",
     "greenr_http_request_duration_seconds",
@@ -111,7 +112,7 @@ def test_dashboard_queries_known_metrics() -> None:
 
 def test_api_exports_the_metrics_the_dashboard_reads() -> None:
     """Binds the dashboard to the server's code (and the drift module's gauges)."""
-    sources = {"serve/metrics.py": API_METRICS, "greenr/drift.py": DRIFT_METRICS}
+    sources = {"serve/metrics.py": API_METRICS, "greenr/ops/drift.py": DRIFT_METRICS}
     for rel, names in sources.items():
         path = REPO / rel
         assert path.is_file(), f"{rel} is missing"

@@ -18,10 +18,12 @@ import httpx
 import pytest
 import yaml
 
-from greenr.drift import build_reference
-from tests.deploy.conftest import DEPLOY, background_server, free_ports, tool
-from tests.deploy.drift_images import meadows, write_training_set
-from tests.serve.conftest import Server, write_checkpoint
+from greenr.ops.drift import build_reference
+from greenr.processes import free_ports
+from tests.helpers.images import meadows, write_training_set
+from tests.helpers.processes import background_server, tool
+from tests.helpers.project import DEPLOY
+from tests.helpers.serving import Server, write_checkpoint
 
 WINDOW = 100
 

@@ -16,15 +16,15 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from greenr import checkpoint
-from greenr.backbones import efficientnet_lite as lite
-from greenr.data import TensorDataset
+from greenr.data.images import Preprocessing, load_model_input, to_uint8_array
+from greenr.data.tensors import TensorDataset, normalize
 from greenr.errors import GreenrError
-from greenr.images import Preprocessing, load_model_input, normalize, to_uint8_tensor
-from greenr.inference import predict_proba
-from greenr.model import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model import checkpoint
+from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model.backbones import efficientnet_lite as lite
+from greenr.model.inference import predict_proba
+from greenr.model.training import make_optimizer, set_train_mode, train_one_epoch
 from greenr.params import TrainParams
-from greenr.training import make_optimizer, set_train_mode, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[2]
 DAISY = 985  # ImageNet class index
@@ -40,7 +40,7 @@ def test_imagenet_top1_on_flower_is_daisy() -> None:
     spec = get_arch("efficientnet_lite0").preprocessing(224)
     image = Image.fromarray(load_sample_image("flower.jpg"))
     with torch.inference_mode():
-        logits = model(normalize(to_uint8_tensor(image, spec)[None], spec))
+        logits = model(normalize(torch.from_numpy(to_uint8_array(image, spec))[None], spec))
     assert int(logits.argmax(1)) == DAISY
 
 
@@ -169,11 +169,11 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.
     assert report["n"] == len((repo / "splits" / "test.csv").read_text().splitlines()) - 1
     # What the server does with an upload: decode, resize, normalise with the checkpoint's spec.
     image = load_model_input((repo / "data" / "grass" / "00.jpg").read_bytes(), ckpt.preprocessing)
-    probs = predict_proba(ckpt.build(), image[None], ckpt.preprocessing)
+    probs = predict_proba(ckpt.build(), torch.from_numpy(image)[None], ckpt.preprocessing)
     assert probs.shape == (1, 2) and float(probs.sum()) == pytest.approx(1.0)
     assert isinstance(ckpt.preprocessing, Preprocessing)
     # The promotion gate's --register: the run is found by the checkpoint's SHA-256 tag.
-    from greenr import tracking
+    from greenr.ops import tracking
 
     monkeypatch.setenv("GREENR_STATE_DIR", env["GREENR_STATE_DIR"])
     monkeypatch.setenv("GREENR_ROOT", str(repo))

@@ -10,12 +10,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from greenr import checkpoint
-from greenr.images import decode_image, load_model_input
-from greenr.inference import predict_proba
+from greenr.data.images import decode_image, load_model_input
+from greenr.model import checkpoint
+from greenr.model.inference import predict_proba
 from serve.main import create_app
-from tests.serve.conftest import CLASSES, RELOAD_TOKEN, make_settings, wait_ready, write_checkpoint
-from tests.serve.images import encode, good_corpus, photo
+from tests.helpers.images import encode, good_corpus, photo
+from tests.helpers.serving import CLASSES, RELOAD_TOKEN, make_settings, wait_ready, write_checkpoint
 
 AUTH = {"Authorization": f"Bearer {RELOAD_TOKEN}"}
 
@@ -38,7 +38,8 @@ def test_predict_matches_shared_inference(client: TestClient, ckpt_path: Path) -
     assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
     # Same numbers as the shared code path used by evaluation.
     ckpt = checkpoint.load(ckpt_path)
-    expected = predict_proba(ckpt.build(), load_model_input(data, ckpt.preprocessing)[None], ckpt.preprocessing)[0]
+    image = torch.from_numpy(load_model_input(data, ckpt.preprocessing))
+    expected = predict_proba(ckpt.build(), image[None], ckpt.preprocessing)[0]
     got = torch.tensor([body["probabilities"][c] for c in ckpt.classes])
     assert torch.allclose(got, expected, atol=1e-5)
 
@@ -181,7 +182,7 @@ def test_reload_disabled_without_token(ckpt_path: Path) -> None:
 
 
 def test_exif_rotation_is_applied(client: TestClient) -> None:
-    from tests.serve.images import exif_rotated_jpeg
+    from tests.helpers.images import exif_rotated_jpeg
 
     rotated, upright = exif_rotated_jpeg()
     assert decode_image(rotated).size == decode_image(upright).size == (80, 60)
@@ -190,3 +191,12 @@ def test_exif_rotation_is_applied(client: TestClient) -> None:
     for name in CLASSES:
         assert a[name] == pytest.approx(b[name], abs=2e-3)
     assert json.dumps(a)  # plain floats
+
+
+def test_an_app_that_was_never_started_answers_503_json(ckpt_path: Path) -> None:
+    """Mounted in another ASGI app, or a TestClient outside `with`: no lifespan ran, so no model."""
+    never_started = TestClient(create_app(make_settings(ckpt_path)), raise_server_exceptions=False)
+    for method, path in (("post", "/predict"), ("get", "/metrics"), ("get", "/model"), ("get", "/ready")):
+        response = getattr(never_started, method)(path)
+        assert response.status_code == 503, (path, response.text)
+        assert "not started" in response.json()["detail"]

@@ -7,8 +7,8 @@ import http.client
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.serve.conftest import Server
-from tests.serve.images import bad_corpus, encode, photo
+from tests.helpers.images import bad_corpus, encode, photo
+from tests.helpers.serving import Server
 
 MAX_UPLOAD = 10 * 1024 * 1024
 CORPUS = bad_corpus(MAX_UPLOAD)

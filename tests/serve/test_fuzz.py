@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.serve.conftest import Server
+from tests.helpers.serving import Server
 
 
 def test_schemathesis_finds_no_server_error(server: Server, tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.serve.conftest import Server
-from tests.serve.images import encode, photo
-from tests.serve.tools import require_tool
+from tests.helpers.images import encode, photo
+from tests.helpers.processes import tool
+from tests.helpers.serving import Server
 
 BOUNDARY = "greenr-load-test"
 REQUESTS = 2000  # a multiple of CONCURRENCY: hey sends n // c per worker
@@ -67,7 +67,7 @@ def run_hey(hey: str, url: str, body: Path, requests: int) -> Counter:
 
 
 def test_load_at_concurrency_16(server: Server, tmp_path: Path) -> None:
-    hey = require_tool("hey", "hey")
+    hey = tool("hey")
     body = tmp_path / "body.bin"
     body.write_bytes(multipart_body(encode(photo((320, 240)), "JPEG")))
     warm = run_hey(hey, server.url, body, 160)

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve.main import create_app
-from tests.serve.conftest import make_settings, wait_ready, write_checkpoint
+from tests.helpers.serving import make_settings, wait_ready, write_checkpoint
 
 
 def sh(root: Path, *cmd: str) -> str:

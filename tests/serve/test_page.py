@@ -7,13 +7,13 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from tests.serve.conftest import CLASSES, Server
-from tests.serve.images import encode, photo
-from tests.serve.tools import CHROMIUM_ARGS, require_chromium
+from tests.helpers.images import encode, photo
+from tests.helpers.processes import CHROMIUM_ARGS, chromium
+from tests.helpers.serving import CLASSES, Server
 
 
 def test_upload_shows_label_and_probability_bars(server: Server, tmp_path: Path) -> None:
-    executable = require_chromium()
+    executable = chromium()
     image = tmp_path / "dandelion.jpg"
     image.write_bytes(encode(photo((120, 90)), "JPEG"))
     not_image = tmp_path / "notes.txt"

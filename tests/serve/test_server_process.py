@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from greenr import checkpoint
-from tests.serve.conftest import CLASSES, Server
-from tests.serve.images import encode, photo
+from greenr.model import checkpoint
+from tests.helpers.images import encode, photo
+from tests.helpers.serving import CLASSES, Server
 
 
 def test_predict_over_tcp(server: Server, ckpt_path) -> None:

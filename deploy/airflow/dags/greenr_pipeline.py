@@ -15,7 +15,6 @@ caps fastapi). Where things are comes from the environment of the Airflow worker
 
 Manual runs take params (Trigger DAG w/ config, or `airflow dags trigger -c '{...}'`):
     overrides     ["train.epochs=5", "train.lr=0.0003"]  -> `dvc exp run -S ...`
-    metric_floor  test accuracy below which nothing is pushed (used when greenr.promote is absent)
     reload_rev    revision the server should load (default: the one it is configured with)
 Every run is a DVC experiment named after the Airflow run, so `dvc exp show` lists them.
 """
@@ -90,9 +89,6 @@ def experiment_name(run_id: str) -> str:
             items={"type": "string"},
             description="params.yaml overrides, e.g. train.epochs=5 (dvc exp run -S)",
         ),
-        "metric_floor": Param(
-            0.85, type="number", minimum=0, maximum=1, description="minimum test accuracy when greenr.promote is absent"
-        ),
         "reload_rev": Param("", type="string", description="revision the server loads; empty = its default"),
     },
 )
@@ -129,27 +125,11 @@ def greenr_pipeline() -> None:
         return name
 
     @task(retries=0, execution_timeout=timedelta(minutes=10))
-    def gate(experiment: str, params: dict | None = None) -> dict:
-        """The promotion gate `python -m greenr.promote` if the project has one, else a floor on
-        test accuracy. Failing here stops the run before anything is pushed or reloaded."""
-        has_promote = (
-            subprocess.run(
-                [PYTHON, "-c", "import greenr.promote"], cwd=REPO, capture_output=True, check=False
-            ).returncode
-            == 0
-        )
-        if has_promote:
-            run([PYTHON, "-m", "greenr.promote"])
-            return {"experiment": experiment, "gate": "greenr.promote"}
-        metrics = json.loads((REPO / "metrics" / "evaluate.json").read_text(encoding="utf-8"))
-        floor = float((params or {}).get("metric_floor", 0.85))
-        accuracy = float(metrics["accuracy"])
-        if accuracy < floor:
-            raise AirflowFailException(
-                f"test accuracy {accuracy:.3f} is below the floor {floor:.3f}: not pushing experiment {experiment}"
-            )
-        log.info("test accuracy %.3f >= floor %.3f", accuracy, floor)
-        return {"experiment": experiment, "gate": "metric_floor", "accuracy": accuracy}
+    def gate(experiment: str) -> dict:
+        """The promotion gate, `greenr promote`: floors and regressions against main (params.yaml
+        `promote:`). Failing here stops the run before anything is pushed or reloaded."""
+        run([CLI, "promote", "--base", "main"])
+        return {"experiment": experiment, "gate": "greenr promote"}
 
     @task(retries=3, execution_timeout=timedelta(minutes=30))
     def push(gate_result: dict) -> None:

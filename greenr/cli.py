@@ -183,6 +183,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {report.write_report(args.base, args.out, plots=not args.no_plots)}")
 
 
+def cmd_plots_template(args: argparse.Namespace) -> None:
+    from greenr.evaluation import plots_page
+
+    path = plots_page.write_template(force=args.force)
+    print(f"dvc plots show/diff pages now render offline (plots.html_template = {path})")
+
+
 def cmd_promote(args: argparse.Namespace) -> None:
     from greenr.evaluation import promote
 
@@ -317,6 +324,11 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=Path("reports/pr.md"))
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     report.set_defaults(func=cmd_report)
+    plots = sub.add_parser(
+        "plots-template", help="make `dvc plots show/diff` pages render offline (Vega inline, from npm)"
+    )
+    plots.add_argument("--force", action="store_true", help="download the scripts again")
+    plots.set_defaults(func=cmd_plots_template)
     promote = sub.add_parser("promote", help="promotion gate: exit 0 promote, 1 rejected (says why)")
     _add_base(promote)
     promote.add_argument(

@@ -22,5 +22,9 @@ if [[ ! -x .state/uv/bin/uv ]] || [[ "$(.state/uv/bin/uv --version)" != "uv $UV_
 fi
 echo "setup: syncing .venv from uv.lock (torch, DVC, MLflow, SeaweedFS, ...)"
 .state/uv/bin/uv sync --locked --python "$PYTHON"
+# `dvc plots show/diff` pages that render offline: Vega from the npm registry, inlined once.
+if ! .venv/bin/greenr plots-template; then
+    echo "setup: warning: could not fetch Vega from the npm registry; dvc plots pages will load it from a CDN" >&2
+fi
 touch "$stamp"
 echo "setup: done. Activate with: source .venv/bin/activate"

@@ -15,11 +15,13 @@ import http.client
 import ipaddress
 import logging
 import os
+import socket
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +37,8 @@ from greenr.network import offline
 log = logging.getLogger(__name__)
 
 DEFAULT_URL_TEMPLATE = "https://raw.githubusercontent.com/btphan95/greenr-airflow/master/data/{class}/{index:08d}.jpg"
+# How many skipped files the summary names one by one; the rest are counted by reason.
+SHOWN_SKIPS = 10
 DEFAULT_COUNT = 200  # images per class at the URL template (indices 0..199)
 # Statuses worth asking again: the server or a proxy is busy, not the file missing.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -72,7 +76,12 @@ class IngestReport:
                 f"{len(self.skipped)} skipped"
             )
         ]
-        lines += [f"  skipped {s.file}: {s.reason}" for s in sorted(self.skipped, key=lambda s: s.file)]
+        shown = sorted(self.skipped, key=lambda s: s.file)
+        lines += [f"  skipped {s.file}: {s.reason}" for s in shown[:SHOWN_SKIPS]]
+        if len(shown) > SHOWN_SKIPS:
+            by_reason = Counter(_reason_kind(s.reason) for s in shown)
+            kinds = "; ".join(f"{kind}: {n}" for kind, n in by_reason.most_common())
+            lines.append(f"  ... and {len(shown) - SHOWN_SKIPS} more; all {len(shown)} skipped by reason: {kinds}")
         if self.extra:
             lines.append(
                 f"  {len(self.extra)} file(s) in {self.dest} are not in the source and were kept "
@@ -152,6 +161,24 @@ def _url_items(
                 )
             items.append(_Item(label, name, _downloader(url, timeout, retries, backoff), url))
     return items
+
+
+def _check_host_resolves(template: str) -> None:
+    """Fail at once, not after hundreds of timed-out downloads, when the host has no address."""
+    host = urllib.parse.urlsplit(template.replace("{", "").replace("}", "")).hostname or ""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise GreenrError(
+            f"cannot resolve {host} ({exc}): no network, or no DNS, on this machine",
+            "set DATA_SOURCE to a local folder with one sub-folder per class "
+            "(e.g. DATA_SOURCE=../shared/datasets/dandelion-grass), or restore the network",
+        ) from None
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its file-specific detail, for counting skips by kind."""
+    return reason.split(" (", 1)[0].split(":", 1)[0]
 
 
 def _is_loopback(host: str) -> bool:
@@ -308,6 +335,8 @@ def ingest(
         items = _url_items(source, classes, count, timeout, retries, backoff)
         trust_present = not refresh
         shown_source = source
+        if refresh or not all((dest / item.label / item.name).is_file() for item in items):
+            _check_host_resolves(source)
     else:
         src = Path(source).expanduser().resolve()
         items = _local_items(src, classes)
@@ -325,9 +354,11 @@ def ingest(
     for item, (status, reason) in zip(items, outcomes):
         if status == "skipped":
             report.skipped.append(Skipped(item.key, reason))
-            log.warning("skipped %s (%s): %s", item.key, item.origin, reason)
+            log.debug("skipped %s (%s): %s", item.key, item.origin, reason)
         else:
             getattr(report, status).append(item.key)
+    if report.skipped:  # one line here; the summary names them
+        log.warning("skipped %d of %d file(s)", len(report.skipped), len(items))
 
     for label in classes:
         if not any(key.startswith(f"{label}/") for key in report.written + report.unchanged):

@@ -367,3 +367,43 @@ def test_offline_refuses_remote_urls_before_any_download(tmp_path: Path):
 def test_bad_url_templates_are_clear_errors(tmp_path: Path, template: str, expected: str):
     with pytest.raises(GreenrError, match=expected.replace("{", r"\{").replace("}", r"\}")):
         ingest(template, tmp_path / "data", dvc_add=False)
+
+
+def test_a_host_that_does_not_resolve_fails_at_once_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No network: one clear error before any download is tried, not a warning per image."""
+    import socket
+
+    monkeypatch.delenv("GREENR_OFFLINE")
+    lookups: list[str] = []
+
+    def no_dns(host: str, *args: object, **kwargs: object) -> list:
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    # The machine without DNS, simulated: tests never send a query beyond loopback.
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(GreenrError) as err:
+        ingest("https://images.example.org/data/{class}/{index:08d}.jpg", tmp_path / "data", dvc_add=False)
+    assert lookups == ["images.example.org"]
+    assert "cannot resolve images.example.org" in err.value.what and "DATA_SOURCE" in (err.value.fix or "")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.jpg"))
+
+
+def test_many_skipped_files_make_one_warning_and_a_short_summary(
+    tmp_path: Path, make_dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "source"
+    make_dataset(src, per_class=2)
+    for i in range(30):
+        (src / "grass" / f"broken-{i:02d}.jpg").write_bytes(b"not a jpeg at all")
+    with caplog.at_level("INFO"):
+        report = ingest(str(src), tmp_path / "data", dvc_add=False)
+    assert len(report.skipped) == 30
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["skipped 30 of 34 file(s)"]
+    lines = report.summary().splitlines()
+    assert sum(line.startswith("  skipped ") for line in lines) == 10
+    assert "  ... and 20 more; all 30 skipped by reason: does not decode as an image: 30" in lines

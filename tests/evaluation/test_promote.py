@@ -6,19 +6,11 @@ import subprocess
 
 from greenr.evaluation.promote import gate
 from greenr.params import PromoteParams
-from tests.helpers.project import VENV_BIN, evaluate_metrics
+from tests.helpers.project import VENV_BIN, evaluate_metrics, run
 
 
 def run_gate(root, env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "greenr"), "promote", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run([str(VENV_BIN / "greenr"), "promote", *args], root, env, check=False)
 
 
 def test_gate_passes_a_better_candidate(metrics_repo, env_for) -> None:

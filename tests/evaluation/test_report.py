@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from markdown_it import MarkdownIt
 from PIL import Image
 
-from tests.helpers.project import VENV_BIN, evaluate_metrics, git
+from tests.helpers.project import VENV_BIN, evaluate_metrics, git, run
 
 
 def _write_plots(root: Path) -> None:
@@ -33,16 +32,7 @@ def test_report_has_right_deltas_and_is_valid_markdown(metrics_repo, env_for) ->
         params_change={"train": {"lr": 0.0003}},
     )
     _write_plots(root)
-    done = subprocess.run(
-        [str(VENV_BIN / "greenr"), "report", "--base", "HEAD~1", "--out", "reports/pr.md"],
-        cwd=root,
-        env=env_for(root),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    run([str(VENV_BIN / "greenr"), "report", "--base", "HEAD~1", "--out", "reports/pr.md"], root, env_for(root))
     text = (root / "reports" / "pr.md").read_text()
     assert "| metrics/evaluate.json | accuracy | 0.9000 | 0.9500 | +0.0500 |" in text
     assert "| metrics/evaluate.json | macro.f1 | 0.8800 | 0.9400 | +0.0600 |" in text
@@ -59,14 +49,8 @@ def test_report_has_right_deltas_and_is_valid_markdown(metrics_repo, env_for) ->
 
 def test_report_with_a_missing_base_is_a_clear_error(metrics_repo, env_for) -> None:
     root = metrics_repo(evaluate_metrics(0.90, 0.88), evaluate_metrics(0.95, 0.94))
-    done = subprocess.run(
-        [str(VENV_BIN / "greenr"), "report", "--base", "no-such-rev", "--no-plots"],
-        cwd=root,
-        env=env_for(root),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    done = run(
+        [str(VENV_BIN / "greenr"), "report", "--base", "no-such-rev", "--no-plots"], root, env_for(root), check=False
     )
     assert done.returncode == 2
     assert "fix:" in done.stderr and "Traceback" not in done.stderr
@@ -81,16 +65,7 @@ def test_report_plots_put_the_base_beside_this_change(metrics_repo, env_for) -> 
 
     def report(base: str) -> tuple[str, dict[str, tuple[int, int]]]:
         out = root / "reports" / base.replace("~", "-")
-        done = subprocess.run(
-            [str(VENV_BIN / "greenr"), "report", "--base", base, "--out", str(out / "pr.md")],
-            cwd=root,
-            env=env_for(root),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        run([str(VENV_BIN / "greenr"), "report", "--base", base, "--out", str(out / "pr.md")], root, env_for(root))
         return (out / "pr.md").read_text(), {
             name: Image.open(out / name).size for name in ("training.png", "confusion.png", "roc.png")
         }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from greenr.model.backbones import efficientnet_lite as lite
 from greenr.model.inference import predict_proba
 from greenr.model.training import make_optimizer, set_train_mode, train_one_epoch
 from greenr.params import TrainParams
+from tests.helpers.project import run
 
 REPO = Path(__file__).resolve().parents[2]
 DAISY = 985  # ImageNet class index
@@ -149,16 +149,7 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     for stage in ("split", "train", "evaluate"):
-        done = subprocess.run(
-            [sys.executable, "-m", f"stages.{stage}"],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, f"{stage} failed:\n{done.stderr[-3000:]}"
+        run([sys.executable, "-m", f"stages.{stage}"], repo, env)
     ckpt = checkpoint.load(repo / "models" / "stage-1.pth")
     assert ckpt.arch == "efficientnet_lite0"
     assert ckpt.preprocessing.mean == pytest.approx(lite.MEAN)

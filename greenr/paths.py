@@ -27,6 +27,10 @@ ROC_PLOT = "plots/evaluate/roc.csv"
 PRC_PLOT = "plots/evaluate/prc.csv"
 
 
+# The split params the manifests were made with: images keep their split while these stay the same.
+SPLIT_RULE = "splits/rule.json"
+
+
 def split_manifest(name: str) -> str:
     """The committed manifest of one split: `splits/{train,val,test}.csv`."""
     return f"{SPLITS_DIR}/{name}.csv"

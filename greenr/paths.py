@@ -19,6 +19,9 @@ TRAIN_METRICS = "metrics/train.json"
 EVALUATE_METRICS = "metrics/evaluate.json"
 # Statistics of the training images that the server compares requests with (greenr/ops/drift.py).
 DRIFT_REFERENCE = "metrics/drift_reference.json"
+# Feedback and uncertain inputs waiting to become data: this prefix in the DVC remote's bucket, or
+# this folder under the state folder when no store answers (greenr/ops/inbox.py).
+INBOX_PREFIX = "inbox"
 PLOTS_DIR = "plots"
 TRAINING_PLOT = "plots/training.csv"
 EVALUATE_PLOTS_DIR = "plots/evaluate"

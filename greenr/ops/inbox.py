@@ -515,8 +515,14 @@ def accept(inboxes: Sequence[Inbox], classes: Sequence[str], root: Path | None =
     root = root or repo_root()
     data_dir = root / DATA_DIR
     report = AcceptReport()
-    report.version_before, _ = data_version(root)
+    report.version_before, files_before = data_version(root)
     index = _data_index(data_dir)
+    if files_before and len(index) < files_before:
+        # `dvc add` would record a data version without the missing images.
+        raise GreenrError(
+            f"{DATA_DIR}/ holds {len(index)} images but {DATA_DVC} records {files_before}",
+            f"restore the current data version first (`greenr pull {DATA_DVC}`), then re-run `greenr inbox accept`",
+        )
     done: list[tuple[Inbox, Record, str]] = []  # (inbox, record, data path) to move once pushed
     for inbox in inboxes:
         for record in inbox.records():

@@ -285,3 +285,16 @@ def test_greenr_inbox_accept_survives_the_store_dying_midway(tmp_path: Path, kil
         assert "pushed to the DVC remote" in rerun.stdout
         assert "in sync" in run(["dvc", "status", "--cloud", "data.dvc"], project, env).stdout
     assert data_version(project)[1] == 20 + items
+
+
+def test_accept_refuses_to_record_a_data_version_with_images_missing(project: Path, tmp_path: Path):
+    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    box.submit(photo("grass", 40), label="grass")
+    (project / "data" / "grass" / "00000000.jpg").unlink()  # as if data/ had not been pulled completely
+    before = (project / "data.dvc").read_text()
+    with pytest.raises(GreenrError) as err:
+        accept([box], CLASSES, project)
+    assert "holds 19 images but data.dvc records 20" in err.value.what and "greenr pull data.dvc" in (
+        err.value.fix or ""
+    )
+    assert (project / "data.dvc").read_text() == before and box.status()["pending"] == 1

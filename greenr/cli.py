@@ -178,7 +178,9 @@ def cmd_inbox(args: argparse.Namespace) -> None:
         for box in inboxes:
             try:
                 record = box.set_label(args.item, args.label)
-            except GreenrError:
+            except inbox.InboxUnavailable:
+                raise
+            except GreenrError:  # not in this inbox: try the next
                 continue
             print(f"{record.sha256[:12]} labeled {record.label} in {box.where}")
             return

@@ -111,13 +111,13 @@ def make_handler(airflow: Airflow, dag_id: str, names: set[str], token: str) -> 
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+        def do_GET(self) -> None:
             if self.path == "/health":
                 self._answer(200, {"status": "ok"})
             else:
                 self._answer(404, {"detail": "not found"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if self.path != "/alertmanager":
                 self._answer(404, {"detail": "not found"})
                 return
@@ -153,9 +153,8 @@ def make_handler(airflow: Airflow, dag_id: str, names: set[str], token: str) -> 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = os.environ
-    airflow = Airflow(
-        env.get("AIRFLOW_URL", "http://127.0.0.1:8080"), env.get("AIRFLOW_USERNAME", ""), env.get("AIRFLOW_PASSWORD", "")
-    )
+    url = env.get("AIRFLOW_URL", "http://127.0.0.1:8080")
+    airflow = Airflow(url, env.get("AIRFLOW_USERNAME", ""), env.get("AIRFLOW_PASSWORD", ""))
     names = {n.strip() for n in env.get("RELAY_ALERTS", "GreenrInputDrift").split(",") if n.strip()}
     handler = make_handler(airflow, env.get("AIRFLOW_DAG", "greenr_feedback"), names, env.get("RELAY_TOKEN", ""))
     server = ThreadingHTTPServer((env.get("HOST", "127.0.0.1"), int(env.get("PORT", "9095"))), handler)

@@ -3,6 +3,7 @@ DVC project: idempotent, content-addressed, nothing lost when a step fails, a re
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -298,3 +299,23 @@ def test_accept_refuses_to_record_a_data_version_with_images_missing(project: Pa
         err.value.fix or ""
     )
     assert (project / "data.dvc").read_text() == before and box.status()["pending"] == 1
+
+
+def test_greenr_inbox_status_label_and_json_on_the_local_inbox(tmp_path: Path):
+    """The CLI with no object store answering: the local inbox in the state folder."""
+    env = project_env(tmp_path / "p", tmp_path / "state")
+    project = init_project(tmp_path / "p", env)
+    run(["dvc", "remote", "modify", "--local", "minio", "endpointurl", "http://127.0.0.1:9"], project, env)
+    box = Inbox(LocalBackend(tmp_path / "state" / "inbox"))
+    data = photo("grass", 50)
+    box.submit(data, label=None, source="uncertain", predicted="dandelion", confidence=0.51)
+    box.submit(photo("dandelion", 51), label="dandelion")
+    status = run(["greenr", "inbox", "status", "--items"], project, env).stdout
+    assert "2 pending (labeled: dandelion 1; 1 to review" in status and str(tmp_path / "state" / "inbox") in status
+    assert f"{sha256_of(data)[:12]}  (review)" in status and "predicted dandelion (0.51)" in status
+    labeled = run(["greenr", "inbox", "label", sha256_of(data)[:8], "grass"], project, env)
+    assert f"{sha256_of(data)[:12]} labeled grass" in labeled.stdout
+    counts = json.loads(run(["greenr", "inbox", "status", "--json"], project, env).stdout)
+    assert counts["labeled"] == 2 and counts["inboxes"][0]["to_review"] == 0
+    wrong = run(["greenr", "inbox", "label", sha256_of(data)[:8], "tulip"], project, env, check=False)
+    assert wrong.returncode == 2 and "'tulip' is not a class" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -374,12 +374,13 @@ class Inbox:
     def status(self) -> dict[str, Any]:
         pending = self.records()
         labeled = [r for r in pending if r.label is not None]
+        labels = sorted({r.label for r in labeled if r.label is not None})
         keys = self.backend.list(PENDING)
         with_record = {r.sha256 for r in pending}
         return {
             "where": self.where,
             "pending": len(pending),
-            "labeled": {label: sum(r.label == label for r in labeled) for label in sorted({r.label for r in labeled})},
+            "labeled": {label: sum(r.label == label for r in labeled) for label in labels},
             "to_review": len(pending) - len(labeled),
             "conflicts": sum(len(r.labels_given) > 1 and not r.reviewed for r in pending),
             "uncertain": sum(r.source == "uncertain" for r in pending),
@@ -592,8 +593,8 @@ def _store_problem(root: Path) -> str:
     return ""
 
 
-def _reject_reason(record: Record, classes: Iterable[str]) -> str | None:
-    if record.label not in classes:
+def _reject_reason(record: Record, classes: Sequence[str]) -> str | None:
+    if record.label is None or record.label not in classes:
         return f"label {record.label!r} is not a class ({', '.join(classes)})"
     if record.suffix not in IMAGE_SUFFIXES:
         return f"suffix {record.suffix!r} is not an image suffix"

@@ -161,6 +161,53 @@ def cmd_metrics(args: argparse.Namespace) -> None:
     print_metrics(repo_root())
 
 
+def cmd_inbox(args: argparse.Namespace) -> None:
+    from greenr.data.dataset import CLASSES
+    from greenr.ops import inbox, objectstore
+
+    root = repo_root()
+    if args.action == "accept":
+        # Like `greenr push`: the local store is started for the duration if nothing answers.
+        with objectstore.store_available(root):
+            print(inbox.accept(inbox.all_inboxes(root), CLASSES, root).summary())
+        return
+    inboxes = inbox.all_inboxes(root)
+    if args.action == "label":
+        if args.label not in CLASSES:
+            raise GreenrError(f"{args.label!r} is not a class", f"use one of {', '.join(CLASSES)}")
+        for box in inboxes:
+            try:
+                record = box.set_label(args.item, args.label)
+            except inbox.InboxUnavailable:
+                raise
+            except GreenrError:  # not in this inbox: try the next
+                continue
+            print(f"{record.sha256[:12]} labeled {record.label} in {box.where}")
+            return
+        raise GreenrError(f"no pending inbox item {args.item}", "`greenr inbox status --items` lists them")
+    statuses = [box.status() for box in inboxes]
+    if args.json:
+        labeled = sum(sum(s["labeled"].values()) for s in statuses)
+        print(json.dumps({"labeled": labeled, "inboxes": statuses}, indent=2))
+        return
+    for box, status in zip(inboxes, statuses):
+        labeled = ", ".join(f"{k} {v}" for k, v in status["labeled"].items()) or "none"
+        print(
+            f"inbox {status['where']}: {status['pending']} pending (labeled: {labeled}; "
+            f"{status['to_review']} to review, {status['conflicts']} with conflicting labels, "
+            f"{status['uncertain']} captured as uncertain); {status['accepted']} accepted, "
+            f"{status['rejected']} rejected"
+        )
+        if args.items:
+            for record in sorted(box.records(), key=lambda r: r.received):
+                guess = f" predicted {record.predicted} ({record.confidence:.2f})" if record.confidence else ""
+                print(
+                    f"  {record.sha256[:12]}  {record.label or '(review)':<10} {record.source:<9} "
+                    f"{record.received}{guess}"
+                    + (f"  labels given: {', '.join(record.labels_given)}" if len(record.labels_given) > 1 else "")
+                )
+
+
 # ---------------------------------------------------------------------------- experiments
 
 
@@ -309,6 +356,19 @@ def parser() -> argparse.ArgumentParser:
         transfer = sub.add_parser(name, help=f"dvc {name}, checking the object store first")
         transfer.add_argument("targets", nargs="*")
         transfer.set_defaults(func=cmd_transfer)
+
+    inbox = sub.add_parser("inbox", help="feedback and uncertain inputs: status, label, accept into data/")
+    inbox_sub = inbox.add_subparsers(dest="action", required=True)
+    status = inbox_sub.add_parser("status", help="what waits in the inbox (the store's, and .state/inbox)")
+    status.add_argument("--items", action="store_true", help="list every pending item")
+    status.add_argument("--json", action="store_true", help="machine-readable counts")
+    label = inbox_sub.add_parser("label", help="give a pending item its label (a reviewer's decision)")
+    label.add_argument("item", help="the item's SHA-256, or its first 6+ hex digits")
+    label.add_argument("label", help="the class")
+    inbox_sub.add_parser(
+        "accept", help="labeled items into data/<class>/, dvc add data, dvc push, then mark them accepted"
+    )
+    inbox.set_defaults(func=cmd_inbox)
 
     params = sub.add_parser("params", help="validate params.yaml")
     params.add_argument("action", choices=["check"])

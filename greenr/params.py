@@ -26,6 +26,9 @@ class SplitParams(Section):
     train: float = Field(0.70, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
+    # Two images whose 64-bit perceptual hashes differ in at most this many bits are one photo
+    # (resized or re-encoded) and share a split. Measured here: re-encodes 0-6 bits, distinct photos 14+.
+    near_duplicate_distance: int = Field(8, ge=0, le=32)
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:

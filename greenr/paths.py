@@ -19,12 +19,19 @@ TRAIN_METRICS = "metrics/train.json"
 EVALUATE_METRICS = "metrics/evaluate.json"
 # Statistics of the training images that the server compares requests with (greenr/ops/drift.py).
 DRIFT_REFERENCE = "metrics/drift_reference.json"
+# Feedback and uncertain inputs waiting to become data: this prefix in the DVC remote's bucket, or
+# this folder under the state folder when no store answers (greenr/ops/inbox.py).
+INBOX_PREFIX = "inbox"
 PLOTS_DIR = "plots"
 TRAINING_PLOT = "plots/training.csv"
 EVALUATE_PLOTS_DIR = "plots/evaluate"
 CONFUSION_PLOT = "plots/evaluate/confusion.csv"
 ROC_PLOT = "plots/evaluate/roc.csv"
 PRC_PLOT = "plots/evaluate/prc.csv"
+
+
+# The split params the manifests were made with: images keep their split while these stay the same.
+SPLIT_RULE = "splits/rule.json"
 
 
 def split_manifest(name: str) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 
+from serve.feedback import FeedbackService
 from serve.model_store import LoadedModel
 from serve.state import AppState
 
@@ -31,3 +32,22 @@ def get_model(state: StateDep) -> LoadedModel:
 
 
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
+
+
+def get_feedback(state: StateDep) -> FeedbackService:
+    """The feedback inbox service (what it may do depends on the settings; see routes/feedback.py)."""
+    if state.feedback is None:
+        raise HTTPException(503, detail="feedback is not set up in this app")
+    return state.feedback
+
+
+FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]
+
+
+def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None without one."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+BearerDep = Annotated[str | None, Depends(bearer_token)]

@@ -13,10 +13,11 @@ from greenr.errors import GreenrError
 from greenr.model.device import configure_threads
 from greenr.ops.drift import DriftMonitor
 from serve.batching import MicroBatcher
+from serve.feedback import FeedbackService
 from serve.metrics import Metrics
 from serve.middleware import RequestMetricsMiddleware, RequireStarted
 from serve.model_store import ModelStore
-from serve.routes import health, metrics, model, page, predict
+from serve.routes import feedback, health, metrics, model, page, predict
 from serve.settings import Settings, get_settings
 from serve.state import AppState
 
@@ -48,12 +49,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_ms, on_batch=metrics_.batch_size.observe)
         state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_, drift=app.state.drift)
+        state.feedback = feedback_ = FeedbackService(settings)
         app.state.greenr = state
         loading = asyncio.create_task(_initial_load(state))
         try:
             yield
         finally:
             loading.cancel()
+            await feedback_.close()
             batcher.close()
 
     app = FastAPI(
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(model.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
+    app.include_router(feedback.build_router(settings))
     return app
 
 

@@ -83,6 +83,8 @@ async def predict_one(state: AppState, upload: UploadFile, loaded: LoadedModel) 
         state.drift.record(model_input.drift_features, label)
     state.metrics.predictions.labels(label).inc()
     state.metrics.confidence.observe(probs[best])
+    if state.feedback is not None:  # below CAPTURE_BELOW_CONFIDENCE: kept for review, in the background
+        state.feedback.capture_uncertain(data, label, probs[best], loaded.ckpt.sha256)
     return {
         "prediction": label,
         "confidence": probs[best],

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from greenr.ops.drift import DriftMonitor
 from serve.batching import MicroBatcher
+from serve.feedback import FeedbackService
 from serve.metrics import Metrics
 from serve.model_store import LoadedModel, ModelStore
 from serve.settings import Settings
@@ -21,6 +22,7 @@ class AppState:
     batcher: MicroBatcher
     metrics: Metrics
     drift: DriftMonitor
+    feedback: FeedbackService | None = None
 
     def adopt(self, loaded: LoadedModel) -> None:
         """Point metrics and drift monitoring at a model that was just loaded."""

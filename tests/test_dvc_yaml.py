@@ -57,6 +57,7 @@ def test_stage_outputs_are_the_paths_the_code_writes() -> None:
         paths.ROC_PLOT,
         paths.PRC_PLOT,
         paths.DRIFT_REFERENCE,
+        paths.SPLIT_RULE,
         *(paths.split_manifest(name) for name in ("train", "val", "test")),
     }
     assert _declared_outputs(_dvc_yaml()) == written

@@ -1,12 +1,12 @@
-"""The data set: class folders and split manifests (the decoded tensors: greenr.data.tensors)."""
+"""The data set: class folders and split manifests (which image goes where: greenr.data.splitting;
+the decoded tensors: greenr.data.tensors)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
-import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,33 +62,6 @@ def list_class_images(data_dir: Path, classes: Sequence[str] = CLASSES) -> dict[
             f"the classes are {', '.join(classes)}; move the other folders out",
         )
     return found
-
-
-def stratified_split(examples: Iterable[Example], fractions: dict[str, float], seed: int) -> dict[str, list[Example]]:
-    """Seeded split that keeps each class's share in every split.
-
-    Per class: sort by path, shuffle with the seed, cut at rounded fractions. The result
-    depends only on the file names and the seed, never on listing order or the machine.
-    """
-    by_class: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_class.setdefault(ex.label, []).append(ex)
-    out: dict[str, list[Example]] = {name: [] for name in SPLITS}
-    for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda e: e.path)
-        random.Random(f"{seed}:{label}").shuffle(items)
-        n = len(items)
-        n_train = round(n * fractions["train"])
-        n_val = round(n * fractions["val"])
-        if min(n_train, n_val, n - n_train - n_val) < 1:
-            raise GreenrError(
-                f"class '{label}' has only {n} images: too few for a train/val/test split",
-                "add images (at least 3 per class, far more to learn anything)",
-            )
-        out["train"] += items[:n_train]
-        out["val"] += items[n_train : n_train + n_val]
-        out["test"] += items[n_train + n_val :]
-    return {name: sorted(rows, key=lambda e: e.path) for name, rows in out.items()}
 
 
 def write_manifest(path: Path, rows: Sequence[Example]) -> None:

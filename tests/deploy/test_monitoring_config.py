@@ -119,3 +119,37 @@ def test_api_exports_the_metrics_the_dashboard_reads() -> None:
         text = path.read_text()
         missing = {name for name in names if f'"{name}"' not in text}
         assert not missing, f"{rel} does not define {missing}"
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [tool("amtool"), *args], capture_output=True, text=True, timeout=60, cwd=MONITORING, check=False
+    )
+
+
+def test_alertmanager_config_is_valid() -> None:
+    result = amtool("check-config", "alertmanager.yml")
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_amtool_rejects_a_route_to_a_receiver_that_does_not_exist(tmp_path) -> None:
+    config = yaml.safe_load((MONITORING / "alertmanager.yml").read_text())
+    config["route"]["routes"][0]["receiver"] = "retrain-on-drfit"
+    (tmp_path / "broken.yml").write_text(yaml.safe_dump(config))
+    result = amtool("check-config", str(tmp_path / "broken.yml"))
+    assert result.returncode != 0 and "retrain-on-drfit" in result.stdout + result.stderr
+
+
+def test_the_drift_alert_goes_to_the_retrain_webhook_and_other_alerts_do_not() -> None:
+    def receivers(*labels: str) -> str:
+        result = amtool("config", "routes", "test", "--config.file=alertmanager.yml", *labels)
+        return result.stdout.strip()
+
+    assert receivers("alertname=GreenrInputDrift", "feature=brightness") == "retrain-on-drift"
+    assert receivers("alertname=GreenrApiDown") == "default"
+    rules = yaml.safe_load((MONITORING / "rules" / "greenr.yml").read_text())
+    alerts = {rule.get("alert") for group in rules["groups"] for rule in group["rules"]}
+    assert "GreenrInputDrift" in alerts, "the route matches an alert the rules no longer define"
+    config = yaml.safe_load((MONITORING / "alertmanager.yml").read_text())
+    (hook,) = next(r for r in config["receivers"] if r["name"] == "retrain-on-drift")["webhook_configs"]
+    assert hook["url"].endswith("/alertmanager") and hook["send_resolved"] is False

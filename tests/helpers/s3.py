@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from greenr.processes import free_ports
 from tests.helpers.processes import background_server
@@ -22,6 +24,7 @@ SECRET_KEY = "greenr-test-secret"
 @dataclass
 class S3Server:
     endpoint: str
+    proc: subprocess.Popen | None = None  # the weed process (a test may kill it to play a crash)
 
     def client(self):  # boto3 S3 client
         return boto3.client(
@@ -82,8 +85,13 @@ def running_s3(folder: Path, bucket: str = "greenr") -> Iterator[S3Server]:
     server = S3Server(f"http://127.0.0.1:{s3}")
 
     def bucket_created() -> bool:
-        server.client().create_bucket(Bucket=bucket)
+        try:
+            server.client().create_bucket(Bucket=bucket)
+        except ClientError as exc:  # a restart on the same folder: the bucket is still there
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
         return True
 
-    with background_server(args, folder / "weed.log", bucket_created):
+    with background_server(args, folder / "weed.log", bucket_created) as proc:
+        server.proc = proc
         yield server

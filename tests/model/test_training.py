@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greenr.data.dataset import Example, file_md5, list_class_images, stratified_split
+from greenr.data.dataset import Example, file_md5, list_class_images
+from greenr.data.splitting import stratified_split
 from greenr.data.tensors import TensorDataset, load_tensors
 from greenr.model.architectures import build_model, get_arch
 from greenr.model.training import FitResult, fit, seed_everything

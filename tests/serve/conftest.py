@@ -28,9 +28,20 @@ def client(ckpt_path: Path) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="session")
 def server(ckpt_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("server")
     srv = Server(
-        {"MODEL_PATH": str(ckpt_path), "MODEL_PULL": "false", "RELOAD_TOKEN": RELOAD_TOKEN, "THREADS": "2"},
-        tmp_path_factory.mktemp("server") / "server.log",
+        {
+            "MODEL_PATH": str(ckpt_path),
+            "MODEL_PULL": "false",
+            "RELOAD_TOKEN": RELOAD_TOKEN,
+            "THREADS": "2",
+            # Feedback on (inbox in a folder of the test's), so the fuzzer reaches /feedback and /review.
+            "FEEDBACK": "on",
+            "FEEDBACK_INBOX": "local",
+            "REVIEW_TOKEN": "fixture-review-token",
+            "GREENR_STATE_DIR": str(folder),
+        },
+        folder / "server.log",
     )
     try:
         srv.wait_ready()

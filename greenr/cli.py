@@ -224,6 +224,15 @@ def cmd_grid(args: argparse.Namespace) -> None:
         grid.best(args.base, args.metric, args.apply)
 
 
+def cmd_cv(args: argparse.Namespace) -> None:
+    from greenr.evaluation import cv
+
+    results, pool = cv.cross_validate(args.sets or [], folds=args.folds, seed=args.seed, threads=args.threads)
+    json_path, md_path = cv.write(results, args.out, args.folds, args.seed, len(pool))
+    print(cv.markdown(results, args.folds, args.seed, len(pool)))
+    print(f"wrote {json_path} and {md_path}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from greenr.evaluation import report
 
@@ -379,6 +388,22 @@ def parser() -> argparse.ArgumentParser:
     grid = sub.add_parser("grid", help="experiment grids with dvc exp: queue, run, show, best")
     _grid_arguments(grid)
     grid.set_defaults(func=cmd_grid)
+    cv = sub.add_parser("cv", help="compare settings by stratified k-fold cross-validation (train + val images)")
+    cv.add_argument(
+        "-S",
+        "--set-param",
+        dest="sets",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="model.* or train.* override, as `dvc exp run -S` (comma-separated = one setting per value)",
+    )
+    cv.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    cv.add_argument("--seed", type=int, default=42, help="seed of the fold assignment (default 42)")
+    cv.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
+    cv.add_argument(
+        "--out", type=Path, default=Path("reports/cv/cv"), help="writes OUT.json and OUT.md (default reports/cv/cv)"
+    )
+    cv.set_defaults(func=cmd_cv)
     report = sub.add_parser("report", help="Markdown PR report: metrics/params diffs, intervals, plots")
     _add_base(report)
     report.add_argument("--out", type=Path, default=Path("reports/pr.md"))

@@ -44,6 +44,9 @@ class ModelParams(Section):
     # weights need a download), efficientnet_lite0 with the ImageNet weights it ships with.
     pretrained: bool | Literal["auto"] = "auto"
     image_size: int = Field(128, ge=32, le=1024)
+    # Test-time flip averaging: the mean of the logits of the image and its mirror. Stored in the
+    # checkpoint, so evaluation and serving (every backend) do the same.
+    flip_average: bool = False
 
 
 class AugmentParams(Section):
@@ -66,6 +69,22 @@ class TrainParams(Section):
     # auto: what won on validation for model.arch (greenr/model/architectures.py ARCHS; full from scratch).
     finetune: Literal["auto", "full", "frozen", "discriminative"] = "auto"
     backbone_lr_scale: float = Field(0.1, gt=0, le=1)
+    # Learning-rate schedule, stepped per batch: constant; cosine (to 0 over all epochs);
+    # onecycle (warm-up to lr over the first quarter, then anneal).
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Which epoch's weights to keep: the best on validation (accuracy, then loss), or the last
+    # (for schedules that anneal to zero, where the last epoch is the intended one).
+    select: Literal["best", "last"] = "best"
+    # finetune frozen: backbone features are computed once per view of each training image, the
+    # centre and mirror views plus this many randomly augmented ones, and the head trains on them.
+    feature_views: int = Field(8, ge=0, le=64)
+    # Fit a temperature on the validation logits (stored in the checkpoint) so that the
+    # probabilities are calibrated.
+    calibrate: bool = True
+    # bf16 autocast (+ channels_last) where the hardware computes bf16 natively (CPUs with AMX or
+    # AVX512-BF16, CUDA GPUs); auto = there, fp32 elsewhere.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     augment: AugmentParams = AugmentParams()
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -114,7 +133,7 @@ def _known_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]
     return list(model.model_fields)
 
 
-def _describe(section: str, model: type[Section], err: ValidationError) -> str:
+def describe_error(section: str, model: type[Section], err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         loc = tuple(item["loc"])
@@ -155,7 +174,7 @@ def load_section(name: str, path: Path | None = None) -> Any:
         return model.model_validate(raw)
     except ValidationError as err:
         raise GreenrError(
-            f"params.yaml: {_describe(name, model, err)}",
+            f"params.yaml: {describe_error(name, model, err)}",
             "correct the value in params.yaml (or the -S override you passed)",
         ) from None
 

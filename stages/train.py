@@ -15,9 +15,9 @@ from greenr.data.dataset import CLASSES, read_manifest
 from greenr.data.tensors import load_tensors
 from greenr.errors import exits_cleanly, setup_logging
 from greenr.model import checkpoint
-from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
-from greenr.model.device import configure_threads, resolve_device
-from greenr.model.training import EpochStats, fit, init_distributed, seed_everything
+from greenr.model.device import configure_threads, resolve_device, use_bf16
+from greenr.model.recipe import resolve, train_classifier
+from greenr.model.training import EpochStats, init_distributed, seed_everything
 from greenr.ops import tracking
 from greenr.params import load_section
 from greenr.paths import MODEL_PATH, TRAIN_METRICS, TRAINING_PLOT, repo_root, split_manifest
@@ -44,28 +44,26 @@ def main() -> None:
     rank, world = init_distributed(device)
     threads = configure_threads(params.num_threads)
     seed_everything(params.seed)
-    arch = get_arch(model_params.arch)
-    pretrained = resolve_pretrained(arch.name, model_params.pretrained)
     # `auto` becomes the arch's winning setting here, once; MLflow and train.json record it.
-    params = params.model_copy(update={"finetune": resolve_finetune(arch.name, pretrained, params.finetune)})
-    spec = arch.preprocessing(model_params.image_size)
-    model = build_model(arch.name, len(CLASSES), pretrained=pretrained)
+    recipe = resolve(model_params, params)
+    params, spec = recipe.train, recipe.spec
     train_set = load_tensors(read_manifest(root / split_manifest("train")), root, spec)
     val_set = load_tensors(read_manifest(root / split_manifest("val")), root, spec)
     log.info(
-        "training %s (%s, finetune %s) on %s (%d threads): %d train / %d val images at %d px",
-        arch.name,
-        "ImageNet weights" if pretrained else "from scratch",
+        "training %s (%s, finetune %s) on %s (%d threads, %s): %d train / %d val images at %d px",
+        recipe.arch,
+        "ImageNet weights" if recipe.pretrained else "from scratch",
         params.finetune,
         device,
         threads,
+        "bf16" if use_bf16(params.precision, device) else "fp32",
         len(train_set),
         len(val_set),
         spec.image_size,
     )
 
     if rank != 0:
-        fit(model, arch.name, train_set, val_set, spec, params, device)
+        train_classifier(recipe, len(CLASSES), train_set, val_set, device)
         return
     if world > 1:
         log.info("data-parallel over %d processes", world)
@@ -73,7 +71,7 @@ def main() -> None:
     with tracking.start_run("train") as run:
         tracking.mlflow.log_params(
             {f"model.{k}": v for k, v in model_params.model_dump().items() if k != "pretrained"}
-            | {"model.pretrained": pretrained}
+            | {"model.pretrained": recipe.pretrained}
         )
         tracking.mlflow.log_params({f"train.{k}": v for k, v in params.model_dump().items()})
         tracking.mlflow.log_params(
@@ -89,18 +87,34 @@ def main() -> None:
             metrics.pop("epoch")
             tracking.mlflow.log_metrics(metrics, step=stats.epoch)
 
-        result = fit(model, arch.name, train_set, val_set, spec, params, device, on_epoch=log_epoch)
+        trained = train_classifier(recipe, len(CLASSES), train_set, val_set, device, on_epoch=log_epoch)
+        result = trained.fitted
         meta = {
             "best_epoch": result.best_epoch,
             "val_acc": round(result.best.val_acc, 6),
             "val_loss": round(result.best.val_loss, 6),
             "data_version": tracking.data_version(),
         }
-        sha256 = checkpoint.save(root / MODEL_PATH, result.model.cpu(), arch.name, list(CLASSES), spec, meta)
+        sha256 = checkpoint.save(
+            root / MODEL_PATH,
+            trained.model,
+            recipe.arch,
+            list(CLASSES),
+            spec,
+            meta,
+            temperature=trained.temperature,
+            flip_average=model_params.flip_average,
+        )
         write_history(root / TRAINING_PLOT, result.history)
         write_json(
             root / TRAIN_METRICS,
-            meta | {"epochs": params.epochs, "pretrained": pretrained, "finetune": params.finetune},
+            meta
+            | {
+                "epochs": params.epochs,
+                "pretrained": recipe.pretrained,
+                "finetune": params.finetune,
+                "temperature": trained.temperature,
+            },
         )
         tracking.mlflow.set_tag("checkpoint_sha256", sha256)
         tracking.mlflow.log_metrics(
@@ -108,13 +122,15 @@ def main() -> None:
                 "best_val_acc": result.best.val_acc,
                 "best_val_loss": result.best.val_loss,
                 "best_epoch": result.best_epoch,
+                "temperature": trained.temperature,
             }
         )
-        tracking.log_model(result.model, root / MODEL_PATH, spec)
+        tracking.log_model(trained.model, root / MODEL_PATH, spec)
         log.info(
-            "best epoch %d (val_acc %.3f); wrote %s (sha256 %s…); MLflow run %s",
+            "kept epoch %d (val_acc %.3f, temperature %.3f); wrote %s (sha256 %s…); MLflow run %s",
             result.best_epoch,
             result.best.val_acc,
+            trained.temperature,
             MODEL_PATH,
             sha256[:12],
             run.info.run_id,

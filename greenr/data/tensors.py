@@ -25,6 +25,11 @@ class TensorDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def subset(self, indices: Sequence[int]) -> TensorDataset:
+        """The images at `indices`, in that order."""
+        pick = torch.as_tensor(list(indices), dtype=torch.long)
+        return TensorDataset(self.images[pick], self.labels[pick], [self.paths[i] for i in pick.tolist()])
+
 
 def load_tensors(
     rows: Sequence[Example], root: Path, spec: Preprocessing, classes: Sequence[str] = CLASSES, workers: int = 4

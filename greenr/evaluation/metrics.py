@@ -74,3 +74,33 @@ def curves(labels: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, li
         for a, b, c in zip(recall[:-1], precision[:-1], prc_thr)
     ]
     return {"roc": roc, "prc": prc}
+
+
+def _bins(labels: np.ndarray, probs: np.ndarray, bins: int) -> list[tuple[float, float, float, float, int]]:
+    """(low, high, mean confidence, accuracy, count) of each non-empty equal-width bin of
+    top-label confidence."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    out = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            out.append((low, high, confidence[inside].mean(), correct[inside].mean(), int(inside.sum())))
+    return out
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> list[dict]:
+    """The reliability diagram's points: per bin of top-label confidence, its mean confidence, the
+    accuracy of the predictions in it, and how many there are (empty bins left out)."""
+    return [
+        {"bin_low": _r(low), "bin_high": _r(high), "confidence": _r(conf), "accuracy": _r(acc), "count": count}
+        for low, high, conf, acc, count in _bins(labels, probs, bins)
+    ]
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over the bins."""
+    rows = _bins(labels, probs, bins)
+    total = sum(count for *_, count in rows)
+    return _r(sum(count * abs(acc - conf) for _, _, conf, acc, count in rows) / total) if total else 0.0

@@ -81,7 +81,7 @@ def _lite0_arch() -> Arch:
         lite.MEAN,
         lite.STD,
         default_pretrained=True,
-        default_finetune="discriminative",
+        default_finetune="frozen",
     )
 
 

@@ -1,10 +1,12 @@
 """The checkpoint format: weights plus what rebuilds the model, never a pickled module.
 
     {"format": 1, "model": state_dict, "arch": str, "classes": [str], "image_size": int,
-     "preprocessing": {...}, "meta": {...}, "temperature": float}
+     "preprocessing": {...}, "meta": {...}, "temperature": float, "flip_average": bool}
 
 `temperature` (optional, 1.0 when absent) divides the logits before the softmax, so that the
-probabilities are calibrated (fitted on validation; greenr.model.calibration).
+probabilities are calibrated (fitted on validation; greenr.model.calibration). `flip_average`
+(optional, false when absent) asks every consumer to average the logits of the image and its
+mirror.
 
 Loaded with `weights_only=True`, so a checkpoint cannot run code.
 """
@@ -39,6 +41,7 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     temperature: float = 1.0
+    flip_average: bool = False
 
     @property
     def image_size(self) -> int:
@@ -63,6 +66,7 @@ def to_bytes(
     preprocessing: Preprocessing,
     meta: dict[str, Any] | None = None,
     temperature: float = 1.0,
+    flip_average: bool = False,
 ) -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {
@@ -74,6 +78,7 @@ def to_bytes(
         "preprocessing": preprocessing.to_dict(),
         "meta": dict(meta or {}),
         "temperature": float(temperature),
+        "flip_average": bool(flip_average),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -88,9 +93,10 @@ def save(
     preprocessing: Preprocessing,
     meta: dict[str, Any] | None = None,
     temperature: float = 1.0,
+    flip_average: bool = False,
 ) -> str:
     """Write the checkpoint atomically; return its SHA-256."""
-    data = to_bytes(model, arch, classes, preprocessing, meta, temperature)
+    data = to_bytes(model, arch, classes, preprocessing, meta, temperature, flip_average)
     write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
@@ -113,6 +119,7 @@ def from_bytes(data: bytes, source: str = "checkpoint") -> Checkpoint:
         meta=dict(raw.get("meta") or {}),
         sha256=hashlib.sha256(data).hexdigest(),
         temperature=float(raw.get("temperature", 1.0)),
+        flip_average=bool(raw.get("flip_average", False)),
     )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from greenr.errors import GreenrError
+from greenr.hardware import native_bf16
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -30,3 +34,20 @@ def configure_threads(num_threads: int) -> int:
     count = num_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(count)
     return count
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to run in bf16 autocast: `auto` means where the hardware computes bf16 natively
+    (a CUDA GPU that supports it, a CPU with AMX or AVX512-BF16); fp32 everywhere else."""
+    if precision == "fp32":
+        return False
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        native = native_bf16()
+    else:
+        native = False
+    if precision == "bf16" and not native:
+        log.warning("train.precision is bf16 but %s has no native bf16: it is emulated (slower than fp32)", device)
+        return device.type in ("cpu", "cuda")
+    return native

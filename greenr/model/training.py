@@ -21,6 +21,7 @@ from greenr.data.images import Preprocessing
 from greenr.data.tensors import TensorDataset, normalize
 from greenr.errors import GreenrError
 from greenr.model.architectures import backbone_modules, split_parameters
+from greenr.model.device import use_bf16
 from greenr.model.inference import predict_logits
 from greenr.params import AugmentParams, TrainParams
 
@@ -129,6 +130,19 @@ def make_optimizer(model: nn.Module, arch: str, params: TrainParams) -> torch.op
     return torch.optim.SGD(groups, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule of `params.schedule`, stepped once per batch (None: constant)."""
+    total = max(1, params.epochs * steps_per_epoch)
+    if params.schedule == "onecycle":
+        peaks = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=0.25)
+    if params.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    return None
+
+
 def set_train_mode(model: nn.Module, arch: str, finetune: str) -> None:
     """Train mode, except a frozen backbone keeps its BatchNorm statistics (eval mode)."""
     model.train()
@@ -179,6 +193,8 @@ def train_one_epoch(
     device: torch.device,
     generator: torch.Generator,
     aug_generator: torch.Generator | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    bf16: bool = False,
 ) -> tuple[float, float]:
     """One pass over the training set in a seeded order; returns (mean loss, accuracy).
 
@@ -192,7 +208,6 @@ def train_one_epoch(
     images = data.images.to(device)
     labels = data.labels.to(device)
     total_loss, correct = 0.0, 0
-    use_bf16 = device.type == "cuda"
     batch_size = math.ceil(params.batch_size / world)
     # Shards may differ by one example, hence in batch count: join() keeps the ranks in step.
     joined = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
@@ -201,12 +216,14 @@ def train_one_epoch(
             idx = order[start : start + batch_size].to(device)
             x = normalize(augment(images[idx], params.augment, aug_generator or generator), spec)
             y = labels[idx]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=params.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total_loss += loss.item() * len(idx)
             correct += int((logits.argmax(1) == y).sum())
     if world > 1:
@@ -236,14 +253,18 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
-    """Train for `params.epochs`, validating after each; return the best epoch's model.
+    """Train for `params.epochs`, validating after each; return the kept epoch's model.
 
-    Best = highest validation accuracy, ties broken by lower validation loss.
+    `params.select`: best = highest validation accuracy, ties broken by lower validation loss;
+    last = the final epoch (for schedules that anneal to zero).
     """
     model.to(device)
     optimizer = make_optimizer(model, arch, params)
-    generator = torch.Generator().manual_seed(params.seed)
     rank, world = distributed_context()
+    shard = len(range(rank, len(train), world))  # this rank's examples per epoch (rank_shard)
+    scheduler = make_scheduler(optimizer, params, math.ceil(shard / math.ceil(params.batch_size / world)))
+    bf16 = use_bf16(params.precision, device)
+    generator = torch.Generator().manual_seed(params.seed)
     net: nn.Module = model
     aug_generator = None
     if world > 1:
@@ -257,7 +278,7 @@ def fit(
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            net, train, spec, params, arch, optimizer, device, generator, aug_generator
+            net, train, spec, params, arch, optimizer, device, generator, aug_generator, scheduler, bf16
         )
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = validate(model, val, spec, device, params.batch_size)
@@ -274,9 +295,9 @@ def fit(
         if not math.isfinite(train_loss):
             raise GreenrError(f"training diverged at epoch {epoch} (loss {train_loss})", "lower train.lr")
         key = (val_acc, -val_loss)
-        if best_key is None or key > best_key:
+        if params.select == "last" or best_key is None or key > best_key:
             best_key, best_epoch = key, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(model.state_dict()) if params.select == "best" else {}
         log.info(
             "epoch %d/%d train_loss=%.4f train_acc=%.3f val_loss=%.4f val_acc=%.3f (%.1fs, %.0f img/s)",
             epoch,
@@ -290,5 +311,6 @@ def fit(
         )
         if on_epoch:
             on_epoch(stats)
-    model.load_state_dict(best_state)
+    if best_state:
+        model.load_state_dict(best_state)
     return FitResult(model=model.eval(), best_epoch=best_epoch, history=history)

@@ -52,3 +52,15 @@ def test_curves_match_sklearn():
     assert [p["fpr"] for p in out["roc"]] == pytest.approx(fpr.tolist())
     assert [p["tpr"] for p in out["roc"]] == pytest.approx(tpr.tolist())
     assert all(0 <= p["precision"] <= 1 for p in out["prc"])
+
+
+def test_reliability_bins_and_ece_by_hand() -> None:
+    from greenr.evaluation.metrics import expected_calibration_error, reliability_bins
+
+    # Four predictions at 0.9 confidence (3 right), two at 0.6 (1 right).
+    probs = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    labels = np.array([0, 0, 0, 1, 0, 1])
+    rows = reliability_bins(labels, probs, bins=10)
+    assert [(r["confidence"], r["accuracy"], r["count"]) for r in rows] == [(0.6, 0.5, 2), (0.9, 0.75, 4)]
+    assert expected_calibration_error(labels, probs, bins=10) == pytest.approx((2 * 0.1 + 4 * 0.15) / 6, abs=1e-6)
+    assert expected_calibration_error(np.array([], dtype=int), np.empty((0, 2))) == 0.0

@@ -61,3 +61,33 @@ def test_fit_learns_and_is_reproducible_with_the_same_seed(data: dict[str, Tenso
     assert first_state.keys() == second_state.keys()
     assert all(torch.equal(first_state[k], second_state[k]) for k in first_state)
     assert [s.row() for s in first.history] == [s.row() for s in second.history]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_schedules_step_per_batch_and_anneal_to_almost_zero(schedule: str) -> None:
+    from greenr.model.training import make_scheduler
+
+    params = PARAMS.model_copy(update={"schedule": schedule, "lr": 0.01, "epochs": 3})
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=params.lr)
+    scheduler = make_scheduler(optimizer, params, steps_per_epoch=5)
+    assert scheduler is not None
+    seen = []
+    for _ in range(3 * 5):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert max(seen) == pytest.approx(0.01, rel=0.05)
+    assert seen[-1] < 0.01 * 0.05
+    if schedule == "onecycle":  # warms up first: the peak is a quarter of the way in
+        assert seen.index(max(seen)) in range(2, 6)
+    assert make_scheduler(optimizer, PARAMS, steps_per_epoch=5) is None  # constant
+
+
+def test_select_last_keeps_the_final_epoch(data: dict[str, TensorDataset]) -> None:
+    params = PARAMS.model_copy(update={"select": "last", "epochs": 2, "schedule": "cosine", "label_smoothing": 0.1})
+    seed_everything(params.seed)
+    result = fit(build_model(ARCH, 2), ARCH, data["train"], data["val"], SPEC, params, torch.device("cpu"))
+    assert result.best_epoch == 2
+    # Label smoothing keeps the training loss away from zero: even a perfect fit pays ~0.2.
+    assert result.history[-1].train_loss > 0.1

@@ -1,0 +1,282 @@
+"""Settings chosen by cross-validation: `greenr cv -S model.arch=... -S train.lr=0.003,0.01`.
+
+The 60-image test split cannot tell settings apart (one image is 1.7 points), so settings are
+compared by stratified k-fold cross-validation over the train + val images; the test split is
+never read. Per fold, the fold's training images are split again like the pipeline splits them
+(train / val in the params' proportions): the recipe trains on the first part exactly as the
+train stage would (`greenr.model.recipe.train_classifier`: same code, epoch selection and
+temperature fitting on the val part), and predicts the held-out fold once. Every setting is scored
+on all its out-of-fold predictions: accuracy and macro F1 with bootstrap intervals, log loss and
+expected calibration error (of the calibrated probabilities), and the per-fold accuracies.
+
+A frozen backbone's features are computed once for all images and reused by every fold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from greenr.atomic import atomic_open, write_json
+from greenr.data.dataset import CLASSES, Example, read_manifest
+from greenr.errors import GreenrError
+from greenr.evaluation.metrics import bootstrap_intervals, classification_metrics, expected_calibration_error
+from greenr.params import SECTIONS, describe_error, read_params_file
+from greenr.paths import repo_root, split_manifest
+
+log = logging.getLogger(__name__)
+# Sections a setting may override: what the train stage reads (the split only sets proportions).
+TUNABLE = ("model", "train")
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def parse_overrides(sets: Sequence[str]) -> list[dict[str, Any]]:
+    """`-S key=v1,v2` options (as `dvc exp run -S`, comma = alternatives) -> one dict per combination."""
+    axes: list[tuple[str, list[Any]]] = []
+    for item in sets:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise GreenrError(f"bad -S {item!r}", "write -S section.key=value (several values: v1,v2)")
+        if key.split(".")[0] not in TUNABLE:
+            raise GreenrError(f"-S {key}: only {' and '.join(TUNABLE)} params can be cross-validated", "")
+        axes.append((key, [yaml.safe_load(v) for v in values.split(",")]))
+    keys = [k for k, _ in axes]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in axes))] or [{}]
+
+
+def setting_name(overrides: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in overrides.items()) or "params.yaml"
+
+
+def apply(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml's sections with the dotted overrides set (a new dict)."""
+    out = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise GreenrError(f"-S {dotted}: {part} is a value, not a section", "check the key against params.yaml")
+        node[last] = value
+    return out
+
+
+def load_sections(raw: dict[str, Any], setting: str) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    sections = {}
+    for name in ("split", *TUNABLE, "evaluate"):
+        try:
+            sections[name] = SECTIONS[name].model_validate(raw.get(name) or {})
+        except ValidationError as err:
+            raise GreenrError(
+                f"setting `{setting}`: {describe_error(name, SECTIONS[name], err)}", "correct the -S value"
+            ) from None
+    return sections
+
+
+# ---------------------------------------------------------------------------- folds
+
+
+def stratified_folds(rows: Sequence[Example], k: int, seed: int) -> np.ndarray:
+    """The fold (0..k-1) of each row: per class, sorted by path, shuffled by a seeded generator,
+    dealt round-robin (continuing where the previous class stopped, so folds stay balanced)."""
+    fold = np.empty(len(rows), dtype=np.int64)
+    by_class: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_class.setdefault(row.label, []).append(i)
+    if any(len(members) < k for members in by_class.values()):
+        raise GreenrError(f"a class has fewer images than the {k} folds", "use fewer folds (--folds) or add images")
+    dealt = 0
+    for label in sorted(by_class):
+        members = sorted(by_class[label], key=lambda i: rows[i].path)
+        random.Random(f"{seed}:{label}").shuffle(members)
+        for j, i in enumerate(members):
+            fold[i] = (j + dealt) % k
+        dealt += len(members)
+    return fold
+
+
+def inner_split(labels: np.ndarray, idx: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, val) indices of a fold's training images; val gets `val_fraction`."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        members = members[rng.permutation(len(members))]
+        n_val = max(1, int(round(len(members) * val_fraction)))
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+# ---------------------------------------------------------------------------- running
+
+
+@dataclass
+class SettingResult:
+    name: str
+    overrides: dict[str, Any]
+    metrics: dict[str, Any]
+    fold_accuracy: list[float]
+    temperatures: list[float]
+    seconds: float
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+
+def cross_validate(
+    sets: Sequence[str], folds: int = 5, seed: int = 42, threads: int = 0, progress: bool = True
+) -> tuple[list[SettingResult], list[Example]]:
+    """Run every setting through `folds`-fold CV over train + val; return the results and the pool."""
+    import torch
+    from tqdm import tqdm
+
+    from greenr.data.tensors import load_tensors
+    from greenr.model import frozen
+    from greenr.model.architectures import build_model
+    from greenr.model.device import configure_threads, resolve_device
+    from greenr.model.inference import predict_logits
+    from greenr.model.recipe import FrozenFeatures, frozen_features, resolve, train_classifier
+    from greenr.model.training import seed_everything
+
+    root = repo_root()
+    raw = read_params_file()
+    settings = parse_overrides(sets)
+    all_sections = [load_sections(apply(raw, o), setting_name(o)) for o in settings]  # fail before any work
+    pool = read_manifest(root / split_manifest("train")) + read_manifest(root / split_manifest("val"))
+    pool.sort(key=lambda row: row.path)
+    labels = np.array([CLASSES.index(row.label) for row in pool])
+    fold_of = stratified_folds(pool, folds, seed)
+    configure_threads(threads)
+    results = []
+    bar = tqdm(total=len(settings) * folds, desc="cv", unit="fold", disable=not progress)
+    for overrides, sections in zip(settings, all_sections):
+        started = time.perf_counter()
+        split = sections["split"]
+        val_fraction = split.val / (split.train + split.val)
+        recipe = resolve(sections["model"], sections["train"])
+        device = resolve_device(recipe.train.device)
+        seed_everything(recipe.train.seed)
+        data = load_tensors(pool, root, recipe.spec)
+        bank: FrozenFeatures | None = None
+        if recipe.train.finetune == "frozen":
+            model = build_model(recipe.arch, len(CLASSES), pretrained=recipe.pretrained)
+            # Every image's training views and evaluation views, once, for all folds.
+            bank = frozen_features(model, recipe, data.images, data.images, device)
+        logits = torch.zeros(len(pool), len(CLASSES))
+        temperatures = []
+        for f in range(folds):
+            bar.set_postfix_str(f"{setting_name(overrides)} fold {f + 1}/{folds}")
+            train_idx, val_idx = inner_split(labels, np.flatnonzero(fold_of != f), val_fraction, seed + f)
+            held_out = np.flatnonzero(fold_of == f)
+
+            fold_features = None if bank is None else FrozenFeatures(bank.train[:, train_idx], bank.val[:, val_idx])
+            trained = train_classifier(
+                recipe,
+                len(CLASSES),
+                data.subset(train_idx.tolist()),
+                data.subset(val_idx.tolist()),
+                device,
+                features=fold_features,
+            )
+            with torch.no_grad():
+                if bank is not None:
+                    head = getattr(trained.model, frozen.head_name(recipe.arch))
+                    fold_logits = frozen.head_logits(head, bank.val[:, held_out])
+                else:
+                    images = data.images[held_out]
+                    fold_logits = predict_logits(trained.model, images, recipe.spec, device)
+                    if recipe.model.flip_average:
+                        mirrored = predict_logits(trained.model, images.flip(-1), recipe.spec, device)
+                        fold_logits = (fold_logits + mirrored) / 2
+            logits[held_out] = fold_logits / trained.temperature
+            temperatures.append(trained.temperature)
+            bar.update(1)
+        probs = logits.double().softmax(1).numpy()
+        results.append(
+            SettingResult(
+                name=setting_name(overrides),
+                overrides=overrides,
+                metrics=score(labels, probs, fold_of, sections["evaluate"]),
+                fold_accuracy=[
+                    round(float((probs[fold_of == f].argmax(1) == labels[fold_of == f]).mean()), 4)
+                    for f in range(folds)
+                ],
+                temperatures=temperatures,
+                seconds=round(time.perf_counter() - started, 1),
+                resolved={"finetune": recipe.train.finetune, "pretrained": recipe.pretrained},
+            )
+        )
+    bar.close()
+    return results, pool
+
+
+def score(labels: np.ndarray, probs: np.ndarray, fold_of: np.ndarray, evaluate: Any) -> dict[str, Any]:
+    """Out-of-fold metrics with bootstrap intervals (the evaluate stage's settings)."""
+    positive = CLASSES.index(evaluate.positive_class) if evaluate.positive_class in CLASSES else 0
+    report = classification_metrics(labels, probs, CLASSES, positive)
+    boot = bootstrap_intervals(labels, probs, max(evaluate.bootstrap_samples, 1), evaluate.confidence, evaluate.seed)
+    per_fold = [float((probs[fold_of == f].argmax(1) == labels[fold_of == f]).mean()) for f in np.unique(fold_of)]
+    return {
+        "accuracy": report["accuracy"],
+        "accuracy_interval": boot["accuracy"],
+        "macro_f1": report["macro"]["f1"],
+        "macro_f1_interval": boot["macro_f1"],
+        "log_loss": report["log_loss"],
+        "ece": expected_calibration_error(labels, probs),
+        "fold_accuracy_sd": round(float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0, 4),
+        "confidence": evaluate.confidence,
+        "n": int(len(labels)),
+    }
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def markdown(results: Sequence[SettingResult], folds: int, seed: int, pool: int) -> str:
+    head = (
+        f"{folds}-fold stratified CV (fold seed {seed}) over the {pool} train + val images; test split untouched. "
+        "Accuracy and macro F1 over all out-of-fold predictions with bootstrap intervals; log loss and ECE of "
+        "the temperature-scaled probabilities.\n\n"
+        "| setting | accuracy [interval] | macro F1 [interval] | log loss | ECE | per-fold accuracy | seconds |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    rows = []
+    for r in sorted(results, key=lambda r: (-r.metrics["accuracy"], r.metrics["log_loss"])):
+        m = r.metrics
+        acc, f1 = m["accuracy_interval"], m["macro_f1_interval"]
+        rows.append(
+            f"| {r.name} | {m['accuracy']:.4f} [{acc[0]:.3f}, {acc[1]:.3f}] | {m['macro_f1']:.4f} "
+            f"[{f1[0]:.3f}, {f1[1]:.3f}] | {m['log_loss']:.4f} | {m['ece']:.4f} | "
+            f"{', '.join(f'{a:.3f}' for a in r.fold_accuracy)} | {r.seconds:.0f} |"
+        )
+    return "\n".join([head, *rows]) + "\n"
+
+
+def write(results: Sequence[SettingResult], out: Path, folds: int, seed: int, pool: int) -> tuple[Path, Path]:
+    """`out`.json (one metrics object per setting, as `dvc metrics show` reads them) and `out`.md."""
+    out = out if out.is_absolute() else repo_root() / out
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    payload = {
+        r.name: r.metrics
+        | {"fold_accuracy": r.fold_accuracy, "temperatures": r.temperatures, "seconds": r.seconds}
+        | {"overrides": r.overrides, "resolved": r.resolved}
+        for r in results
+    }
+    write_json(json_path, {"folds": folds, "fold_seed": seed, "images": pool, "settings": payload})
+    with atomic_open(md_path, "w", encoding="utf-8") as handle:
+        handle.write(markdown(results, folds, seed, pool))
+    return json_path, md_path

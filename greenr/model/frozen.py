@@ -1,0 +1,166 @@
+"""Frozen-backbone training: backbone features computed once per view, only the head trains.
+
+With `train.finetune: frozen` the backbone never changes, so running it on every image in every
+epoch repeats the same computation. Instead each training image is embedded once per view (its
+centre crop, its mirror, and `train.feature_views` random augmentations drawn with
+greenr.model.training.augment from generators seeded per view), and the head trains for its
+epochs on those features, one view per image per epoch, in seconds. Validation images are
+embedded as they are (and mirrored, for models that average the two).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from greenr.data.images import Preprocessing
+from greenr.data.tensors import normalize
+from greenr.errors import GreenrError
+from greenr.model.architectures import get_arch
+from greenr.model.training import EpochStats, FitResult, augment, make_scheduler
+from greenr.params import AugmentParams, TrainParams
+
+CENTRE, MIRROR = "centre", "hflip"
+
+
+def training_views(feature_views: int) -> list[str]:
+    """The views of each training image: centre, mirror and `feature_views` augmentations."""
+    return [CENTRE, MIRROR, *(f"aug{i}" for i in range(1, feature_views + 1))]
+
+
+def evaluation_views(flip_average: bool) -> list[str]:
+    return [CENTRE, MIRROR] if flip_average else [CENTRE]
+
+
+def view_images(images: torch.Tensor, view: str, aug: AugmentParams, seed: int) -> torch.Tensor:
+    """float [0, 255] images of one view; `augN` is reproducible (its own seeded generator)."""
+    if view == CENTRE:
+        return images.float()
+    if view == MIRROR:
+        return images.flip(-1).float()
+    generator = torch.Generator().manual_seed(seed * 1000 + int(view.removeprefix("aug")))
+    return augment(images, aug, generator)
+
+
+def head_name(arch: str) -> str:
+    return get_arch(arch).head_prefix.rstrip(".")
+
+
+@contextlib.contextmanager
+def features_only(model: nn.Module, arch: str) -> Iterator[nn.Module]:
+    """The model with its head taken out (it then returns the pooled features), in eval mode."""
+    name = head_name(arch)
+    head = getattr(model, name)
+    setattr(model, name, nn.Identity())
+    try:
+        yield model.eval()
+    finally:
+        setattr(model, name, head)
+
+
+@torch.inference_mode()
+def extract(
+    model: nn.Module,
+    arch: str,
+    images: torch.Tensor,
+    spec: Preprocessing,
+    views: list[str],
+    aug: AugmentParams,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 32,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """Features (V, N, F) on the CPU of uint8 images (N, 3, S, S), one row per view."""
+    out = []
+    with features_only(model.to(device), arch) as backbone:
+        for view in views:
+            x = view_images(images, view, aug, seed)
+            chunks = []
+            for start in range(0, len(x), batch_size):
+                batch = normalize(x[start : start + batch_size].to(device), spec)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    chunks.append(backbone(batch).float().cpu())
+            out.append(torch.cat(chunks) if chunks else torch.empty(0, 0))
+    return torch.stack(out)
+
+
+def head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Mean logits over the views (V, N, F) -> (N, C): one view, or an image and its mirror."""
+    return torch.stack([head(v) for v in features]).mean(0)
+
+
+def fit_head(
+    model: nn.Module,
+    arch: str,
+    train_views: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_views: torch.Tensor,
+    val_labels: torch.Tensor,
+    params: TrainParams,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Train the model's head on cached features; validation picks the epoch like `fit` does.
+
+    `train_views` (V, N, F): every epoch visits the N images in a seeded order, each through one
+    of its V views drawn at random. `val_views` (1 or 2, M, F): the images (and their mirrors).
+    """
+    head = getattr(model, head_name(arch))
+    head.cpu()
+    views, n, _ = train_views.shape
+    if n == 0:
+        raise GreenrError("no training images to train the head on", "check splits/train.csv (`dvc repro split`)")
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if params.optimizer in optimizers:
+        optimizer = optimizers[params.optimizer](head.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(head.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
+    scheduler = make_scheduler(optimizer, params, math.ceil(n / params.batch_size))
+    generator = torch.Generator().manual_seed(params.seed)
+    history: list[EpochStats] = []
+    best_key: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    best_epoch = 0
+    for epoch in range(1, params.epochs + 1):
+        started = time.perf_counter()
+        head.train()
+        order = torch.randperm(n, generator=generator)
+        pick = torch.randint(0, views, (n,), generator=generator)
+        total_loss, correct = 0.0, 0
+        for start in range(0, n, params.batch_size):
+            idx = order[start : start + params.batch_size]
+            logits = head(train_views[pick[idx], idx])
+            loss = F.cross_entropy(logits, train_labels[idx], label_smoothing=params.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == train_labels[idx]).sum())
+        head.eval()
+        with torch.no_grad():
+            val_logits = head_logits(head, val_views)
+        val_loss = F.cross_entropy(val_logits, val_labels).item() if len(val_labels) else math.nan
+        val_acc = (val_logits.argmax(1) == val_labels).float().mean().item() if len(val_labels) else math.nan
+        seconds = time.perf_counter() - started
+        stats = EpochStats(epoch, total_loss / n, correct / n, val_loss, val_acc, seconds, n / max(seconds, 1e-9))
+        history.append(stats)
+        if not math.isfinite(stats.train_loss):
+            raise GreenrError(f"training diverged at epoch {epoch} (loss {stats.train_loss})", "lower train.lr")
+        key = (val_acc, -val_loss)
+        if params.select == "last" or best_key is None or key > best_key:
+            best_key, best_epoch = key, epoch
+            if params.select == "best":
+                best_state = {k: t.clone() for k, t in head.state_dict().items()}
+        if on_epoch:
+            on_epoch(stats)
+    if best_state:
+        head.load_state_dict(best_state)
+    return FitResult(model=model.eval(), best_epoch=best_epoch, history=history)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from greenr.errors import GreenrError
+from greenr.hardware import available_cpus
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -27,6 +26,6 @@ def resolve_device(choice: str) -> torch.device:
 
 def configure_threads(num_threads: int) -> int:
     """Use every core this process may run on unless told otherwise; return the count."""
-    count = num_threads or len(os.sched_getaffinity(0))
+    count = num_threads or available_cpus()
     torch.set_num_threads(count)
     return count

@@ -14,9 +14,13 @@ DATA_DVC = "data.dvc"
 SPLITS_DIR = "splits"
 MODELS_DIR = "models"
 MODEL_PATH = "models/stage-1.pth"
+# The checkpoint exported to ONNX (stage `export`): what the server and `greenr predict` run.
+ONNX_MODEL_PATH = "models/stage-1.onnx"
 METRICS_DIR = "metrics"
 TRAIN_METRICS = "metrics/train.json"
 EVALUATE_METRICS = "metrics/evaluate.json"
+# The ONNX export's parity with the checkpoint on the test split.
+EXPORT_METRICS = "metrics/export.json"
 # Statistics of the training images that the server compares requests with (greenr/ops/drift.py).
 DRIFT_REFERENCE = "metrics/drift_reference.json"
 PLOTS_DIR = "plots"

@@ -53,6 +53,8 @@ def test_stage_outputs_are_the_paths_the_code_writes() -> None:
         paths.TRAIN_METRICS,
         paths.TRAINING_PLOT,
         paths.EVALUATE_METRICS,
+        paths.ONNX_MODEL_PATH,
+        paths.EXPORT_METRICS,
         paths.CONFUSION_PLOT,
         paths.ROC_PLOT,
         paths.PRC_PLOT,

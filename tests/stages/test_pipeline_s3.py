@@ -22,6 +22,8 @@ DETERMINISTIC_OUTPUTS = [
     "plots/training.csv",
     "plots/evaluate/roc.csv",
     "models/stage-1.pth",
+    "models/stage-1.onnx",
+    "metrics/export.json",
     "splits/train.csv",
 ]
 
@@ -102,7 +104,8 @@ def test_fresh_clone_pulls_byte_identical_images_and_model(ws):
         shutil.copy(ws.project / ".dvc" / "config.local", clone / ".dvc" / "config.local")
         dvc(ws, "pull", cwd=clone)
         assert tree_digests(clone / "data") == tree_digests(ws.project / "data")
-        assert digest(clone / "models/stage-1.pth") == digest(ws.project / "models/stage-1.pth")
+        for model in ("models/stage-1.pth", "models/stage-1.onnx"):
+            assert digest(clone / model) == digest(ws.project / model)
         status = dvc(ws, "status", cwd=clone).stdout
         assert "up to date" in status
     finally:

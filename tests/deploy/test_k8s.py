@@ -262,3 +262,33 @@ def test_distributed_training_job(overlay) -> None:
     script = container["args"][-1]
     assert "torchrun" in script and '--node-rank="$JOB_COMPLETION_INDEX"' in script
     assert "-m stages.train" in script and "dvc push" in script
+
+
+def test_batch_predict_job_scores_one_shard_per_index(overlay) -> None:
+    """Indexed Job: pod I runs `greenr predict --shard I/N` with N = completions, in the serving image."""
+    import shlex
+
+    from greenr.cli import parser
+
+    _, docs = overlay
+    job = docs[("Job", "greenr-batch-predict")]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"] >= 2
+    assert spec["suspend"] is True, "must not start on every apply"
+    pod = pod_spec(job)
+    (container,) = pod["containers"]
+    assert "greenr-serve" in container["image"]
+    config = docs[("ConfigMap", "batch-predict")]["data"]
+    assert config["SHARDS"] == str(spec["completions"])
+    assert config["SOURCE"].startswith("s3://") and config["OUT_PREFIX"].startswith("s3://")
+    script = container["args"][-1]
+    command = script[script.index("greenr predict") :].replace("\\\n", " ")
+    assert '--shard "$JOB_COMPLETION_INDEX/$SHARDS"' in command and "$JOB_COMPLETION_INDEX.csv" in command
+    # The command line parses with the real CLI (variables filled in as the pod would).
+    filled = command.replace("$JOB_COMPLETION_INDEX", "1").replace("$SHARDS", config["SHARDS"])
+    filled = filled.replace("$SOURCE", config["SOURCE"]).replace("$OUT_PREFIX", config["OUT_PREFIX"])
+    args = parser().parse_args(shlex.split(filled)[1:])
+    assert (args.command, args.shard, args.source) == ("predict", f"1/{config['SHARDS']}", config["SOURCE"])
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/app/models", "/app/.dvc/config.local", "/tmp"} <= mounts  # pulls the model, read-only root
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True

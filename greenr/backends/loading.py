@@ -101,25 +101,31 @@ def build(name: str, model: ModelFile, precision: str, threads: int) -> Backend:
     return cls(model, precision, threads)
 
 
-def _timed(backend: Backend, probe: np.ndarray) -> tuple[float, float]:
-    """Median ms of one image and of the probe batch (each after the check's warm-up runs)."""
-    ones, batches = [], []
+@dataclass(frozen=True)
+class _Checked:
+    agreement: Agreement
+    precision: str  # what the library really computed in
+    ms_probe_batch: float
+
+
+def _check(backend: Backend, probe: np.ndarray, reference: np.ndarray) -> _Checked:
+    """Agreement on the probe batch (timed: the batch half of the speed score)."""
+    backend.forward(probe[:1])  # warm-up: first calls allocate and tune
+    start = time.perf_counter()
+    logits = backend.forward(probe)
+    elapsed = time.perf_counter() - start
+    effective = backend.effective_precision()
+    return _Checked(compare(logits, reference, TOLERANCE[effective]), effective, elapsed * 1000)
+
+
+def _ms_batch1(backend: Backend, probe: np.ndarray) -> float:
+    """Median ms of one image: the latency half of the speed score."""
+    times = []
     for _ in range(TIMING_REPEATS):
         start = time.perf_counter()
         backend.forward(probe[:1])
-        ones.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        backend.forward(probe)
-        batches.append(time.perf_counter() - start)
-    return statistics.median(ones) * 1000, statistics.median(batches) * 1000
-
-
-def _check(backend: Backend, probe: np.ndarray, reference: np.ndarray) -> tuple[Agreement, str]:
-    """Agreement on the probe batch, and the precision the library really used."""
-    backend.forward(probe[:1])  # warm-up: first calls allocate and tune
-    logits = backend.forward(probe)
-    effective = backend.effective_precision()
-    return compare(logits, reference, TOLERANCE[effective]), effective
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
 def _plan(names: list[str], precision: str, bf16_ok: bool) -> list[tuple[str, str]]:
@@ -198,14 +204,15 @@ def load_backend(
             continue  # bf16 asked for and it agrees: fp32 is only its fallback
         try:
             built = build(name, model, prec, threads)
-            agreement, effective = _check(built, probe, reference)
+            checked = _check(built, probe, reference)
         except Exception as exc:
             log.warning("backend %s %s failed on the probe batch: %s: %s", name, prec, type(exc).__name__, exc)
             candidates.append(Candidate(name, prec, "failed", detail=f"{type(exc).__name__}: {exc}"))
             continue
-        if effective != prec:
-            log.warning("%s ignored PRECISION=%s and computes in %s: counted as %s", name, prec, effective, effective)
-            candidates.append(Candidate(name, prec, f"runs as {effective}", agreement.to_dict()))
+        agreement = checked.agreement
+        if checked.precision != prec:
+            log.warning("%s ignored PRECISION=%s and computes in %s", name, prec, checked.precision)
+            candidates.append(Candidate(name, prec, f"runs as {checked.precision}", agreement.to_dict()))
             continue
         if not agreement.ok:
             log.warning(
@@ -218,9 +225,9 @@ def load_backend(
             )
             candidates.append(Candidate(name, prec, "disagrees", agreement.to_dict()))
             continue
-        ms1, ms_batch = _timed(built, probe) if len(plan) > 1 else (None, None)
-        candidate = Candidate(name, prec, "agrees", agreement.to_dict(), ms1, ms_batch)
-        agreeing.append(((ms1 or 0) + (ms_batch or 0), built, candidate))
+        ms1 = _ms_batch1(built, probe) if len(plan) > 1 else 0.0
+        candidate = Candidate(name, prec, "agrees", agreement.to_dict(), ms1 or None, checked.ms_probe_batch)
+        agreeing.append((ms1 + checked.ms_probe_batch, built, candidate))
     if not agreeing:
         raise GreenrError(
             f"no backend agrees with the reference on {model.name}: {candidates}",

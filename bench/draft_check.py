@@ -11,7 +11,6 @@ both decodes. Also checks that the original (small) images are decoded exactly a
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -24,21 +23,19 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.photos import DATA, PHONE_SIZE, training_photos, upscaled
 from greenr.backends.loading import open_backend
 from greenr.data.images import decode_image, prepare, to_uint8_array
 from greenr.hardware import cpu_model
 
-PHONE_LONG_SIDE = 4032
+PHONE_LONG_SIDE = PHONE_SIZE[0]
 
 
 def phone_size(path: Path) -> bytes:
-    """The image upscaled (Lanczos) to a phone photo's size, as a JPEG."""
+    """The image upscaled (Lanczos) to 4032 px on its long side, aspect kept, as a JPEG (q90)."""
     image = Image.open(path).convert("RGB")
     scale = PHONE_LONG_SIDE / max(image.size)
-    big = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    big.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    return upscaled(path, (round(image.width * scale), round(image.height * scale)))
 
 
 def timed(fn, *args) -> tuple[float, object]:
@@ -50,7 +47,7 @@ def timed(fn, *args) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "models" / "stage-1.onnx"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "dandelion-grass"))
+    parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--limit", type=int, default=0, help="images per class (0 = all)")
     args = parser.parse_args()
     print(f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}")
@@ -58,10 +55,9 @@ def main() -> None:
     backend = selection.backend
     spec = backend.spec.preprocessing
     paths = []
-    for folder in sorted(Path(args.data).iterdir()):
-        if folder.is_dir():
-            found = sorted(folder.glob("*.jpg"))
-            paths += found[: args.limit] if args.limit else found
+    for label in sorted({p.parent.name for p in training_photos(Path(args.data))}):
+        found = [p for p in training_photos(Path(args.data)) if p.parent.name == label]
+        paths += found[: args.limit] if args.limit else found
     small_same = 0
     full_inputs, fast_inputs, full_times, fast_times, sizes = [], [], [], [], []
     for path in paths:

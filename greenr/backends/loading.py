@@ -128,6 +128,35 @@ def _ms_batch1(backend: Backend, probe: np.ndarray) -> float:
     return statistics.median(times) * 1000
 
 
+def _try(
+    name: str, precision: str, model: ModelFile, threads: int, probe: np.ndarray, reference: np.ndarray, timed: bool
+) -> tuple[Backend | None, Candidate, float]:
+    """Build one candidate and check it: (the backend if it agrees, what happened, its speed score in ms)."""
+    try:
+        built = build(name, model, precision, threads)
+        checked = _check(built, probe, reference)
+    except Exception as exc:
+        log.warning("backend %s %s failed on the probe batch: %s: %s", name, precision, type(exc).__name__, exc)
+        return None, Candidate(name, precision, "failed", detail=f"{type(exc).__name__}: {exc}"), 0.0
+    agreement = checked.agreement
+    if checked.precision != precision:
+        log.warning("%s ignored PRECISION=%s and computes in %s", name, precision, checked.precision)
+        return None, Candidate(name, precision, f"runs as {checked.precision}", agreement.to_dict()), 0.0
+    if not agreement.ok:
+        log.warning(
+            "%s %s disagrees with the reference on the probe batch (max |logit diff| %.3g, labels %.0f%% the "
+            "same): not used",
+            name,
+            precision,
+            agreement.max_abs_diff,
+            agreement.label_agreement * 100,
+        )
+        return None, Candidate(name, precision, "disagrees", agreement.to_dict()), 0.0
+    ms1 = _ms_batch1(built, probe) if timed else 0.0
+    candidate = Candidate(name, precision, "agrees", agreement.to_dict(), ms1 or None, checked.ms_probe_batch)
+    return built, candidate, ms1 + checked.ms_probe_batch
+
+
 def _plan(names: list[str], precision: str, bf16_ok: bool) -> list[tuple[str, str]]:
     """(backend, precision) pairs to try, bf16 first where it may serve."""
     plan = []
@@ -202,32 +231,11 @@ def load_backend(
     for name, prec in plan:
         if precision == "bf16" and prec == "fp32" and any(b.name == name for _, b, _ in agreeing):
             continue  # bf16 asked for and it agrees: fp32 is only its fallback
-        try:
-            built = build(name, model, prec, threads)
-            checked = _check(built, probe, reference)
-        except Exception as exc:
-            log.warning("backend %s %s failed on the probe batch: %s: %s", name, prec, type(exc).__name__, exc)
-            candidates.append(Candidate(name, prec, "failed", detail=f"{type(exc).__name__}: {exc}"))
-            continue
-        agreement = checked.agreement
-        if checked.precision != prec:
-            log.warning("%s ignored PRECISION=%s and computes in %s", name, prec, checked.precision)
-            candidates.append(Candidate(name, prec, f"runs as {checked.precision}", agreement.to_dict()))
-            continue
-        if not agreement.ok:
-            log.warning(
-                "%s %s disagrees with the reference on the probe batch (max |logit diff| %.3g, labels %.0f%% "
-                "the same): not used",
-                name,
-                prec,
-                agreement.max_abs_diff,
-                agreement.label_agreement * 100,
-            )
-            candidates.append(Candidate(name, prec, "disagrees", agreement.to_dict()))
-            continue
-        ms1 = _ms_batch1(built, probe) if len(plan) > 1 else 0.0
-        candidate = Candidate(name, prec, "agrees", agreement.to_dict(), ms1 or None, checked.ms_probe_batch)
-        agreeing.append((ms1 + checked.ms_probe_batch, built, candidate))
+        built, candidate, score = _try(name, prec, model, threads, probe, reference, timed=len(plan) > 1)
+        if built is None:
+            candidates.append(candidate)
+        else:
+            agreeing.append((score, built, candidate))
     if not agreeing:
         raise GreenrError(
             f"no backend agrees with the reference on {model.name}: {candidates}",

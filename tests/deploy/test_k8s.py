@@ -244,14 +244,20 @@ def test_renderer_agrees_with_kubectl_kustomize(name: str) -> None:
         assert _normalise(ours[key]) == _normalise(theirs[key]), key
 
 
-def test_distributed_training_job(overlay) -> None:
-    """Indexed Job + headless Service: torchrun's rendezvous on pod 0 resolves by DNS."""
-    _, docs = overlay
-    job = docs[("Job", "greenr-train-ddp")]
+def suspended_indexed_job(docs: dict, name: str) -> tuple[dict, dict]:
+    """(the Job, its pod spec), checked: Indexed, all pods at once, created suspended."""
+    job = docs[("Job", name)]
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"] >= 2
     assert spec["suspend"] is True, "must not start on every apply"
-    pod = pod_spec(job)
+    return job, pod_spec(job)
+
+
+def test_distributed_training_job(overlay) -> None:
+    """Indexed Job + headless Service: torchrun's rendezvous on pod 0 resolves by DNS."""
+    _, docs = overlay
+    job, pod = suspended_indexed_job(docs, "greenr-train-ddp")
+    spec = job["spec"]
     service = docs[("Service", pod["subdomain"])]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
@@ -271,11 +277,8 @@ def test_batch_predict_job_scores_one_shard_per_index(overlay) -> None:
     from greenr.cli import parser
 
     _, docs = overlay
-    job = docs[("Job", "greenr-batch-predict")]
+    job, pod = suspended_indexed_job(docs, "greenr-batch-predict")
     spec = job["spec"]
-    assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"] >= 2
-    assert spec["suspend"] is True, "must not start on every apply"
-    pod = pod_spec(job)
     (container,) = pod["containers"]
     assert "greenr-serve" in container["image"]
     config = docs[("ConfigMap", "batch-predict")]["data"]

@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import statistics
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,11 @@ def _ms_batch1(backend: Backend, probe: np.ndarray) -> float:
 
 
 def _try(
-    name: str, precision: str, model: ModelFile, threads: int, probe: np.ndarray, reference: np.ndarray, timed: bool
+    name: str, precision: str, building: Future[Backend], probe: np.ndarray, reference: np.ndarray, timed: bool
 ) -> tuple[Backend | None, Candidate, float]:
-    """Build one candidate and check it: (the backend if it agrees, what happened, its speed score in ms)."""
+    """Check one candidate once built: (the backend if it agrees, what happened, its speed score in ms)."""
     try:
-        built = build(name, model, precision, threads)
+        built = building.result()
         checked = _check(built, probe, reference)
     except Exception as exc:
         log.warning("backend %s %s failed on the probe batch: %s: %s", name, precision, type(exc).__name__, exc)
@@ -228,14 +229,18 @@ def load_backend(
         reference = build(first, model, "fp32", threads).forward(probe)
 
     agreeing: list[tuple[float, Backend, Candidate]] = []
-    for name, prec in plan:
-        if precision == "bf16" and prec == "fp32" and any(b.name == name for _, b, _ in agreeing):
-            continue  # bf16 asked for and it agrees: fp32 is only its fallback
-        built, candidate, score = _try(name, prec, model, threads, probe, reference, timed=len(plan) > 1)
-        if built is None:
-            candidates.append(candidate)
-        else:
-            agreeing.append((score, built, candidate))
+    # Built side by side (loading and compiling a graph is mostly single-threaded), then checked
+    # and timed one after the other, so that the timings do not disturb each other.
+    with ThreadPoolExecutor(len(plan), thread_name_prefix="backend-build") as pool:
+        building = {(name, prec): pool.submit(build, name, model, prec, threads) for name, prec in plan}
+        for name, prec in plan:
+            if precision == "bf16" and prec == "fp32" and any(b.name == name for _, b, _ in agreeing):
+                continue  # bf16 asked for and it agrees: fp32 is only its fallback
+            built, candidate, score = _try(name, prec, building[name, prec], probe, reference, len(plan) > 1)
+            if built is None:
+                candidates.append(candidate)
+            else:
+                agreeing.append((score, built, candidate))
     if not agreeing:
         raise GreenrError(
             f"no backend agrees with the reference on {model.name}: {candidates}",

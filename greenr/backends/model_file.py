@@ -87,24 +87,78 @@ def load_model_file(path: str | Path) -> ModelFile:
 
 
 def onnx_metadata(data: bytes, name: str) -> dict[str, str]:
-    """The metadata properties of an ONNX model."""
+    """The metadata properties of an ONNX model, read from the protobuf wire format without parsing
+    the graph: microseconds for a 45 MB model instead of a full parse, and no `onnx` package needed."""
+    view = memoryview(data)
+    props: dict[str, str] = {}
+    has_graph = False
+    pos = 0
     try:
-        import onnx
-    except ImportError:
-        raise GreenrError("the `onnx` package is not installed", "install the project (`make setup`)") from None
-    try:
-        proto = onnx.load_model_from_string(data)
-    except Exception as exc:
+        while pos < len(view):
+            key, pos = _varint(view, pos)
+            field_number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _, pos = _varint(view, pos)
+            elif wire_type in (1, 5):
+                pos += 8 if wire_type == 1 else 4
+            elif wire_type == 2:
+                length, pos = _varint(view, pos)
+                if pos + length > len(view):
+                    raise ValueError("a field runs past the end of the file")
+                if field_number == MODEL_METADATA_FIELD:
+                    entry = _fields(view[pos : pos + length])
+                    props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+                has_graph |= field_number == MODEL_GRAPH_FIELD
+                pos += length
+            else:
+                raise ValueError(f"protobuf wire type {wire_type} does not occur in ONNX models")
+        if pos != len(view):
+            raise ValueError("the last field runs past the end of the file")
+    except (ValueError, UnicodeDecodeError) as exc:
         raise GreenrError(
-            f"{name} is not a readable ONNX model: {type(exc).__name__}: {exc}",
+            f"{name} is not a readable ONNX model: {exc}",
             f"export it again with `dvc repro export`, or restore it with `dvc pull {ONNX_MODEL_PATH}`",
         ) from None
-    if not proto.graph.node:
+    if not has_graph:
         raise GreenrError(
             f"{name} is not a readable ONNX model: it has no graph",
             f"export it again with `dvc repro export`, or restore it with `dvc pull {ONNX_MODEL_PATH}`",
         )
-    return {prop.key: prop.value for prop in proto.metadata_props}
+    return props
+
+
+# ModelProto field numbers (onnx/onnx.proto3): `graph`, and `metadata_props` (key = 1, value = 2).
+MODEL_GRAPH_FIELD = 7
+MODEL_METADATA_FIELD = 14
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(view) or shift > 63:
+            raise ValueError("a truncated or overlong number")
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(view: memoryview) -> dict[int, bytes]:
+    """The length-delimited fields of a small message (a metadata entry)."""
+    found: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(view):
+        key, pos = _varint(view, pos)
+        if key & 7 != 2:
+            raise ValueError("a metadata entry with a non-string field")
+        length, pos = _varint(view, pos)
+        if pos + length > len(view):
+            raise ValueError("a metadata entry runs past its end")
+        found[key >> 3] = bytes(view[pos : pos + length])
+        pos += length
+    return found
 
 
 def _onnx_spec(data: bytes, name: str) -> ModelSpec:

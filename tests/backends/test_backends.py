@@ -25,7 +25,7 @@ from greenr.model.export import export_onnx
 from greenr.model.inference import predict_logits
 from tests.helpers.images import class_image, jpeg_bytes
 from tests.helpers.project import REPO
-from tests.helpers.serving import BLOCK_TORCH, CLASSES
+from tests.helpers.serving import AS_IN_SERVING_IMAGE, CLASSES
 
 
 def images(size: int, count: int = 6) -> np.ndarray:
@@ -226,9 +226,9 @@ def test_model_spec_round_trips() -> None:
 
 
 def test_the_onnx_path_runs_where_torch_cannot_be_imported(exported: tuple[Path, Path]) -> None:
-    """As in the torch-free serving image: reading the export, choosing and running a backend."""
+    """As in the serving image (no torch, no onnx): reading the export, choosing and running a backend."""
     _, onnx_path = exported
-    code = f"""{BLOCK_TORCH}
+    code = f"""{AS_IN_SERVING_IMAGE}
 import numpy as np
 from greenr.backends.loading import open_backend
 from greenr.backends.base import probe_batch
@@ -243,7 +243,7 @@ assert not any(name == "torch" or name.startswith("torch.") for name in sys.modu
         [
             sys.executable,
             "-c",
-            f"{BLOCK_TORCH}\nfrom greenr.backends.model_file import load_model_file\n"
+            f"{AS_IN_SERVING_IMAGE}\nfrom greenr.backends.model_file import load_model_file\n"
             f"load_model_file({str(exported[0])!r})",
         ],
         cwd=REPO,

@@ -24,8 +24,10 @@ from tests.helpers.project import REPO
 CLASSES = ["dandelion", "grass"]
 IMAGE_SIZE = 64
 RELOAD_TOKEN = "test-reload-token"
-# Python code that makes torch unimportable for the rest of the process, as in the serving image.
-BLOCK_TORCH = "import sys; sys.modules.update({'torch': None, 'torchvision': None})"
+# Packages of the project's environment that the serving image (deploy/docker/serve.Dockerfile) lacks,
+# and Python code that makes them unimportable for the rest of a process.
+NOT_IN_SERVING_IMAGE = ("torch", "torchvision", "onnx", "mlflow", "sklearn", "matplotlib")
+AS_IN_SERVING_IMAGE = f"import sys; sys.modules.update(dict.fromkeys({NOT_IN_SERVING_IMAGE!r}))"
 
 
 def write_checkpoint(path: Path, seed: int = 0, image_size: int = IMAGE_SIZE) -> str:
@@ -93,9 +95,9 @@ class Server:
             **env,
         }
         self._log = open(log_path, "wb")
-        # `without_torch`: torch cannot be imported in the server process (the torch-free image).
+        # `without_torch`: what the serving image lacks (torch, ...) cannot be imported in the server.
         command = (
-            [sys.executable, "-c", f"{BLOCK_TORCH}; from serve.__main__ import main; main()"]
+            [sys.executable, "-c", f"{AS_IN_SERVING_IMAGE}; from serve.__main__ import main; main()"]
             if without_torch
             else [sys.executable, "-m", "serve"]
         )

@@ -48,8 +48,8 @@ def torch_free_server(exported: tuple[Path, Path], tmp_path_factory: pytest.Temp
 
 
 def test_a_server_without_torch_serves_the_onnx_export(torch_free_server: Server, exported) -> None:
-    """The server process cannot import torch (as in the serving image): any import of it would
-    have failed the model load."""
+    """The server process cannot import torch, onnx, MLflow, ... (as in the serving image): any
+    import of them would have failed the model load."""
     pth, onnx_path = exported
     with httpx.Client(base_url=torch_free_server.url, timeout=60) as http:
         info = http.get("/model").json()

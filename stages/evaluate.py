@@ -16,8 +16,8 @@ import numpy as np
 
 from greenr.atomic import atomic_open, write_json
 from greenr.backends.base import Backend
-from greenr.backends.loading import load_backend
 from greenr.backends.model_file import load_model_file
+from greenr.backends.torch_backend import TorchBackend
 from greenr.data.dataset import read_manifest
 from greenr.data.tensors import TensorDataset, load_tensors
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
@@ -74,7 +74,7 @@ def main() -> None:
     ckpt = model.checkpoint
     # The reference backend: the code the model was trained with (the export stage checks the
     # ONNX backends against it).
-    backend = load_backend(model, "torch", "fp32", threads).backend
+    backend = TorchBackend(model, "fp32", threads)
     test_set = load_tensors(read_manifest(root / split_manifest("test")), root, ckpt.preprocessing, ckpt.classes)
     report, probs = score(backend, test_set, params)
     labels = test_set.labels.numpy()

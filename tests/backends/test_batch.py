@@ -16,9 +16,9 @@ from greenr.backends.loading import open_backend
 from greenr.data.images import prepare
 from greenr.errors import GreenrError
 from tests.helpers.images import class_image, jpeg_bytes
-from tests.helpers.project import VENV_BIN, project_env, run
+from tests.helpers.project import REPO, VENV_BIN, project_env, run
 from tests.helpers.s3 import running_s3
-from tests.helpers.serving import CLASSES
+from tests.helpers.serving import AS_IN_SERVING_IMAGE, CLASSES
 
 
 def write_folder(root: Path, count: int = 5) -> dict[str, bytes]:
@@ -179,3 +179,17 @@ def test_an_s3_prefix_scored_by_two_shards_into_s3_then_resumed(tmp_path: Path, 
             env,
         )
         assert f"{len(parts[0])} already in s3://greenr/results/0.csv, 0 scored" in again.stdout
+
+
+def test_greenr_predict_runs_without_torch(tmp_path: Path, exported) -> None:
+    """As in the serving image, which the batch-scoring Job runs."""
+    _, onnx_path = exported
+    write_folder(tmp_path / "in", 3)
+    out = tmp_path / "p.csv"
+    code = (
+        f"{AS_IN_SERVING_IMAGE}; from greenr.cli import main; "
+        f"main(['predict', {str(tmp_path / 'in')!r}, '--out', {str(out)!r}, '--model', {str(onnx_path)!r}])"
+    )
+    result = run([sys.executable, "-c", code], REPO, project_env(tmp_path, tmp_path / "state"))
+    assert "3 scored, 1 not usable images" in result.stdout
+    assert len(read_rows(out.read_text())) == 4

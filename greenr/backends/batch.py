@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,14 +153,13 @@ def _existing_rows(path: Path, header: list[str]) -> list[dict[str, str]]:
 class Output:
     """The CSV being written: rows appended and flushed per batch; optionally mirrored to S3."""
 
-    def __init__(self, target: str, header: list[str], client_factory: Callable[[], Any] = s3_client) -> None:
+    def __init__(self, target: str, header: list[str]) -> None:
         self.header = header
         self.target = target
         self._s3: tuple[Any, str, str] | None = None
         if target.startswith("s3://"):
             parsed = urlparse(target)
-            client = client_factory()
-            self._s3 = (client, parsed.netloc, parsed.path.lstrip("/"))
+            self._s3 = (s3_client(), parsed.netloc, parsed.path.lstrip("/"))
             self._tmp = tempfile.TemporaryDirectory(prefix="greenr-predict-")
             self.path = Path(self._tmp.name) / "predictions.csv"
             self._download()
@@ -238,25 +237,20 @@ def _load(source: LocalSource | S3Source, key: str, backend: Backend) -> ModelIn
 
 
 def _rows(keys: list[str], loaded: list[ModelInput | tuple[str, str]], backend: Backend) -> list[dict[str, Any]]:
-    good = [i for i, item in enumerate(loaded) if isinstance(item, ModelInput)]
-    probs = (
-        backend.predict_proba(np.stack([loaded[i].array for i in good]), batch_size=len(good))  # type: ignore[union-attr]
-        if good
-        else np.empty((0, len(backend.spec.classes)))
-    )
-    by_index = dict(zip(good, probs))
-    rows = []
-    for i, key in enumerate(keys):
-        row: dict[str, Any] = {"path": key}
-        if i in by_index:
-            p = by_index[i]
+    """One CSV row per key: the good images classified in one batch, the others with their reason."""
+    inputs = [item.array for item in loaded if isinstance(item, ModelInput)]
+    probs = iter(backend.predict_proba(np.stack(inputs), batch_size=len(inputs)) if inputs else [])
+    classes = backend.spec.classes
+    rows: list[dict[str, Any]] = []
+    for key, item in zip(keys, loaded):
+        if isinstance(item, ModelInput):
+            p = next(probs)
             best = int(p.argmax())
-            row |= {"status": OK, "prediction": backend.spec.classes[best], "confidence": f"{p[best]:.6f}"}
-            row |= {f"p_{name}": f"{value:.6f}" for name, value in zip(backend.spec.classes, p)}
+            row = {"path": key, "status": OK, "prediction": classes[best], "confidence": f"{p[best]:.6f}"}
+            rows.append(row | {f"p_{name}": f"{value:.6f}" for name, value in zip(classes, p)})
         else:
-            status, reason = loaded[i]  # type: ignore[misc]
-            row |= {"status": status, "error": reason}
-        rows.append(row)
+            status, reason = item
+            rows.append({"path": key, "status": status, "error": reason})
     return rows
 
 

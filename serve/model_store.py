@@ -24,7 +24,7 @@ import yaml
 from greenr import scm
 from greenr.backends.base import Backend, ModelSpec
 from greenr.backends.loading import Selection, load_backend
-from greenr.backends.model_file import pull_model_file, read_model
+from greenr.backends.model_file import load_model_file, pull_model_file, read_model
 from greenr.errors import GreenrError
 from greenr.ops.drift import DriftReference
 from greenr.paths import DRIFT_REFERENCE, DVC_LOCK, EVALUATE_METRICS, repo_root
@@ -142,7 +142,7 @@ def load_model(
             )
         try:
             with dvc.api.open(rel, repo=str(root), rev=rev, mode="rb") as handle:
-                data = handle.read()
+                model = read_model(handle.read(), f"{rel}@{rev}")
         except Exception as exc:
             raise GreenrError(
                 f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
@@ -156,7 +156,7 @@ def load_model(
         full = path if path.is_absolute() else root / path
         if not full.is_file() and pull:
             pull_model_file(root, rel)
-        data = _read(full, rel)
+        model = load_model_file(full, name=rel)
         commit, dirty = scm.head(cwd=root)
         git_rev = f"{commit}-dirty" if dirty else commit
         metrics_file = root / EVALUATE_METRICS
@@ -167,13 +167,12 @@ def load_model(
         drift_text = drift_file.read_text(encoding="utf-8") if drift_file and drift_file.is_file() else None
         source = "workspace"
 
-    model = read_model(data, rel + (f"@{rev}" if rev else ""))
     selection = load_backend(model, backend, precision, threads)
     try:
         metrics = json.loads(metrics_text) if metrics_text else None
     except json.JSONDecodeError:
         metrics = None
-    md5 = hashlib.md5(data).hexdigest()
+    md5 = hashlib.md5(model.data).hexdigest()
     loaded = LoadedModel(
         selection=selection,
         spec=model.spec,
@@ -198,17 +197,6 @@ def load_model(
         selection.backend.precision,
     )
     return loaded
-
-
-def _read(full: Path, rel: str) -> bytes:
-    try:
-        return full.read_bytes()
-    except FileNotFoundError:
-        raise GreenrError(
-            f"model file {full} does not exist", f"run `dvc repro` to make it, or `dvc pull {rel}`"
-        ) from None
-    except OSError as exc:
-        raise GreenrError(f"model file {full} cannot be read: {exc}", "check the file's permissions") from None
 
 
 class ModelStore:

@@ -71,8 +71,8 @@ def read_model(data: bytes, name: str) -> ModelFile:
     return ModelFile(name, "torch", spec_from_checkpoint(ckpt), sha256, data, checkpoint=ckpt)
 
 
-def load_model_file(path: str | Path) -> ModelFile:
-    """Read a model file from disk (see read_model)."""
+def load_model_file(path: str | Path, name: str | None = None) -> ModelFile:
+    """Read a model file from disk (see read_model); `name` for messages (default: the path)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -83,7 +83,7 @@ def load_model_file(path: str | Path) -> ModelFile:
         ) from None
     except OSError as exc:
         raise GreenrError(f"model file {path} cannot be read: {exc}", "check the file's permissions") from None
-    return read_model(data, str(path))
+    return read_model(data, name or str(path))
 
 
 def onnx_metadata(data: bytes, name: str) -> dict[str, str]:

@@ -73,6 +73,10 @@ def test_compare_needs_every_label_and_the_tolerance() -> None:
     swapped = compare(reference[::-1], reference, 10.0)
     assert swapped.label_agreement == 0.0 and not swapped.ok
     assert not compare(reference[:1], reference, 1.0).ok  # a shape mismatch never agrees
+    assert not compare(reference * np.nan, reference, 1.0).ok
+    # The tolerance scales with the logits: float32 rounding of logits in the thousands.
+    large = reference * 5e4
+    assert compare(large + 20.0, large, 1e-3).ok and not compare(large + 60.0, large, 1e-3).ok
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -158,7 +162,8 @@ def test_a_backend_that_disagrees_with_the_reference_is_not_used(exported: tuple
         return change
 
     # Beyond the fp32 tolerance with the labels unchanged (a uniform shift keeps the arg-max).
-    off = read_model(with_metadata(onnx_path, shift(0.01)), "off.onnx")
+    scale = max(1.0, float(np.abs(load_model_file(onnx_path).spec.reference_logits).max()))
+    off = read_model(with_metadata(onnx_path, shift(10 * TOLERANCE["fp32"] * scale)), "off.onnx")
     with pytest.raises(GreenrError, match="no backend agrees with the reference"):
         load_backend(off, "auto", "fp32")
     close = read_model(with_metadata(onnx_path, shift(1e-5)), "close.onnx")

@@ -1,11 +1,23 @@
-"""This server vs the original api.py approach: same weights, same machine, one run.
+"""The server on each inference backend vs the original api.py approach: same weights, one interleaved run.
 
-Starts both on 127.0.0.1 (free ports), measures cold start to the first answered prediction,
-then throughput and p50/p99 latency at concurrency 1 and 16 with `hey` (a Go load generator,
-so the client costs little CPU), alternating the servers round by round so that background
-load hits both alike. Prints both side by side and the ratios.
+Servers (each a process on 127.0.0.1, a free port):
+  original          bench/original_api.py: torch, transforms per request, the model run in the
+                    async handler (blocking the event loop), batch 1; the checkpoint
+  torch             `python -m serve`, BACKEND=torch, the checkpoint
+  onnxruntime       `python -m serve`, BACKEND=onnxruntime PRECISION=fp32, the ONNX export
+  openvino-fp32     `python -m serve`, BACKEND=openvino PRECISION=fp32
+  openvino-bf16     `python -m serve`, BACKEND=openvino PRECISION=bf16 (only where the CPU has bf16)
+  default           `python -m serve` as shipped: the ONNX export, BACKEND=auto PRECISION=auto
 
-    .venv/bin/python bench/serve_bench.py [--model models/stage-1.pth] [--rounds 2]
+Each server is started alone and timed from process start to its first answered POST /predict
+(cold start). Then `hey` (a Go load generator: little client CPU) sends, round after round and
+server after server (so background load hits all alike), a small training photo and a
+phone-size photo (4032x3024 JPEG, the training photo upscaled) at concurrency 1 and 16. Prints
+throughput, p50, p99, CPU time per request, non-200 answers, cold start and RSS per server, the done-when targets for
+`default` against `original`, the CPU (model, bf16 flags) and the load average before and after:
+quote only runs that started below load 1.
+
+    .venv/bin/python bench/serve_bench.py [--rounds 3] [--servers original,default,...]
 """
 
 from __future__ import annotations
@@ -15,11 +27,11 @@ import csv
 import io
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -27,77 +39,113 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.photos import training_photos, upscaled
+from greenr.hardware import BF16_FLAGS, available_cpus, cpu_flags, cpu_model, native_bf16
 from greenr.processes import free_port, stop
 
 BOUNDARY = "greenr-bench"
+CONCURRENCY = (1, 16)
 
 
 def multipart(data: bytes) -> bytes:
-    return (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
     )
+    return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-class Proc:
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
-        self.name, self.port, self.url = name, port, f"http://127.0.0.1:{port}"
+@dataclass
+class Result:
+    span: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    cpu_s: float = 0.0  # CPU time the server process spent (all its threads)
+
+    def add(self, span: float, latencies: list[float], statuses: dict[str, int], cpu_s: float) -> None:
+        self.span += span
+        self.cpu_s += cpu_s
+        self.latencies += latencies
+        for code, count in statuses.items():
+            self.statuses[code] = self.statuses.get(code, 0) + count
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.span if self.span else 0.0
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000 if ordered else float("nan")
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Less sensitive to other processes than latency: what one request costs the server's CPU."""
+        return self.cpu_s / len(self.latencies) * 1000 if self.latencies else float("nan")
+
+    @property
+    def non_200(self) -> int:
+        return sum(count for code, count in self.statuses.items() if code != "200")
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "wb")
+        full_env = {**os.environ, **env, "PORT": str(self.port), "GREENR_OFFLINE": "1", "LOG_LEVEL": "warning"}
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
+            [*cmd, *(["--port", str(self.port)] if name == "original" else [])],
+            cwd=REPO,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def cold_start(self, body: bytes, timeout: float = 300) -> float:
-        """Seconds from process start to the first successful POST /predict."""
+        """Seconds from process start to the first answered POST /predict."""
         deadline = time.monotonic() + timeout
+        headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
         with httpx.Client(timeout=30) as http:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise SystemExit(f"{self.name} exited early; see its log")
+                    raise SystemExit(f"{self.name} exited at start; see {self.log.name}")
                 try:
-                    response = http.post(
-                        f"{self.url}/predict",
-                        content=body,
-                        headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
-                    )
-                    if response.status_code == 200:
+                    if http.post(f"{self.url}/predict", content=body, headers=headers).status_code == 200:
                         return time.perf_counter() - self.started
                 except httpx.TransportError:
                     pass
-                time.sleep(0.05)
-        raise SystemExit(f"{self.name} did not answer in {timeout}s")
+                time.sleep(0.02)
+        raise SystemExit(f"{self.name} did not answer in {timeout}s; see {self.log.name}")
+
+    def backend(self) -> str:
+        try:
+            version = httpx.get(f"{self.url}/ready", timeout=10).json()["model"]
+            return f"{version['backend']} {version['precision']}"
+        except (httpx.HTTPError, KeyError, ValueError):
+            return "torch fp32 (its own code)"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (every thread)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
     def stop(self) -> None:
         stop(self.proc)
         self.log.close()
 
 
-def hey_run(hey: str, url: str, body_file: Path, n: int, c: int) -> tuple[float, list[float], dict]:
-    """(seconds from the first request to the last answer, per-request latencies in s, status counts)."""
+def hey(binary: str, url: str, body: Path, n: int, c: int) -> tuple[float, list[float], dict[str, int]]:
+    """(seconds from the first request to the last answer, latencies in s, status counts)."""
     done = subprocess.run(
-        [
-            hey,
-            "-n",
-            str(n),
-            "-c",
-            str(c),
-            "-m",
-            "POST",
-            "-t",
-            "60",
-            "-o",
-            "csv",
-            "-T",
-            f"multipart/form-data; boundary={BOUNDARY}",
-            "-D",
-            str(body_file),
-            f"{url}/predict",
-        ],
+        [binary, "-n", str(n), "-c", str(c), "-m", "POST", "-t", "120", "-o", "csv"]
+        + ["-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body), f"{url}/predict"],
         capture_output=True,
         text=True,
         check=True,
@@ -106,125 +154,163 @@ def hey_run(hey: str, url: str, body_file: Path, n: int, c: int) -> tuple[float,
     statuses: dict[str, int] = {}
     for row in rows:
         statuses[row["status-code"]] = statuses.get(row["status-code"], 0) + 1
-    # hey's csv has no run total, so throughput uses the span of the requests it timed.
-    span = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
-    return span, [float(r["response-time"]) for r in rows], statuses
+    statuses["failed"] = n - len(rows)  # timeouts and connection errors leave no row
+    # hey's CSV has no run total: throughput uses the span of the requests it timed.
+    span = max((float(r["offset"]) + float(r["response-time"]) for r in rows), default=0.0)
+    return span, [float(r["response-time"]) for r in rows], {k: v for k, v in statuses.items() if v}
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def server_specs(pth: Path, onnx: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    py = sys.executable
+    ours = [py, "-m", "serve"]
+    common = {"MODEL_PULL": "false"}
+    specs = {
+        "original": (
+            [py, "-m", "uvicorn", "bench.original_api:app", "--host", "127.0.0.1", "--log-level", "warning"],
+            {"MODEL_PATH": str(pth)},
+        ),
+        "torch": (ours, {**common, "MODEL_PATH": str(pth), "BACKEND": "torch", "PRECISION": "fp32"}),
+        "onnxruntime": (ours, {**common, "MODEL_PATH": str(onnx), "BACKEND": "onnxruntime", "PRECISION": "fp32"}),
+        "openvino-fp32": (ours, {**common, "MODEL_PATH": str(onnx), "BACKEND": "openvino", "PRECISION": "fp32"}),
+        "openvino-bf16": (ours, {**common, "MODEL_PATH": str(onnx), "BACKEND": "openvino", "PRECISION": "bf16"}),
+        "default": (ours, {**common, "MODEL_PATH": str(onnx)}),
+    }
+    if not native_bf16():
+        del specs["openvino-bf16"]
+    return specs
 
 
-def find_image(root: Path) -> bytes:
-    for folder in (root / "data", Path("/work/main/data")):
-        found = sorted(folder.glob("*/*.jpg")) if folder.is_dir() else []
-        if found:
-            return found[0].read_bytes()
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.effect_mandelbrot((500, 375), (-2, -1.2, 1, 1.2), 100).convert("RGB").save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def ensure_model(path: Path, tmp: Path) -> Path:
-    if path.is_file():
-        return path
+def ensure_models(pth: Path, onnx: Path, tmp: Path) -> tuple[Path, Path]:
+    """The pipeline's checkpoint and export; an untrained ResNet18 at 128 px (and its export) if absent."""
+    if pth.is_file() and onnx.is_file():
+        return pth, onnx
     from greenr.model import checkpoint
     from greenr.model.architectures import build_model, get_arch
+    from greenr.model.export import export_onnx
 
-    fallback = tmp / "stage-1.pth"
+    pth, onnx = tmp / "stage-1.pth", tmp / "stage-1.onnx"
     checkpoint.save(
-        fallback,
-        build_model("resnet18", 2),
-        "resnet18",
-        ["dandelion", "grass"],
-        get_arch("resnet18").preprocessing(128),
+        pth, build_model("resnet18", 2), "resnet18", ["dandelion", "grass"], get_arch("resnet18").preprocessing(128)
     )
-    print(f"{path} missing: using an untrained ResNet18 at 128 px ({fallback})")
-    return fallback
+    onnx.write_bytes(export_onnx(checkpoint.load(pth)))
+    print(f"no pipeline model: using an untrained ResNet18 at 128 px ({pth}, {onnx})")
+    return pth, onnx
+
+
+def lscpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return cpu_model()
+
+
+def targets(results: dict, cold: dict[str, float], images: list[str]) -> list[tuple[str, bool, str]]:
+    """The issue's done-when checks for `default` against `original`."""
+    small, phone = images
+    o16, d16 = results[("original", small, 16)], results[("default", small, 16)]
+    o1, d1 = results[("original", small, 1)], results[("default", small, 1)]
+    op1, dp1 = results[("original", phone, 1)], results[("default", phone, 1)]
+    ours_non_200 = sum(r.non_200 for (name, _, _), r in results.items() if name != "original")
+    return [
+        (
+            "c16 throughput >= 5x original",
+            d16.throughput >= 5 * o16.throughput,
+            f"{d16.throughput / o16.throughput:.2f}x",
+        ),
+        (
+            "c16 p99 <= original / 2",
+            d16.pct(0.99) <= o16.pct(0.99) / 2,
+            f"{d16.pct(0.99):.0f} vs {o16.pct(0.99):.0f} ms",
+        ),
+        ("c1 p50 < original", d1.pct(0.5) < o1.pct(0.5), f"{d1.pct(0.5):.1f} vs {o1.pct(0.5):.1f} ms"),
+        (
+            "phone c1 p50 <= original / 4",
+            dp1.pct(0.5) <= op1.pct(0.5) / 4,
+            f"{dp1.pct(0.5):.0f} vs {op1.pct(0.5):.0f} ms",
+        ),
+        ("cold start <= 2 s", cold["default"] <= 2.0, f"{cold['default']:.2f} s"),
+        ("0 non-200 (our servers)", ours_non_200 == 0, str(ours_non_200)),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/stage-1.pth")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--n1", type=int, default=60, help="requests per round at concurrency 1")
-    parser.add_argument("--n16", type=int, default=320, help="requests per round at concurrency 16")
-    parser.add_argument(
-        "--omp-threads",
-        type=int,
-        default=0,
-        help="set OMP_NUM_THREADS (and THREADS) for both servers; 0 = their defaults",
-    )
+    parser.add_argument("--model", default="models/stage-1.pth", help="the checkpoint (original and torch rows)")
+    parser.add_argument("--onnx", default="models/stage-1.onnx", help="its export (the other rows)")
+    parser.add_argument("--servers", default="", help="comma-separated subset of the rows (default: all)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n1", type=int, default=100, help="small photo: requests per round at concurrency 1")
+    parser.add_argument("--n16", type=int, default=480, help="small photo: requests per round at concurrency 16")
+    parser.add_argument("--phone-n1", type=int, default=30, help="phone photo: requests per round at c=1")
+    parser.add_argument("--phone-n16", type=int, default=96, help="phone photo: requests per round at c=16")
     args = parser.parse_args()
-    hey = shutil.which("hey")
-    if hey is None:
-        raise SystemExit("`hey` is not installed: run `apt-get install -y hey`")
+    binary = shutil.which("hey")
+    if binary is None:
+        raise SystemExit("`hey` is not installed: `apt-get install -y hey`")
+    load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    model = ensure_model((REPO / args.model).resolve(), tmp)
-    image = find_image(REPO)
-    body = multipart(image)
-    body_file = tmp / "body.bin"
-    body_file.write_bytes(body)
-    py = sys.executable
-    env = {"MODEL_PATH": str(model), "GREENR_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    if args.omp_threads:
-        env |= {"OMP_NUM_THREADS": str(args.omp_threads), "THREADS": str(args.omp_threads)}
-    specs = {
-        "original": (
-            [py, "-m", "uvicorn", "bench.original_api:app", "--host", "127.0.0.1", "--log-level", "warning", "--port"],
-            {},
-        ),
-        "greenr": ([py, "-m", "serve"], {"MODEL_PULL": "false", "LOG_LEVEL": "warning"}),
-    }
-    print(
-        f"image {len(image)} bytes, model {model}, cores {len(os.sched_getaffinity(0))}, "
-        f"load average {os.getloadavg()[0]:.1f}, OMP_NUM_THREADS {args.omp_threads or 'default'}"
-    )
-    servers: dict[str, Proc] = {}
+    pth, onnx = ensure_models((REPO / args.model).resolve(), (REPO / args.onnx).resolve(), tmp)
+    specs = server_specs(pth, onnx)
+    if args.servers:
+        specs = {name: specs[name] for name in args.servers.split(",")}
+    photo = training_photos()[0]
+    raw = {f"small {photo.name}": photo.read_bytes(), "phone 4032x3024": upscaled(photo)}
+    images = list(raw)
+    bodies = {}
+    for name, data in raw.items():
+        bodies[name] = tmp / f"{name.split()[0]}.body"
+        bodies[name].write_bytes(multipart(data))
+    flags = sorted(cpu_flags() & BF16_FLAGS) or ["none"]
+    print(f"CPU {lscpu_model()}, {available_cpus()} cores available, bf16 flags: {', '.join(flags)}")
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print(f"bodies: {', '.join(f'{k} {len(v) / 1e3:.0f} kB' for k, v in raw.items())}; model {pth.name}/{onnx.name}")
+
+    servers: dict[str, Server] = {}
     cold: dict[str, float] = {}
+    backends: dict[str, str] = {}
+    results: dict[tuple[str, str, int], Result] = {}
     try:
-        for name, (cmd, extra) in specs.items():  # one at a time, so starts do not compete
-            port = free_port()
-            full = cmd + [str(port)] if name == "original" else cmd
-            servers[name] = Proc(name, full, {**env, **extra, "PORT": str(port)}, port, tmp / f"{name}.log")
-            cold[name] = servers[name].cold_start(body)
-            hey_run(hey, servers[name].url, body_file, 32, 16)  # warm-up
-        results: dict[tuple[str, int], dict] = {}
-        for c, n in ((1, args.n1), (16, args.n16)):
-            for _ in range(args.rounds):
-                for name, server in servers.items():
-                    span, lat, statuses = hey_run(hey, server.url, body_file, n, c)
-                    acc = results.setdefault((name, c), {"span": 0.0, "lat": [], "statuses": {}})
-                    acc["span"] += span
-                    acc["lat"] += lat
-                    for k, v in statuses.items():
-                        acc["statuses"][k] = acc["statuses"].get(k, 0) + v
+        for name, (cmd, env) in specs.items():  # one at a time, so cold starts do not compete
+            servers[name] = Server(name, cmd, env, tmp / f"{name}.log")
+            cold[name] = servers[name].cold_start(bodies[images[0]].read_bytes())
+            backends[name] = servers[name].backend()
+            hey(binary, servers[name].url, bodies[images[0]], 32, 16)  # warm-up
+        sizes = {images[0]: (args.n1, args.n16), images[1]: (args.phone_n1, args.phone_n16)}
+        for _ in range(args.rounds):
+            for image in images:
+                for c, n in zip(CONCURRENCY, sizes[image]):
+                    for name, server in servers.items():
+                        before = server.cpu_seconds()
+                        span, latencies, statuses = hey(binary, server.url, bodies[image], n, c)
+                        cpu = server.cpu_seconds() - before
+                        results.setdefault((name, image, c), Result()).add(span, latencies, statuses, cpu)
+        rss = {name: server.rss_mib() for name, server in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
+    load_after = os.getloadavg()
 
-    print(f"\n{'':24}{'original':>12}{'greenr':>12}{'ratio':>10}")
-    print(
-        f"{'cold start to 1st pred':24}{cold['original']:>11.2f}s{cold['greenr']:>11.2f}s"
-        f"{cold['original'] / cold['greenr']:>9.2f}x"
-    )
-    for c in (1, 16):
-        o, g = results[("original", c)], results[("greenr", c)]
-        tput_o, tput_g = len(o["lat"]) / o["span"], len(g["lat"]) / g["span"]
-        print(f"{f'c={c} throughput req/s':24}{tput_o:>12.1f}{tput_g:>12.1f}{tput_g / tput_o:>9.2f}x")
-        for q, label in ((0.5, "p50"), (0.99, "p99")):
-            lo, lg = pct(o["lat"], q) * 1000, pct(g["lat"], q) * 1000
-            print(f"{f'c={c} {label} ms':24}{lo:>12.1f}{lg:>12.1f}{lo / lg:>9.2f}x")
-        print(f"{f'c={c} statuses':24}{o['statuses']!s:>12}{g['statuses']!s:>12}")
-    print("ratio: throughput greenr/original; latency and cold start original/greenr (>1 = greenr better)")
-    print(
-        f"mean latency c=16: original {statistics.mean(results[('original', 16)]['lat']) * 1000:.1f} ms, "
-        f"greenr {statistics.mean(results[('greenr', 16)]['lat']) * 1000:.1f} ms; "
-        f"load average now {os.getloadavg()[0]:.1f}"
-    )
+    print(f"\n{'server':15}{'backend':22}{'cold start':>11}{'RSS MiB':>9}")
+    for name in servers:
+        print(f"{name:15}{backends[name]:22}{cold[name]:>10.2f}s{rss[name]:>9.0f}")
+    for image in images:
+        for c in CONCURRENCY:
+            print(
+                f"\n{image}, concurrency {c}:  {'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>11}{'non-200':>9}"
+            )
+            for name in servers:
+                r = results[(name, image, c)]
+                print(
+                    f"  {name:30}{r.throughput:>8.1f}{r.pct(0.5):>9.1f}{r.pct(0.99):>9.1f}"
+                    f"{r.cpu_ms_per_request:>11.1f}{r.non_200:>9}"
+                )
+    if {"original", "default"} <= set(servers):
+        print("\ndone-when targets, `default` against `original`:")
+        for label, ok, value in targets(results, cold, images):
+            print(f"  [{'pass' if ok else 'FAIL'}] {label:34} {value}")
+    print(f"\nload average before: {load_before[0]:.2f}, after: {load_after[0]:.2f}", end="")
+    print("  (a run that started above 1 is not quotable)" if load_before[0] >= 1 else "")
 
 
 if __name__ == "__main__":

@@ -255,6 +255,24 @@ def cmd_promote(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- services
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from greenr.backends import batch
+
+    summary = batch.score(
+        args.source,
+        args.out,
+        model=args.model,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shard=batch.Shard.parse(args.shard),
+        progress=not args.no_progress,
+    )
+    print(summary.line(args.out))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from serve.__main__ import main as serve_main
 
@@ -346,6 +364,25 @@ def _grid_arguments(parser: argparse.ArgumentParser) -> None:
             cmd.add_argument("--apply", action="store_true", help="`dvc exp apply` it to the workspace")
 
 
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    from greenr.paths import ONNX_MODEL_PATH
+
+    parser.add_argument("source", help="a folder of images (searched recursively), one image, or s3://BUCKET/PREFIX")
+    parser.add_argument(
+        "--out", default="predictions.csv", help="CSV to write, or s3://BUCKET/KEY.csv; rows already in it are skipped"
+    )
+    parser.add_argument(
+        "--model", default=None, help=f"model file: an ONNX export or a checkpoint (default: {ONNX_MODEL_PATH}, pulled)"
+    )
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "torch"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=0, help="inference threads (default: every core available)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=0, help="threads reading and decoding (default: cores)")
+    parser.add_argument("--shard", default="0/1", metavar="I/N", help="score only shard I of N (0-based)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="greenr", description=__doc__.split("\n")[0])
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -424,6 +461,11 @@ def parser() -> argparse.ArgumentParser:
     )
     promote.set_defaults(func=cmd_promote)
 
+    predict = sub.add_parser(
+        "predict", help="batch scoring of a folder or s3://bucket/prefix into a CSV (resumable, shardable)"
+    )
+    _predict_arguments(predict)
+    predict.set_defaults(func=cmd_predict)
     serve = sub.add_parser("serve", help="the prediction server (settings from the environment; see README)")
     serve.set_defaults(func=cmd_serve)
     ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI on 127.0.0.1")

@@ -14,9 +14,13 @@ DATA_DVC = "data.dvc"
 SPLITS_DIR = "splits"
 MODELS_DIR = "models"
 MODEL_PATH = "models/stage-1.pth"
+# The checkpoint exported to ONNX (stage `export`): what the server and `greenr predict` run.
+ONNX_MODEL_PATH = "models/stage-1.onnx"
 METRICS_DIR = "metrics"
 TRAIN_METRICS = "metrics/train.json"
 EVALUATE_METRICS = "metrics/evaluate.json"
+# The ONNX export's parity with the checkpoint on the test split.
+EXPORT_METRICS = "metrics/export.json"
 # Statistics of the training images that the server compares requests with (greenr/ops/drift.py).
 DRIFT_REFERENCE = "metrics/drift_reference.json"
 # Feedback and uncertain inputs waiting to become data: this prefix in the DVC remote's bucket, or
@@ -28,6 +32,7 @@ EVALUATE_PLOTS_DIR = "plots/evaluate"
 CONFUSION_PLOT = "plots/evaluate/confusion.csv"
 ROC_PLOT = "plots/evaluate/roc.csv"
 PRC_PLOT = "plots/evaluate/prc.csv"
+RELIABILITY_PLOT = "plots/evaluate/reliability.csv"
 
 
 # The split params the manifests were made with: images keep their split while these stay the same.

@@ -1,9 +1,11 @@
 """Micro-batching: concurrent requests share one forward pass, off the event loop.
 
-Handlers put (image tensor, model, future) on a queue. One worker thread takes the first
-item, waits at most `wait_ms` for up to `max_size - 1` more, runs each model's group as
-one batch and resolves the futures. Under light load a request waits for nobody; under
-heavy load the batch fills at once and the wait costs nothing.
+Handlers put (image, model, future) on a queue. One worker thread takes the first item and
+whatever else is already waiting (up to `max_size`), runs each model's group as one batch and
+resolves the futures. A lone request runs at once; under load, requests that arrive while a
+batch computes queue up and form the next one, so batches grow with the load and no one waits
+for a timer. `wait_ms` > 0 adds a fixed wait for more requests after the first (off by default:
+on a quiet server it only adds latency).
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from greenr.model.inference import predict_proba
 from serve.model_store import LoadedModel
 
 log = logging.getLogger("serve.batching")
@@ -36,7 +37,7 @@ _STOP = object()
 
 
 class MicroBatcher:
-    def __init__(self, max_size: int = 16, wait_ms: float = 3.0, on_batch=None) -> None:
+    def __init__(self, max_size: int = 16, wait_ms: float = 0.0, on_batch: Callable[[int], None] | None = None) -> None:
         self.max_size = max_size
         self.wait_s = wait_ms / 1000
         self.on_batch = on_batch  # called with the batch size, for metrics
@@ -44,7 +45,7 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._thread.start()
 
-    async def predict(self, image: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
+    async def predict(self, image: np.ndarray, loaded: LoadedModel) -> np.ndarray:
         """Class probabilities (C,) for one preprocessed image, computed with `loaded`."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -85,13 +86,8 @@ class MicroBatcher:
     def _run_group(self, group: list[_Item]) -> None:
         loaded = group[0].loaded
         try:
-            probs = predict_proba(
-                loaded.model,
-                torch.from_numpy(np.stack([i.image for i in group])),
-                loaded.ckpt.preprocessing,
-                batch_size=len(group),
-            )
-            results: list[torch.Tensor | BaseException] = list(probs)
+            probs = loaded.backend.predict_proba(np.stack([i.image for i in group]), batch_size=len(group))
+            results: list[np.ndarray | BaseException] = list(probs)
         except Exception as exc:
             log.exception("batch of %d failed", len(group))
             results = [exc] * len(group)
@@ -104,7 +100,7 @@ class MicroBatcher:
                 pass
 
 
-def _resolve(future: asyncio.Future, result: torch.Tensor | BaseException) -> None:
+def _resolve(future: asyncio.Future, result: np.ndarray | BaseException) -> None:
     if future.done():  # the client went away and the request was cancelled
         return
     if isinstance(result, BaseException):

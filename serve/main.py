@@ -1,4 +1,5 @@
-"""The app: settings, model store, micro-batcher, metrics and drift monitor wired into FastAPI routes."""
+"""The app: settings, model store, decoding threads, micro-batcher, observer, metrics and drift monitor
+wired into FastAPI routes."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
 
 from greenr.errors import GreenrError
-from greenr.model.device import configure_threads
+from greenr.hardware import available_cpus
 from greenr.ops.drift import DriftMonitor
 from serve.batching import MicroBatcher
 from serve.feedback import FeedbackService
 from serve.metrics import Metrics
 from serve.middleware import RequestMetricsMiddleware, RequireStarted
 from serve.model_store import ModelStore
+from serve.observer import Observer
 from serve.routes import feedback, health, metrics, model, page, predict
 from serve.settings import Settings, get_settings
 from serve.state import AppState
@@ -38,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        threads = configure_threads(settings.threads)
+        threads = settings.threads or available_cpus()
         metrics_ = app.state.metrics
         store = ModelStore(
             settings.model_path,
@@ -46,9 +49,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.model_pull,
             threads,
             drift_reference=settings.drift_reference or None,
+            backend=settings.backend,
+            precision=settings.precision,
         )
-        batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_ms, on_batch=metrics_.batch_size.observe)
-        state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_, drift=app.state.drift)
+        state = AppState(
+            settings=settings,
+            store=store,
+            decoder=ThreadPoolExecutor(threads, thread_name_prefix="decode"),
+            batcher=MicroBatcher(settings.batch_max_size, settings.batch_wait_ms, on_batch=metrics_.batch_size.observe),
+            observer=Observer(on_drop=metrics_.observations_dropped.inc),
+            metrics=metrics_,
+            drift=app.state.drift,
+        )
         state.feedback = feedback_ = FeedbackService(settings)
         app.state.greenr = state
         loading = asyncio.create_task(_initial_load(state))
@@ -57,13 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             loading.cancel()
             await feedback_.close()
-            batcher.close()
+            state.batcher.close()
+            state.observer.close()
+            state.decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="greenr",
         version="0.1.0",
         lifespan=lifespan,
-        description="Dandelion-vs-grass classifier serving the DVC-tracked checkpoint.",
+        description="Dandelion-vs-grass classifier serving the DVC-tracked model (ONNX export or checkpoint).",
     )
     app.state.metrics = Metrics()
     # Registered once per app; it reports nothing until a model with a drift reference loads.

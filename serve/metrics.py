@@ -48,8 +48,23 @@ class Metrics:
             registry=self.registry,
         )
         self.model_ready = Gauge("greenr_model_ready", "1 when a model is loaded", registry=self.registry)
+        self.backend_info = Gauge(
+            "greenr_inference_backend_info",
+            "The inference backend and precision serving the model (value 1)",
+            ["backend", "precision"],
+            registry=self.registry,
+        )
+        self.observations_dropped = Counter(
+            "greenr_observations_dropped_total",
+            "Requests left out of prediction metrics and drift because the background queue was full",
+            registry=self.registry,
+        )
 
     def set_model(self, version: dict) -> None:
         self.model_info.clear()
         self.model_info.labels(version["arch"], version["sha256"], version["git_rev"], version["source"]).set(1)
         self.model_ready.set(1)
+
+    def set_backend(self, backend: str, precision: str) -> None:
+        self.backend_info.clear()
+        self.backend_info.labels(backend, precision).set(1)

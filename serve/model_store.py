@@ -1,4 +1,7 @@
-"""The model being served: loaded from the DVC-tracked checkpoint, swapped atomically on reload.
+"""The model being served: the DVC-tracked ONNX export (or the checkpoint), swapped atomically on reload.
+
+The file is run by the backend greenr.backends.loading chooses (BACKEND / PRECISION settings),
+after checking it against the reference on the probe batch. Serving an ONNX file imports no torch.
 
 A `LoadedModel` is immutable. Requests take a reference to the current one when they
 start and keep it to the end, so a reload never changes the model under a request in flight;
@@ -16,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from torch import nn
 
 from greenr import scm
+from greenr.backends.base import Backend, ModelSpec
+from greenr.backends.loading import Selection, load_backend
+from greenr.backends.model_file import load_model_file, pull_model_file, read_model
 from greenr.errors import GreenrError
-from greenr.model import checkpoint
-from greenr.model.checkpoint import Checkpoint
 from greenr.ops.drift import DriftReference
 from greenr.paths import DRIFT_REFERENCE, DVC_LOCK, EVALUATE_METRICS, repo_root
 
@@ -32,8 +34,10 @@ log = logging.getLogger("serve.model")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: nn.Module
-    ckpt: Checkpoint
+    selection: Selection  # the backend serving it, and why that one
+    spec: ModelSpec
+    format: str  # "onnx" | "torch"
+    sha256: str  # of the model file
     md5: str  # what dvc.lock records for the file
     git_rev: str
     source: str  # "workspace" or "rev:<rev>"
@@ -44,26 +48,37 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
 
     @property
+    def backend(self) -> Backend:
+        return self.selection.backend
+
+    @property
     def classes(self) -> list[str]:
-        return self.ckpt.classes
+        return self.spec.classes
 
     def version(self) -> dict[str, Any]:
         """Short identity of the model, returned with every prediction."""
         return {
-            "arch": self.ckpt.arch,
-            "sha256": self.ckpt.sha256,
+            "arch": self.spec.arch,
+            "sha256": self.sha256,
             "md5": self.md5,
             "git_rev": self.git_rev,
             "source": self.source,
+            "backend": self.backend.name,
+            "precision": self.backend.precision,
         }
 
     def describe(self) -> dict[str, Any]:
         return {
             **self.version(),
+            "format": self.format,
+            "checkpoint_sha256": self.spec.checkpoint_sha256,
             "classes": self.classes,
-            "image_size": self.ckpt.image_size,
-            "preprocessing": self.ckpt.preprocessing.to_dict(),
-            "meta": self.ckpt.meta,
+            "image_size": self.spec.image_size,
+            "preprocessing": self.spec.preprocessing.to_dict(),
+            "temperature": self.spec.temperature,
+            "flip_average": self.spec.flip_average,
+            "meta": self.spec.meta,
+            "inference": self.selection.describe(),
             "dvc_lock_md5": self.dvc_lock_md5,
             "matches_dvc_lock": None if self.dvc_lock_md5 is None else self.dvc_lock_md5 == self.md5,
             "evaluate_metrics": self.metrics,
@@ -85,19 +100,6 @@ def _lock_md5(lock_text: str | None, model_path: str) -> str | None:
     return None
 
 
-def _pull(root: Path, rel: str) -> None:
-    """`dvc pull` one file; a failure becomes a GreenrError with dvc's last lines."""
-    log.info("%s is missing: pulling it with `dvc pull %s`", rel, rel)
-    scm.dvc(
-        "pull",
-        rel,
-        cwd=root,
-        capture=True,
-        timeout=300,
-        fix="start the object store (`greenr store start`) and check credentials, or train it with `dvc repro`",
-    )
-
-
 def _drift_reference(text: str | None, where: str) -> DriftReference | None:
     """The drift reference committed beside the model; a missing or bad one only turns drift off."""
     if text is None:
@@ -117,8 +119,11 @@ def load_model(
     threads: int = 0,
     root: Path | None = None,
     drift_reference: str | None = DRIFT_REFERENCE,
+    backend: str = "auto",
+    precision: str = "auto",
 ) -> LoadedModel:
-    """Read, verify and build the checkpoint; raises GreenrError with a fix on any failure.
+    """Read the model file (ONNX export or checkpoint), choose its backend and check it against
+    the reference; raises GreenrError with a fix on any failure.
 
     Also reads the evaluate metrics and the drift reference of the same revision (workspace
     files, or git at `rev`); `drift_reference=None` leaves drift unmonitored.
@@ -137,7 +142,7 @@ def load_model(
             )
         try:
             with dvc.api.open(rel, repo=str(root), rev=rev, mode="rb") as handle:
-                data = handle.read()
+                model = read_model(handle.read(), f"{rel}@{rev}")
         except Exception as exc:
             raise GreenrError(
                 f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
@@ -150,8 +155,8 @@ def load_model(
     else:
         full = path if path.is_absolute() else root / path
         if not full.is_file() and pull:
-            _pull(root, rel)
-        data = _read(full)
+            pull_model_file(root, rel)
+        model = load_model_file(full, name=rel)
         commit, dirty = scm.head(cwd=root)
         git_rev = f"{commit}-dirty" if dirty else commit
         metrics_file = root / EVALUATE_METRICS
@@ -162,19 +167,17 @@ def load_model(
         drift_text = drift_file.read_text(encoding="utf-8") if drift_file and drift_file.is_file() else None
         source = "workspace"
 
-    ckpt = checkpoint.from_bytes(data, source=f"{rel}" + (f"@{rev}" if rev else ""))
-    if threads:
-        torch.set_num_threads(threads)
-    model = ckpt.build("cpu")
-    _warm_up(model, ckpt)
+    selection = load_backend(model, backend, precision, threads)
     try:
         metrics = json.loads(metrics_text) if metrics_text else None
     except json.JSONDecodeError:
         metrics = None
-    md5 = hashlib.md5(data).hexdigest()
+    md5 = hashlib.md5(model.data).hexdigest()
     loaded = LoadedModel(
-        model=model,
-        ckpt=ckpt,
+        selection=selection,
+        spec=model.spec,
+        format=model.format,
+        sha256=model.sha256,
         md5=md5,
         git_rev=git_rev,
         source=source,
@@ -183,44 +186,35 @@ def load_model(
         drift_reference=_drift_reference(drift_text, f"{drift_reference}@{git_rev[:12]}") if drift_reference else None,
     )
     log.info(
-        "loaded %s (%s, %d classes, %d px) sha256 %s at %s",
+        "loaded %s (%s, %d classes, %d px) sha256 %s at %s: %s %s",
         rel,
-        ckpt.arch,
-        len(ckpt.classes),
-        ckpt.image_size,
-        ckpt.sha256[:12],
+        model.spec.arch,
+        len(model.spec.classes),
+        model.spec.image_size,
+        model.sha256[:12],
         git_rev[:12],
+        selection.backend.name,
+        selection.backend.precision,
     )
     return loaded
-
-
-def _read(full: Path) -> bytes:
-    try:
-        return full.read_bytes()
-    except FileNotFoundError:
-        raise GreenrError(
-            f"checkpoint {full} does not exist", "run `dvc repro` to train it or `dvc pull models/stage-1.pth`"
-        ) from None
-    except OSError as exc:
-        raise GreenrError(f"checkpoint {full} cannot be read: {exc}", "check the file's permissions") from None
-
-
-@torch.inference_mode()
-def _warm_up(model: nn.Module, ckpt: Checkpoint) -> None:
-    """One forward pass so the first request does not pay for lazy initialisation."""
-    from greenr.model.inference import predict_proba
-
-    size = ckpt.image_size
-    predict_proba(model, torch.zeros(1, 3, size, size, dtype=torch.uint8), ckpt.preprocessing)
 
 
 class ModelStore:
     """Holds the current model (or the reason there is none) and swaps it atomically."""
 
     def __init__(
-        self, model_path: str, rev: str | None, pull: bool, threads: int, drift_reference: str | None = DRIFT_REFERENCE
+        self,
+        model_path: str,
+        rev: str | None,
+        pull: bool,
+        threads: int,
+        drift_reference: str | None = DRIFT_REFERENCE,
+        backend: str = "auto",
+        precision: str = "auto",
     ) -> None:
         self.model_path = model_path
+        self.backend = backend
+        self.precision = precision
         self.drift_reference = drift_reference
         self.rev = rev
         self.pull = pull
@@ -240,7 +234,13 @@ class ModelStore:
             target = rev if rev is not None else self.rev
             try:
                 loaded = load_model(
-                    self.model_path, target or None, self.pull, self.threads, drift_reference=self.drift_reference
+                    self.model_path,
+                    target or None,
+                    self.pull,
+                    self.threads,
+                    drift_reference=self.drift_reference,
+                    backend=self.backend,
+                    precision=self.precision,
                 )
             except GreenrError as err:
                 self.error = str(err)

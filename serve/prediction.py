@@ -1,15 +1,19 @@
-"""One upload to one prediction: read within the size limit, decode off the event loop, classify."""
+"""One upload to one prediction: read within the size limit, decode off the event loop, classify.
+
+The hot path is the read, the decode (a large JPEG at reduced scale, greenr.data.images) and the
+forward pass (serve.batching); metrics and drift features are computed after the response
+(serve.observer).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from dataclasses import dataclass
 
-import numpy as np
 from fastapi import UploadFile
-from starlette.concurrency import run_in_threadpool
 
-from greenr.data.images import ImageError, Preprocessing, decode_image, to_uint8_array
+from greenr.data.images import ImageError, ModelInput, prepare
 from greenr.ops.drift import image_features
 from serve.model_store import LoadedModel
 from serve.state import AppState
@@ -39,52 +43,41 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     return data
 
 
-@dataclass(frozen=True)
-class ModelInput:
-    image: np.ndarray  # uint8 (3, S, S), what the model takes in batches
-    drift_features: dict[str, float] | None  # None when drift is not monitored or they failed
-
-
-def _decode(data: bytes, spec: Preprocessing, max_pixels: int, with_features: bool) -> ModelInput:
-    decoded = decode_image(data, max_pixels=max_pixels)
-    image = to_uint8_array(decoded, spec)
-    features = None
-    if with_features:
-        try:  # from the small model input: cheap, and drift must never fail a request
-            features = image_features(image, size=decoded.size)
-        except Exception:
-            log.exception("drift features failed; request served without them")
-    return ModelInput(image, features)
-
-
-async def preprocess(data: bytes, loaded: LoadedModel, max_pixels: int, with_features: bool = False) -> ModelInput:
-    """Decode and resize in a worker thread (PIL releases the GIL); bad images -> InputError."""
+async def preprocess(state: AppState, data: bytes, loaded: LoadedModel) -> ModelInput:
+    """Decode and resize in the decoding threads (PIL releases the GIL); bad images -> InputError."""
+    loop = asyncio.get_running_loop()
     try:
-        return await run_in_threadpool(_decode, data, loaded.ckpt.preprocessing, max_pixels, with_features)
+        return await loop.run_in_executor(
+            state.decoder, prepare, data, loaded.spec.preprocessing, state.settings.max_pixels
+        )
     except ImageError as err:
         raise InputError(STATUS_FOR_KIND.get(err.kind, 400), err.reason, err.kind) from None
 
 
+def _observe(state: AppState, model_input: ModelInput, label: str, confidence: float, drift: bool) -> None:
+    """After the response: prediction metrics, and the request's drift features."""
+    state.metrics.predictions.labels(label).inc()
+    state.metrics.confidence.observe(confidence)
+    if drift:
+        # From the small model input: cheap, and the same whatever size the upload had.
+        state.drift.record(image_features(model_input.array, size=model_input.original_size), label)
+
+
 async def predict_one(state: AppState, upload: UploadFile, loaded: LoadedModel) -> dict:
     """Read, preprocess and classify one upload; raises InputError for bad input."""
-    settings = state.settings
     try:
-        data = await read_upload(upload, settings.max_upload_bytes)
-        model_input = await preprocess(
-            data, loaded, settings.max_pixels, with_features=loaded.drift_reference is not None
-        )
+        data = await read_upload(upload, state.settings.max_upload_bytes)
+        model_input = await preprocess(state, data, loaded)
     except InputError as err:
         state.metrics.input_errors.labels(err.kind).inc()
         raise
-    probs = (await state.batcher.predict(model_input.image, loaded)).tolist()
+    probs = (await state.batcher.predict(model_input.array, loaded)).tolist()
     best = max(range(len(probs)), key=probs.__getitem__)
     label = loaded.classes[best]
-    if model_input.drift_features is not None:
-        state.drift.record(model_input.drift_features, label)
-    state.metrics.predictions.labels(label).inc()
-    state.metrics.confidence.observe(probs[best])
+    drift = loaded.drift_reference is not None
+    state.observer.submit(functools.partial(_observe, state, model_input, label, probs[best], drift))
     if state.feedback is not None:  # below CAPTURE_BELOW_CONFIDENCE: kept for review, in the background
-        state.feedback.capture_uncertain(data, label, probs[best], loaded.ckpt.sha256)
+        state.feedback.capture_uncertain(data, label, probs[best], loaded.sha256)
     return {
         "prediction": label,
         "confidence": probs[best],

@@ -13,6 +13,9 @@ class ModelVersion(BaseModel):
     md5: str
     git_rev: str
     source: str
+    # Which inference backend (greenr/backends) computed the answer, and in which precision.
+    backend: str
+    precision: str
 
 
 class Prediction(BaseModel):
@@ -47,11 +50,36 @@ class Readiness(BaseModel):
     model: ModelVersion | None = None
 
 
+class Candidate(BaseModel):
+    backend: str
+    precision: str
+    status: str
+    agreement: dict[str, Any] | None = None
+    ms_batch1: float | None = None
+    ms_probe_batch: float | None = None
+    detail: str | None = None
+
+
+class Inference(BaseModel):
+    """The backend serving the model, and every candidate tried at load time."""
+
+    name: str
+    precision: str
+    threads: int
+    reference: str
+    candidates: list[Candidate]
+
+
 class ModelInfo(ModelVersion):
+    format: str
+    checkpoint_sha256: str
     classes: list[str]
     image_size: int
     preprocessing: dict[str, Any]
+    temperature: float
+    flip_average: bool
     meta: dict[str, Any]
+    inference: Inference
     dvc_lock_md5: str | None
     matches_dvc_lock: bool | None
     evaluate_metrics: dict[str, Any] | None

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from greenr.data.images import DEFAULT_MAX_PIXELS
 from greenr.ops.drift import DEFAULT_THRESHOLD
-from greenr.paths import DRIFT_REFERENCE, MODEL_PATH
+from greenr.paths import DRIFT_REFERENCE, ONNX_MODEL_PATH
 
 
 class Settings(BaseSettings):
@@ -20,19 +20,26 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # The ONNX export (stage `export`), or the checkpoint (models/stage-1.pth, torch backend only).
     # Relative paths are resolved against the project root (greenr.paths.repo_root).
-    model_path: str = MODEL_PATH
-    # A git revision, tag or experiment: read that checkpoint from the DVC remote, no checkout.
+    model_path: str = ONNX_MODEL_PATH
+    # A git revision, tag or experiment: read that model file from the DVC remote, no checkout.
     model_rev: str | None = None
-    # Pull the checkpoint from the DVC remote when it is missing from the workspace.
+    # Pull the model file from the DVC remote when it is missing from the workspace.
     model_pull: bool = True
+    # Inference backend (greenr/backends): auto = the fastest installed one that agrees with the
+    # reference on the probe batch; torch runs the checkpoint, onnxruntime and openvino the export.
+    backend: Literal["auto", "onnxruntime", "openvino", "torch"] = "auto"
+    # auto = bf16 where the CPU has it natively (AMX / AVX512-BF16) and it agrees, else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_batch_files: int = Field(16, ge=1, le=256)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024)
     # Empty: POST /model/reload is disabled.
     reload_token: str | None = None
-    # Micro-batching: wait at most this long for more requests to share one forward pass.
-    batch_wait_ms: float = Field(3.0, ge=0, le=100)
+    # Micro-batching: requests that queue while a batch computes share the next forward pass.
+    # A fixed wait for more requests after the first (0: none; a lone request runs at once).
+    batch_wait_ms: float = Field(0.0, ge=0, le=100)
     batch_max_size: int = Field(16, ge=1, le=256)
     # Input drift: PSI of the last `drift_window` requests against the statistics of the model's
     # training images (read from the same revision as the model; empty: drift not monitored).
@@ -40,9 +47,12 @@ class Settings(BaseSettings):
     drift_window: int = Field(500, ge=1)
     drift_min_samples: int = Field(100, ge=1)
     drift_threshold: float = Field(DEFAULT_THRESHOLD, gt=0)
-    # 0 = one per core this process may use.
+    # Inference threads, and image-decoding threads; 0 = one per core this process may use
+    # (CPU affinity, capped by a cgroup CPU quota).
     threads: int = Field(0, ge=0, le=256)
     log_level: str = "info"
+    # One log line per request (uvicorn's access log); /metrics counts and times them anyway.
+    access_log: bool = False
 
     # --- Feedback and uncertain inputs: POST /feedback, /review, into the inbox (greenr inbox ...) ---
     # Off unless enabled: POST /feedback answers 503 until FEEDBACK=on.

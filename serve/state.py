@@ -1,8 +1,10 @@
-"""What one running app holds: settings, the model store, the micro-batcher, metrics and drift."""
+"""What one running app holds: settings, the model store, the decoding threads, the micro-batcher,
+the background observer, metrics and drift."""
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from greenr.ops.drift import DriftMonitor
@@ -10,6 +12,7 @@ from serve.batching import MicroBatcher
 from serve.feedback import FeedbackService
 from serve.metrics import Metrics
 from serve.model_store import LoadedModel, ModelStore
+from serve.observer import Observer
 from serve.settings import Settings
 
 log = logging.getLogger("serve")
@@ -19,7 +22,9 @@ log = logging.getLogger("serve")
 class AppState:
     settings: Settings
     store: ModelStore
+    decoder: ThreadPoolExecutor  # one thread per core: image decoding beside the forward pass
     batcher: MicroBatcher
+    observer: Observer
     metrics: Metrics
     drift: DriftMonitor
     feedback: FeedbackService | None = None
@@ -27,6 +32,7 @@ class AppState:
     def adopt(self, loaded: LoadedModel) -> None:
         """Point metrics and drift monitoring at a model that was just loaded."""
         self.metrics.set_model(loaded.version())
+        self.metrics.set_backend(loaded.backend.name, loaded.backend.precision)
         if self.drift.use_reference(loaded.drift_reference):
             log.info(
                 "drift: %s",

@@ -55,3 +55,14 @@ def class_jpeg() -> Callable[..., bytes]:
         return jpeg_bytes(class_image(label, seed, size))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint, its ONNX export): an untrained ResNet18 at 64 px and what stage `export` makes of it."""
+    from tests.helpers.serving import write_checkpoint, write_onnx
+
+    folder = tmp_path_factory.mktemp("exported")
+    write_checkpoint(folder / "stage-1.pth")
+    write_onnx(folder / "stage-1.pth", folder / "stage-1.onnx")
+    return folder / "stage-1.pth", folder / "stage-1.onnx"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
 from greenr.errors import GreenrError
-from greenr.hardware import native_bf16
+from greenr.hardware import available_cpus, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def resolve_device(choice: str) -> torch.device:
 
 def configure_threads(num_threads: int) -> int:
     """Use every core this process may run on unless told otherwise; return the count."""
-    count = num_threads or len(os.sched_getaffinity(0))
+    count = num_threads or available_cpus()
     torch.set_num_threads(count)
     return count
 

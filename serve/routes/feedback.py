@@ -122,7 +122,7 @@ def build_router(settings: Settings) -> APIRouter:
         _check_class("predicted", predicted, loaded.classes)
         try:
             data = await read_upload(file, state.settings.max_upload_bytes)
-            await preprocess(data, loaded, state.settings.max_pixels)
+            await preprocess(state, data, loaded)
             suffix = image_suffix(data)
         except InputError as err:
             raise HTTPException(err.status, detail=err.detail) from None

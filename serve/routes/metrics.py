@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from serve.deps import StateDep
 
@@ -12,5 +13,7 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics", response_class=Response)
 async def metrics(state: StateDep) -> Response:
-    """Request counts and latencies by route and status, predictions by class, model info."""
+    """Request counts and latencies by route and status, predictions by class, model and backend info."""
+    # Count every request answered before this scrape (their observations run in the background).
+    await run_in_threadpool(state.observer.drain, 2.0)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

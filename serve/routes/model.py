@@ -46,7 +46,7 @@ async def reload(
         loaded = await run_in_threadpool(state.store.load, body.rev if body else None)
     except GreenrError as err:
         current = state.store.current
-        still = f"; still serving {current.ckpt.sha256[:12]}" if current else ""
+        still = f"; still serving {current.sha256[:12]}" if current else ""
         raise HTTPException(409, detail=f"reload failed: {err}{still}") from None
     state.adopt(loaded)
     return loaded.describe()

@@ -9,10 +9,14 @@ import pytest
 from PIL import Image
 
 from greenr.data.images import (
+    DEFAULT_MAX_PIXELS,
+    DRAFT_MARGIN,
     ImageError,
     Preprocessing,
+    _decode,
     decode_image,
     load_model_input,
+    prepare,
     to_uint8_array,
 )
 
@@ -134,3 +138,43 @@ def test_load_model_input_is_the_same_from_bytes_and_from_a_file(tmp_path):
 def test_preprocessing_round_trips_through_a_dict():
     spec = Preprocessing(image_size=96, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     assert Preprocessing.from_dict(spec.to_dict()) == spec
+
+
+def smooth_photo(width: int, height: int) -> Image.Image:
+    """A photo-like image: colour gradients and a few discs (JPEG's home ground)."""
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = np.stack([90 + 100 * xx, 120 + 80 * np.sin(6 * yy), 60 + 60 * np.cos(5 * xx * yy)], axis=-1)
+    for cx, cy, r in ((0.3, 0.3, 0.08), (0.6, 0.5, 0.12), (0.45, 0.6, 0.05)):
+        rgb[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = (240, 210, 30)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_keeps_its_full_size():
+    spec = Preprocessing(image_size=128)
+    data = encode(smooth_photo(2048, 1536), "JPEG", quality=92)
+    reduced, size = _decode(data, DEFAULT_MAX_PIXELS, min_side=DRAFT_MARGIN * spec.image_size)
+    assert size == (2048, 1536)
+    assert reduced.size == (512, 384)  # 1/4 scale: the shorter side stays >= 2 x 128
+    fast = prepare(data, spec)
+    assert fast.original_size == (2048, 1536)
+    full = to_uint8_array(decode_image(data), spec)
+    difference = np.abs(fast.array.astype(int) - full.astype(int))
+    assert difference.mean() < 1.5 and np.percentile(difference, 99) < 8, (difference.mean(), difference.max())
+
+
+def test_reduced_scale_keeps_the_upright_size_of_a_rotated_photo():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    data = encode(smooth_photo(1600, 1200), "JPEG", quality=90, exif=exif.tobytes())
+    model_input = prepare(data, Preprocessing(image_size=64))
+    assert model_input.original_size == (1200, 1600)
+    assert decode_image(data).size == (1200, 1600)
+
+
+def test_small_images_and_other_formats_decode_in_full():
+    spec = Preprocessing(image_size=128)
+    for data in (
+        encode(smooth_photo(400, 300), "JPEG", quality=90),  # shorter side < 4 x 128: no reduction
+        encode(smooth_photo(1200, 900), "PNG"),  # PNG has no reduced-scale decoding
+    ):
+        assert np.array_equal(prepare(data, spec).array, to_uint8_array(decode_image(data), spec))

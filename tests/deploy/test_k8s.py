@@ -244,14 +244,20 @@ def test_renderer_agrees_with_kubectl_kustomize(name: str) -> None:
         assert _normalise(ours[key]) == _normalise(theirs[key]), key
 
 
-def test_distributed_training_job(overlay) -> None:
-    """Indexed Job + headless Service: torchrun's rendezvous on pod 0 resolves by DNS."""
-    _, docs = overlay
-    job = docs[("Job", "greenr-train-ddp")]
+def suspended_indexed_job(docs: dict, name: str) -> tuple[dict, dict]:
+    """(the Job, its pod spec), checked: Indexed, all pods at once, created suspended."""
+    job = docs[("Job", name)]
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"] >= 2
     assert spec["suspend"] is True, "must not start on every apply"
-    pod = pod_spec(job)
+    return job, pod_spec(job)
+
+
+def test_distributed_training_job(overlay) -> None:
+    """Indexed Job + headless Service: torchrun's rendezvous on pod 0 resolves by DNS."""
+    _, docs = overlay
+    job, pod = suspended_indexed_job(docs, "greenr-train-ddp")
+    spec = job["spec"]
     service = docs[("Service", pod["subdomain"])]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
@@ -262,3 +268,30 @@ def test_distributed_training_job(overlay) -> None:
     script = container["args"][-1]
     assert "torchrun" in script and '--node-rank="$JOB_COMPLETION_INDEX"' in script
     assert "-m stages.train" in script and "dvc push" in script
+
+
+def test_batch_predict_job_scores_one_shard_per_index(overlay) -> None:
+    """Indexed Job: pod I runs `greenr predict --shard I/N` with N = completions, in the serving image."""
+    import shlex
+
+    from greenr.cli import parser
+
+    _, docs = overlay
+    job, pod = suspended_indexed_job(docs, "greenr-batch-predict")
+    spec = job["spec"]
+    (container,) = pod["containers"]
+    assert "greenr-serve" in container["image"]
+    config = docs[("ConfigMap", "batch-predict")]["data"]
+    assert config["SHARDS"] == str(spec["completions"])
+    assert config["SOURCE"].startswith("s3://") and config["OUT_PREFIX"].startswith("s3://")
+    script = container["args"][-1]
+    command = script[script.index("greenr predict") :].replace("\\\n", " ")
+    assert '--shard "$JOB_COMPLETION_INDEX/$SHARDS"' in command and "$JOB_COMPLETION_INDEX.csv" in command
+    # The command line parses with the real CLI (variables filled in as the pod would).
+    filled = command.replace("$JOB_COMPLETION_INDEX", "1").replace("$SHARDS", config["SHARDS"])
+    filled = filled.replace("$SOURCE", config["SOURCE"]).replace("$OUT_PREFIX", config["OUT_PREFIX"])
+    args = parser().parse_args(shlex.split(filled)[1:])
+    assert (args.command, args.shard, args.source) == ("predict", f"1/{config['SHARDS']}", config["SOURCE"])
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/app/models", "/app/.dvc/config.local", "/tmp"} <= mounts  # pulls the model, read-only root
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from greenr.model import checkpoint
 from greenr.model.architectures import build_model, get_arch
+from greenr.model.export import export_onnx
 from greenr.processes import free_port, stop
 from serve.settings import Settings
 from tests.helpers.project import REPO
@@ -23,6 +24,10 @@ from tests.helpers.project import REPO
 CLASSES = ["dandelion", "grass"]
 IMAGE_SIZE = 64
 RELOAD_TOKEN = "test-reload-token"
+# Packages of the project's environment that the serving image (deploy/docker/serve.Dockerfile) lacks,
+# and Python code that makes them unimportable for the rest of a process.
+NOT_IN_SERVING_IMAGE = ("torch", "torchvision", "onnx", "mlflow", "sklearn", "matplotlib")
+AS_IN_SERVING_IMAGE = f"import sys; sys.modules.update(dict.fromkeys({NOT_IN_SERVING_IMAGE!r}))"
 
 
 def write_checkpoint(path: Path, seed: int = 0, image_size: int = IMAGE_SIZE) -> str:
@@ -32,6 +37,13 @@ def write_checkpoint(path: Path, seed: int = 0, image_size: int = IMAGE_SIZE) ->
     return checkpoint.save(
         path, model, "resnet18", CLASSES, get_arch("resnet18").preprocessing(image_size), meta={"seed": seed}
     )
+
+
+def write_onnx(checkpoint_path: Path, onnx_path: Path) -> bytes:
+    """The ONNX export of a checkpoint (what stage `export` writes), saved at `onnx_path`."""
+    data = export_onnx(checkpoint.load(checkpoint_path))
+    onnx_path.write_bytes(data)
+    return data
 
 
 def make_settings(model_path: Path, **overrides: object) -> Settings:
@@ -70,7 +82,7 @@ def wait_ready(
 class Server:
     """`python -m serve` in a subprocess on 127.0.0.1:<free port>, stopped by its PID."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, without_torch: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -83,9 +95,13 @@ class Server:
             **env,
         }
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serve"], cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        # `without_torch`: what the serving image lacks (torch, ...) cannot be imported in the server.
+        command = (
+            [sys.executable, "-c", f"{AS_IN_SERVING_IMAGE}; from serve.__main__ import main; main()"]
+            if without_torch
+            else [sys.executable, "-m", "serve"]
         )
+        self.proc = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> dict:
         with httpx.Client(base_url=self.url, timeout=5) as http:

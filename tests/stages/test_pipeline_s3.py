@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -21,7 +22,10 @@ DETERMINISTIC_OUTPUTS = [
     "metrics/train.json",
     "plots/training.csv",
     "plots/evaluate/roc.csv",
+    "plots/evaluate/reliability.csv",
     "models/stage-1.pth",
+    "models/stage-1.onnx",
+    "metrics/export.json",
     "splits/train.csv",
 ]
 
@@ -62,6 +66,10 @@ def test_main_job_trains_evaluates_pushes_and_stops_the_store_it_started(ws):
     assert "Test metrics" in out and "accuracy" in out
     report = json.loads((ws.project / "metrics/evaluate.json").read_text())
     assert 0.0 <= report["accuracy"] <= 1.0 and report["n"] == 6
+    assert 0.0 <= report["ece"] <= 1.0 and report["temperature"] > 0
+    with (ws.project / "plots/evaluate/reliability.csv").open() as handle:
+        bins = list(csv.DictReader(handle))
+    assert sum(int(row["count"]) for row in bins) == report["n"], "every test image falls in one reliability bin"
     assert (ws.project / "models/stage-1.pth").is_file()
     assert not (ws.state / "objectstore" / "weed.pid").exists()
     assert "not answering" in greenr(ws, "store", "status").stdout
@@ -102,7 +110,8 @@ def test_fresh_clone_pulls_byte_identical_images_and_model(ws):
         shutil.copy(ws.project / ".dvc" / "config.local", clone / ".dvc" / "config.local")
         dvc(ws, "pull", cwd=clone)
         assert tree_digests(clone / "data") == tree_digests(ws.project / "data")
-        assert digest(clone / "models/stage-1.pth") == digest(ws.project / "models/stage-1.pth")
+        for model in ("models/stage-1.pth", "models/stage-1.onnx"):
+            assert digest(clone / model) == digest(ws.project / model)
         status = dvc(ws, "status", cwd=clone).stdout
         assert "up to date" in status
     finally:

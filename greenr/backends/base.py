@@ -1,0 +1,211 @@
+"""The interface every inference backend implements, and how backends are checked against the reference.
+
+A backend turns uint8 images (N, 3, S, S), already resized by greenr.data.images, into logits
+(N, C); normalisation is part of the model (the ONNX graph carries it, the torch backend applies
+greenr.data.tensors.normalize). Probabilities are softmax(logits / temperature), with the
+temperature the checkpoint carries. When the model file asks for it (`flip_average`), the logits
+of each image and of its horizontal mirror are averaged.
+
+Agreement with the reference (torch fp32, the code the model was trained and evaluated with) is
+measured on a small built-in probe batch: every label the same, and logits within `TOLERANCE` of
+the logits' scale.
+This module imports neither torch nor any backend library.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from greenr.data.images import Preprocessing
+
+if TYPE_CHECKING:
+    from greenr.backends.model_file import ModelFile
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+# Largest |logit - reference logit| accepted on the probe batch, as a share of the logits' scale
+# (the largest |reference logit|, at least 1: float rounding grows with the values). fp32 backends
+# differ from torch by rounding (measured: 2e-7 to 6e-6 on logits of a few units); bf16 keeps 8
+# bits of mantissa (measured: 3e-3 for ResNet18, 0.04 for EfficientNet-Lite0), so its bound is
+# wider. The labels must agree in every case.
+TOLERANCE = {"fp32": 1e-3, "bf16": 0.02}
+PROBE_COUNT = 8
+SPEC_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything about a model except its weights: carried by the checkpoint and by the ONNX metadata."""
+
+    arch: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    temperature: float = 1.0
+    # Test-time augmentation: average the logits of the image and of its horizontal mirror.
+    flip_average: bool = False
+    checkpoint_sha256: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    # The reference's (torch fp32) logits of probe_batch(image_size), stored at export, so a
+    # backend can be checked where torch is not installed. None: not known (a torch checkpoint).
+    reference_logits: np.ndarray | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SPEC_FORMAT,
+            "arch": self.arch,
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+            "temperature": self.temperature,
+            "flip_average": self.flip_average,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "meta": self.meta,
+            "probe": None
+            if self.reference_logits is None
+            else {"count": len(self.reference_logits), "logits": self.reference_logits.tolist()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
+        if raw.get("format") != SPEC_FORMAT:
+            raise ValueError(f"model spec format {raw.get('format')!r}, expected {SPEC_FORMAT}")
+        probe = raw.get("probe")
+        return cls(
+            arch=str(raw["arch"]),
+            classes=[str(c) for c in raw["classes"]],
+            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+            temperature=float(raw.get("temperature", 1.0)),
+            flip_average=bool(raw.get("flip_average", False)),
+            checkpoint_sha256=str(raw.get("checkpoint_sha256", "")),
+            meta=dict(raw.get("meta") or {}),
+            reference_logits=None if not probe else np.asarray(probe["logits"], dtype=np.float32),
+        )
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) per row, in float64 for stable sums."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+# Colours of what the model sees (grass, dandelion, sky, soil, shade, pale petals, moss, cloud).
+_PROBE_COLOURS = (
+    (70, 130, 50),
+    (230, 200, 40),
+    (110, 160, 210),
+    (120, 90, 60),
+    (40, 90, 30),
+    (250, 240, 120),
+    (90, 110, 80),
+    (200, 200, 200),
+)
+
+
+def probe_batch(image_size: int, count: int = PROBE_COUNT) -> np.ndarray:
+    """A fixed batch of synthetic images (uint8 (count, 3, S, S)): coloured fields with texture and
+    a yellow disc. Plain arithmetic, no random generator, so every install makes the same pixels."""
+    size = image_size
+    grid_y, grid_x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    out = np.empty((count, 3, size, size), dtype=np.uint8)
+    tint = np.array([1.0, 0.8, 0.5])[:, None, None]
+    for i in range(count):
+        base = np.array(_PROBE_COLOURS[i % len(_PROBE_COLOURS)], dtype=np.float64)[:, None, None]
+        freq = 2 + 3 * i
+        texture = 40 * np.sin(2 * np.pi * freq * grid_x + i) * np.cos(2 * np.pi * (freq + 1) * grid_y)
+        image = base + texture[None] * tint
+        disc = (grid_x - 0.3 - 0.05 * i) ** 2 + (grid_y - 0.6) ** 2 < (0.1 + 0.02 * i) ** 2
+        image[:, disc] = np.array([245.0, 215.0, 30.0])[:, None]
+        out[i] = np.clip(np.rint(image), 0, 255)
+    return out
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a backend's logits compare with the reference's on the same images."""
+
+    max_abs_diff: float
+    label_agreement: float  # share of images with the same arg-max
+    tolerance: float  # the largest |difference| allowed for these logits
+
+    @property
+    def ok(self) -> bool:
+        return self.label_agreement == 1.0 and self.max_abs_diff <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_abs_logit_diff": self.max_abs_diff,
+            "label_agreement": self.label_agreement,
+            "tolerance": self.tolerance,
+            "agrees": self.ok,
+        }
+
+
+def compare(logits: np.ndarray, reference: np.ndarray, relative_tolerance: float) -> Agreement:
+    """Agreement of `logits` with `reference` (both (N, C)), the tolerance scaled by the largest
+    |reference logit| (at least 1); a shape mismatch or a non-finite logit never agrees."""
+    logits = np.asarray(logits, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    tolerance = relative_tolerance * max(1.0, float(np.abs(reference).max(initial=0.0)))
+    if logits.shape != reference.shape or not np.isfinite(logits).all():
+        return Agreement(float("inf"), 0.0, tolerance)
+    same = float(np.mean(logits.argmax(1) == reference.argmax(1))) if len(logits) else 1.0
+    return Agreement(float(np.abs(logits - reference).max(initial=0.0)), same, tolerance)
+
+
+class Backend(ABC):
+    """One model loaded into one inference library at one precision.
+
+    Not thread-safe: one thread runs it at a time (the server's batcher thread, the batch
+    scorer's main thread). The library itself uses `threads` cores for each forward pass.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, model: ModelFile, precision: str, threads: int) -> None:
+        self.spec = model.spec
+        self.precision = precision
+        self.threads = threads
+
+    @abstractmethod
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """float32 logits (N, C) of one batch of uint8 images (N, 3, S, S)."""
+
+    def effective_precision(self) -> str:
+        """The precision the library really computes in (a bf16 request may be ignored)."""
+        return self.precision
+
+    def predict_logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Logits (N, C) of uint8 images (N, 3, S, S), in batches of at most `batch_size`."""
+        images = np.asarray(images)
+        size = self.spec.image_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, size, size):
+            raise ValueError(f"expected uint8 images (N, 3, {size}, {size}), got {images.dtype} {images.shape}")
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            if self.spec.flip_average:
+                both = self.forward(np.concatenate([batch, np.ascontiguousarray(batch[..., ::-1])]))
+                outputs.append((both[: len(batch)] + both[len(batch) :]) / 2)
+            else:
+                outputs.append(self.forward(np.ascontiguousarray(batch)))
+        if not outputs:
+            return np.empty((0, len(self.spec.classes)), dtype=np.float32)
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Calibrated class probabilities (N, C) in float32: softmax(logits / temperature)."""
+        return probabilities(self.predict_logits(images, batch_size), self.spec.temperature).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "precision": self.precision, "threads": self.threads}

@@ -1,0 +1,79 @@
+"""Stage `export`: the ONNX model and its parity report; evaluate's metrics through ONNX equal torch's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from greenr.backends.loading import build
+from greenr.backends.model_file import load_model_file
+from greenr.data.dataset import read_manifest
+from greenr.data.tensors import load_tensors
+from greenr.params import load_section
+from stages.evaluate import score
+from tests.helpers.images import make_images
+from tests.helpers.project import TINY_PARAMS, copy_project, project_env, run, set_params
+from tests.helpers.serving import write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with data, splits and an (untrained) checkpoint at the params' image size."""
+    root = copy_project(tmp_path_factory.mktemp("export") / "p")
+    for label in ("dandelion", "grass"):
+        make_images(root / "data" / label, label, 12, 40)
+    set_params(root, TINY_PARAMS)
+    env = project_env(root, root.parent / "state")
+    run([sys.executable, "-m", "stages.split"], root, env)
+    write_checkpoint(root / "models" / "stage-1.pth", seed=3, image_size=TINY_PARAMS["model"]["image_size"])
+    return root
+
+
+def test_export_writes_the_onnx_model_and_its_parity_on_the_test_split(project: Path) -> None:
+    result = run([sys.executable, "-m", "stages.export"], project, project_env(project, project.parent / "state"))
+    onnx_path = project / "models" / "stage-1.onnx"
+    report = json.loads((project / "metrics" / "export.json").read_text())
+    test_rows = read_manifest(project / "splits" / "test.csv")
+    assert report["test_images"] == len(test_rows) > 0
+    assert report["onnx_sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    checkpoint = load_model_file(project / "models" / "stage-1.pth")
+    assert report["checkpoint_sha256"] == checkpoint.sha256
+    assert {"onnxruntime_fp32", "openvino_fp32"} <= set(report["parity"])
+    for name, parity in report["parity"].items():
+        assert parity["agrees"] and parity["label_agreement"] == 1.0, name
+        assert parity["max_abs_logit_diff"] <= parity["tolerance"], name
+    exported = load_model_file(onnx_path)
+    assert exported.spec.checkpoint_sha256 == checkpoint.sha256
+    assert exported.spec.classes == checkpoint.spec.classes
+    assert "wrote models/stage-1.onnx" in result.stderr
+
+
+def test_evaluate_through_the_onnx_backends_gives_the_torch_reference_labels(project: Path) -> None:
+    if not (project / "models" / "stage-1.onnx").is_file():
+        run([sys.executable, "-m", "stages.export"], project, project_env(project, project.parent / "state"))
+    checkpoint = load_model_file(project / "models" / "stage-1.pth")
+    exported = load_model_file(project / "models" / "stage-1.onnx")
+    params = load_section("evaluate", project / "params.yaml")
+    test_set = load_tensors(
+        read_manifest(project / "splits" / "test.csv"), project, checkpoint.spec.preprocessing, checkpoint.spec.classes
+    )
+    reference, reference_probs = score(build("torch", checkpoint, "fp32", 2), test_set, params)
+    for name in ("onnxruntime", "openvino"):
+        report, probs = score(build(name, exported, "fp32", 2), test_set, params)
+        assert np.array_equal(probs.argmax(1), reference_probs.argmax(1)), name
+        assert report["confusion_matrix"] == reference["confusion_matrix"], name
+        assert report["accuracy"] == reference["accuracy"] and report["macro"] == reference["macro"], name
+        assert report["log_loss"] == pytest.approx(reference["log_loss"], abs=1e-5), name
+
+
+def test_export_without_a_checkpoint_fails_cleanly(tmp_path: Path) -> None:
+    root = copy_project(tmp_path / "p")
+    result = run([sys.executable, "-m", "stages.export"], root, project_env(root, tmp_path / "state"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "stage-1.pth does not exist" in result.stderr and "dvc repro" in result.stderr
+    assert not (root / "models" / "stage-1.onnx").exists()

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # System tools the test suite drives for real: Chromium (browser test), Prometheus/promtool
 # (rules and a real scrape), Alertmanager/amtool (the drift alert's route to Airflow), wrk and hey
-# (load tests). Installs only what is missing.
+# (load tests), podman and its base images (the serving image's smoke test: scripts/setup-podman.sh).
+# Installs only what is missing.
 set -euo pipefail
+"$(dirname "$0")/setup-podman.sh"
 missing=()
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v promtool >/dev/null || missing+=(prometheus)

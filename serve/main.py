@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from greenr import processes
 from greenr.errors import GreenrError
 from greenr.model.device import configure_threads
 from greenr.ops.drift import DriftMonitor
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.cancel()
             await feedback_.close()
             batcher.close()
+            # A `dvc pull` of the model still running in a worker thread would hold up the exit.
+            await asyncio.to_thread(processes.stop_all)
 
     app = FastAPI(
         title="greenr",

@@ -8,15 +8,18 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from greenr import processes
 from greenr.errors import GreenrError
 from greenr.model.device import configure_threads
 from greenr.ops.drift import DriftMonitor
+from serve import errors
 from serve.batching import MicroBatcher
 from serve.feedback import FeedbackService
 from serve.metrics import Metrics
-from serve.middleware import RequestMetricsMiddleware, RequireStarted
+from serve.middleware import RequestId, RequestMetricsMiddleware, RequireStarted
 from serve.model_store import ModelStore
 from serve.routes import feedback, health, metrics, model, page, predict
 from serve.settings import Settings, get_settings
@@ -74,6 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drift.register_gauges(app.state.metrics.registry)
     app.add_middleware(RequireStarted)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestId)  # outermost: every answer, even the 503 before start-up, has an id
+    # Error answers: a short public message and the request id; the detail goes to the log.
+    app.add_exception_handler(HTTPException, errors.http_error)
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
+    app.add_exception_handler(GreenrError, errors.greenr_error)
+    app.add_exception_handler(Exception, errors.unexpected_error)
     app.include_router(predict.build_router(settings))
     app.include_router(health.router)
     app.include_router(model.router)

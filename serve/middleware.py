@@ -20,9 +20,7 @@ class RequireStarted:
     another ASGI app (mounted apps get no lifespan events) or used by a TestClient outside `with`.
     """
 
-    BODY = json.dumps(
-        {"detail": "the server is not started: run it with its lifespan (`greenr serve`, or uvicorn)"}
-    ).encode()
+    DETAIL = "the server is not started: run it with its lifespan (`greenr serve`, or uvicorn)"
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -32,8 +30,9 @@ class RequireStarted:
             await self.app(scope, receive, send)
             return
         headers = [(b"content-type", b"application/json"), (b"retry-after", b"5")]
+        body = {"detail": self.DETAIL, "request_id": scope.get("state", {}).get("request_id")}
         await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": self.BODY})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 class RequestMetricsMiddleware:

@@ -159,6 +159,13 @@ def test_an_unexpected_exception_is_a_plain_500_with_the_trace_in_the_log(
     assert record.exc_info and "secret detail" in str(record.exc_info[1])
 
 
+def test_an_app_that_was_never_started_answers_with_a_request_id(ckpt_path: Path) -> None:
+    never_started = TestClient(create_app(make_settings(ckpt_path)), raise_server_exceptions=False)
+    answer = never_started.get("/model")
+    assert answer.status_code == 503
+    assert_reveals_nothing(answer)
+
+
 def test_request_id_is_taken_from_the_client_when_sane(errors_app: TestClient) -> None:
     given = "3f2c9a1e-7b7d-4a51-9d4e-2b1b0f6f8e11"
     assert errors_app.get("/health", headers={"X-Request-ID": given}).headers["x-request-id"] == given

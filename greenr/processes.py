@@ -175,7 +175,11 @@ def supervised(argv: Sequence[str], grace_s: float = GRACE_S, **popen: Any) -> I
     Leaving the block stops the whole group: on an exception (Ctrl-C, `Stopped`, a timeout)
     with the matching signal, else with SIGTERM if anything is left (daemons the child left
     behind). Children started from worker threads are stopped by `stop_all()`.
+
+    stdin is /dev/null unless given: a child outside the terminal's foreground process group
+    that read the terminal would be stopped (SIGTTIN) and hang.
     """
+    popen.setdefault("stdin", subprocess.DEVNULL)
     proc = subprocess.Popen(argv, process_group=0, **popen)
     with _running_lock:
         _running.add(proc)

@@ -353,7 +353,7 @@ class LocalStore:
         cmd = self._command()
         with (
             open(self.log_file, "ab") as logf,
-            processes.supervised(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proc,
+            processes.supervised(cmd, stdout=logf, stderr=subprocess.STDOUT) as proc,
         ):
             self.pid_file.write_text(f"{proc.pid}\n")
             try:

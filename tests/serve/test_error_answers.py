@@ -141,6 +141,30 @@ def test_no_model_answers_reveal_nothing(tmp_path: Path, fault: str) -> None:
     assert ready["ready"] is False and ready["error"] and ready["last_reload_error"] is None
 
 
+def test_feedback_errors_reveal_nothing(ckpt_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad uploads to /feedback, and an inbox that cannot be written (a file where its folder goes)."""
+    monkeypatch.setenv("GREENR_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "inbox").write_text("a file where the inbox folder should be")
+    settings = make_settings(ckpt_path, feedback=True, feedback_inbox="local")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        answers = [
+            client.post("/feedback", files={"file": (name, data, ctype)}, data={"label": "grass"})
+            for name, (data, ctype, _) in bad_corpus(MAX_UPLOAD).items()
+        ]
+        answers.append(
+            client.post(
+                "/feedback", files={"file": ("a.png", encode(photo(), "PNG"), "image/png")}, data={"label": "grass"}
+            )
+        )
+        answers.append(client.post("/feedback", files={"file": ("a.png", b"x", "image/png")}, data={"label": "tulip"}))
+    assert answers[-2].status_code == 503, answers[-2].text  # the inbox cannot be written
+    assert all(a.status_code >= 400 for a in answers)
+    for answer in answers:
+        assert_reveals_nothing(answer, str(tmp_path))
+
+
 def test_an_unexpected_exception_is_a_plain_500_with_the_trace_in_the_log(
     ckpt_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

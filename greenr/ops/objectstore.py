@@ -232,10 +232,11 @@ class LocalStore:
     def _ports(self) -> dict[str, int]:
         """Internal ports, chosen once and kept: the master's state is named by its port."""
         path = self.folder / "ports.json"
-        if path.is_file():
-            ports = json.loads(path.read_text())
-        else:
-            ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "admin")}
+        ports = json.loads(path.read_text()) if path.is_file() else {}
+        # S3's gRPC port defaults to the S3 port + 10000: past 65535, or taken, for many endpoints.
+        missing = [name for name in ("master", "volume", "filer", "admin", "s3_grpc") if name not in ports]
+        if missing:
+            ports |= {name: _free_port_pair() for name in missing}
             write_json(path, ports)
         return ports
 
@@ -277,6 +278,7 @@ class LocalStore:
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             f"-s3.port={self.remote.port}",
+            f"-s3.port.grpc={ports['s3_grpc']}",
             f"-master.port={ports['master']}",
             f"-volume.port={ports['volume']}",
             f"-filer.port={ports['filer']}",
@@ -294,8 +296,15 @@ class LocalStore:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                last = (
+                    self.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                    if self.log_file.is_file()
+                    else []
+                )
                 raise GreenrError(
-                    f"the local object store exited at start (code {proc.returncode})", f"see {self.log_file}"
+                    f"the local object store exited at start (code {proc.returncode})"
+                    + "".join(f"\n  | {line[-300:]}" for line in last),
+                    f"see {self.log_file}",
                 )
             if endpoint_answers(self.remote.endpoint, timeout=0.5):
                 break

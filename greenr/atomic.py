@@ -1,14 +1,21 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one."""
+"""Atomic file writes: readers see the old file or the new one, never half of one.
+
+A write that fails (full disk, Ctrl-C, SIGKILL before the rename) leaves the previous file as it
+was; only a SIGKILL can leave the hidden temporary file `.NAME.XXXX.tmp` beside it."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from greenr.errors import GreenrError
 
 
 @contextlib.contextmanager
@@ -24,9 +31,16 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            raise GreenrError(
+                f"no space left to write {path} ({free / 2**20:.1f} MiB free there); "
+                f"{path.name} is as it was before this write",
+                "free disk space (or give the project more room), then run the command again",
+            ) from exc
         raise
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
-from greenr import scm
+from greenr import processes, scm
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
 from greenr.paths import DATA_DIR, DATA_DVC, EVALUATE_METRICS, main_checkout, repo_root
 
@@ -82,10 +80,20 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     root = repo_root()
     validate_all()
-    with objectstore.store_available(root):
+    with objectstore.store_available(root) as remote:
         ensure_data(root)
-        scm.dvc("repro", *(["--force"] if args.force else []), "--pull")
-        scm.dvc("push")
+        try:
+            scm.dvc("repro", *(["--force"] if args.force else []), "--pull")
+            scm.dvc("push")
+        except GreenrError as err:
+            if objectstore.endpoint_answers(remote.endpoint):
+                raise
+            # Say so instead of DVC's connection retries; rerunning loses nothing (see README).
+            again = "rerun `greenr run`" if remote.is_loopback else "bring it back, then rerun `greenr run`"
+            raise GreenrError(
+                f"{err.what}: the object store at {remote.endpoint} stopped answering during the run",
+                f"{again}: it skips the stages that finished and pushes only what the remote lacks",
+            ) from None
     print_metrics(root)
 
 
@@ -120,6 +128,16 @@ def cmd_store(args: argparse.Namespace) -> None:
             objectstore.check_remote(remote)
             print(f"an object store already answers at {remote.endpoint}; using it as is")
             return
+        if args.foreground:
+
+            def ready(pid: int) -> None:
+                print(
+                    f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
+                    f"bucket {remote.bucket}; Ctrl-C or SIGTERM stops it",
+                    flush=True,
+                )
+
+            raise SystemExit(objectstore.LocalStore(remote).run_foreground(ready))
         pid = objectstore.LocalStore(remote).start()
         print(
             f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
@@ -283,7 +301,7 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> None:
     from greenr.ops import tracking
 
     uri = tracking.tracking_uri()
-    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C or SIGTERM stops it)", flush=True)
     cmd = [
         str(Path(sys.executable).parent / "mlflow"),
         "ui",
@@ -299,7 +317,9 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> None:
     ]
     if artifacts := tracking.default_artifact_location():
         cmd += ["--default-artifact-root", artifacts]
-    raise SystemExit(subprocess.run(cmd, env=scm.tool_env(), cwd=main_checkout()).returncode)
+    # Its own process group, stopped whole when this command is: `mlflow ui` alone would leave
+    # its uvicorn workers, job runner and task consumers running.
+    raise SystemExit(processes.run(cmd, env=scm.tool_env(), cwd=main_checkout()).returncode)
 
 
 # ---------------------------------------------------------------------------- the parser
@@ -397,6 +417,9 @@ def parser() -> argparse.ArgumentParser:
 
     store = sub.add_parser("store", help="the local MinIO-compatible object store (SeaweedFS)")
     store.add_argument("action", choices=["start", "stop", "status", "check"])
+    store.add_argument(
+        "--foreground", action="store_true", help="start: run in this terminal until Ctrl-C or SIGTERM stops it"
+    )
     store.set_defaults(func=cmd_store)
     for name in ("push", "pull"):
         transfer = sub.add_parser(name, help=f"dvc {name}, checking the object store first")
@@ -477,8 +500,9 @@ def parser() -> argparse.ArgumentParser:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
-    # SIGTERM unwinds like Ctrl-C, so a local object store this command started is stopped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM and SIGHUP unwind like Ctrl-C: children (dvc and its stage, the MLflow server) are
+    # stopped with their whole process group, and a local object store this command started too.
+    processes.raise_on_stop_signals()
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     args.func(args)
 

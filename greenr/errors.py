@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -33,9 +34,14 @@ def exits_cleanly(func: F) -> F:
         except GreenrError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+        except KeyboardInterrupt as stop:
+            # Ctrl-C, or greenr.processes.Stopped (SIGTERM, SIGHUP): the usual 128 + signal number.
+            signum = getattr(stop, "signum", signal.SIGINT)
+            print(
+                "interrupted" if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})",
+                file=sys.stderr,
+            )
+            sys.exit(128 + signum)
 
     return wrapper  # type: ignore[return-value]
 

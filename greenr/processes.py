@@ -1,12 +1,34 @@
-"""Child processes the project starts (servers in tests, benchmarks and commands): a free
-loopback port, and a clean stop by PID."""
+"""Child processes the project starts (servers, dvc, the object store): a free loopback port,
+and children that stop with the command that started them.
+
+Every long-running child runs in its own process group. When the parent is asked to stop
+(SIGTERM from a service manager or `kill PID`, SIGINT from Ctrl-C), the same signal goes to the
+child's whole group, and whatever is left of the group after a grace period gets SIGKILL, so no
+grandchild (uvicorn workers, a stage script under dvc, a job runner) outlives the command.
+A signal sent to the parent's PID alone would otherwise leave them running, orphaned.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+# Long enough for servers to drain requests and for the object store to flush (about 4 s).
+GRACE_S = 10.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PROC = Path("/proc")
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
 
 
 def free_ports(count: int = 1) -> list[int]:
@@ -28,13 +50,171 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
-    """SIGTERM (servers drain their requests), then SIGKILL if it does not exit in `grace_s`."""
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
+# ---------------------------------------------------------------------------- the parent's side
+
+
+class Stopped(KeyboardInterrupt):
+    """The command was asked to stop (SIGTERM, SIGINT, SIGHUP): unwind, stopping children on the way.
+
+    A KeyboardInterrupt, so that everything that already cleans up after Ctrl-C does so for a
+    service manager's SIGTERM too; `greenr` then exits with 128 + the signal number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_on_stop_signals() -> None:
+    """In the main thread: turn SIGTERM, SIGINT and SIGHUP into `Stopped` (Python's default for
+    SIGTERM is to die on the spot, skipping every `finally`)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
+def stop_signal(exc: BaseException) -> int:
+    """The signal to pass on to children while unwinding from `exc`."""
+    if isinstance(exc, Stopped):
+        return exc.signum
+    return signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+
+
+# ---------------------------------------------------------------------------- process groups
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in process group `pgid`."""
+    if not _PROC.is_dir():  # not Linux: ask the kernel whether the group still exists
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def running(pid: int, name: str | None = None) -> bool:
+    """Whether `pid` runs (a zombie does not; a child of this process that exited is reaped),
+    and, given `name`, whether its command line mentions it (a PID file may outlive its process,
+    and the PID be reused)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    folder = _PROC / str(pid)
+    if not _PROC.is_dir():
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
     try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        stat = (folder / "stat").read_text()
+        cmdline = (folder / "cmdline").read_bytes()
+    except OSError:
+        return False
+    if stat[stat.rfind(")") + 2] == "Z":
+        return False
+    return name is None or name.encode() in cmdline
+
+
+def _stop(pid: int, alive: Callable[[], bool], grace_s: float, sig: int) -> bool:
+    """`sig` to the group `pid` leads (or to `pid` alone when it leads none), SIGKILL to what is
+    alive after `grace_s`; True if anything was running."""
+    if not alive():
+        return False
+    for signum, wait_s in ((sig, grace_s), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group_members(pid):
+                os.killpg(pid, signum)
+            else:
+                os.kill(pid, signum)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not alive():
+                return True
+            time.sleep(0.05)
+        log.warning("process (group) %d still running %.0f s after %s", pid, wait_s, signal.Signals(signum).name)
+    return True
+
+
+def stop(proc: subprocess.Popen, grace_s: float = GRACE_S, sig: int = signal.SIGTERM) -> None:
+    """Stop a child and, if it leads a process group, everything in that group.
+
+    Sends `sig` (servers drain their requests), then SIGKILL to whatever is still alive after
+    `grace_s`, and reaps the child. Also cleans up a group whose leader has already exited.
+    """
+    _stop(proc.pid, lambda: proc.poll() is None or bool(group_members(proc.pid)), grace_s, sig)
+
+
+def stop_pid(pid: int, grace_s: float = GRACE_S, sig: int = signal.SIGTERM) -> bool:
+    """Stop a process known by its PID only (started by an earlier command), with its process
+    group if it leads one; True if it was running."""
+
+    return _stop(pid, lambda: running(pid) or bool(group_members(pid)), grace_s, sig)
+
+
+@contextlib.contextmanager
+def supervised(argv: Sequence[str], grace_s: float = GRACE_S, **popen: Any) -> Iterator[subprocess.Popen]:
+    """Run `argv` in its own process group for the duration of the block.
+
+    Leaving the block stops the whole group: on an exception (Ctrl-C, `Stopped`, a timeout)
+    with the matching signal, else with SIGTERM if anything is left (daemons the child left
+    behind). Children started from worker threads are stopped by `stop_all()`.
+
+    stdin is /dev/null unless given: a child outside the terminal's foreground process group
+    that read the terminal would be stopped (SIGTTIN) and hang.
+    """
+    popen.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, process_group=0, **popen)
+    with _running_lock:
+        _running.add(proc)
+    try:
+        yield proc
+    except BaseException as exc:
+        stop(proc, grace_s, stop_signal(exc))
+        raise
+    finally:
+        stop(proc, grace_s)
+        with _running_lock:
+            _running.discard(proc)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    input: str | bytes | None = None,
+    timeout: float | None = None,
+    grace_s: float = GRACE_S,
+    **popen: Any,
+) -> subprocess.CompletedProcess:
+    """Like `subprocess.run`, but the child runs in its own process group, which is stopped
+    whole (not just the child) on Ctrl-C, SIGTERM to this process (see `Stopped`) or timeout."""
+    if input is not None:
+        popen["stdin"] = subprocess.PIPE
+    with supervised(argv, grace_s, **popen) as proc:
+        out, err = proc.communicate(input, timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def stop_all(grace_s: float = GRACE_S) -> None:
+    """Stop every supervised child still running (e.g. a `dvc pull` in a server's worker thread
+    when the server shuts down)."""
+    with _running_lock:
+        children = list(_running)
+    for proc in children:
+        stop(proc, grace_s)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from greenr import processes
 from greenr.errors import GreenrError
 from greenr.paths import repo_root
 
@@ -51,15 +52,11 @@ def dvc(
     """
     argv = [dvc_executable(), *args]
     log.info("$ dvc %s", shlex.join(args))
+    pipe = subprocess.PIPE if capture else None
     try:
-        done = subprocess.run(
-            argv,
-            cwd=cwd or repo_root(),
-            env=tool_env(),
-            text=True,
-            capture_output=capture,
-            check=False,
-            timeout=timeout,
+        # Its own process group, stopped whole on Ctrl-C/SIGTERM: the stage script it runs too.
+        done = processes.run(
+            argv, cwd=cwd or repo_root(), env=tool_env(), text=True, stdout=pipe, stderr=pipe, timeout=timeout
         )
     except FileNotFoundError:
         raise GreenrError("the dvc command was not found", "run `make setup` (it installs dvc into .venv)") from None

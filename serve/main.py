@@ -10,14 +10,18 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
+from greenr import processes
 from greenr.errors import GreenrError
 from greenr.hardware import available_cpus
 from greenr.ops.drift import DriftMonitor
+from serve import errors
 from serve.batching import MicroBatcher
 from serve.feedback import FeedbackService
 from serve.metrics import Metrics
-from serve.middleware import RequestMetricsMiddleware, RequireStarted
+from serve.middleware import RequestId, RequestMetricsMiddleware, RequireStarted
 from serve.model_store import ModelStore
 from serve.observer import Observer
 from serve.routes import feedback, health, metrics, model, page, predict
@@ -72,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.batcher.close()
             state.observer.close()
             state.decoder.shutdown(wait=False, cancel_futures=True)
+            # A `dvc pull` of the model still running in a worker thread would hold up the exit.
+            await asyncio.to_thread(processes.stop_all)
 
     app = FastAPI(
         title="greenr",
@@ -85,6 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drift.register_gauges(app.state.metrics.registry)
     app.add_middleware(RequireStarted)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestId)  # outermost: every answer, even the 503 before start-up, has an id
+    # Error answers: a short public message and the request id; the detail goes to the log.
+    app.add_exception_handler(HTTPException, errors.http_error)
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
+    app.add_exception_handler(GreenrError, errors.greenr_error)
+    app.add_exception_handler(Exception, errors.unexpected_error)
     app.include_router(predict.build_router(settings))
     app.include_router(health.router)
     app.include_router(model.router)

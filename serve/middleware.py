@@ -1,10 +1,13 @@
-"""ASGI middleware: request metrics, and a clear 503 for an app whose lifespan never ran."""
+"""ASGI middleware: request ids, request metrics, and a clear 503 for an app whose lifespan never ran."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
 
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.metrics import Metrics
@@ -17,9 +20,7 @@ class RequireStarted:
     another ASGI app (mounted apps get no lifespan events) or used by a TestClient outside `with`.
     """
 
-    BODY = json.dumps(
-        {"detail": "the server is not started: run it with its lifespan (`greenr serve`, or uvicorn)"}
-    ).encode()
+    DETAIL = "the server is not started: run it with its lifespan (`greenr serve`, or uvicorn)"
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -29,8 +30,9 @@ class RequireStarted:
             await self.app(scope, receive, send)
             return
         headers = [(b"content-type", b"application/json"), (b"retry-after", b"5")]
+        body = {"detail": self.DETAIL, "request_id": scope.get("state", {}).get("request_id")}
         await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": self.BODY})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 class RequestMetricsMiddleware:
@@ -62,3 +64,35 @@ class RequestMetricsMiddleware:
             labels = (scope["method"], name, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+
+
+class RequestId:
+    """Give every request an id: the client's `X-Request-ID` if it is sane, else a new one.
+
+    The id is in `request.state.request_id` (error answers and their log lines carry it) and in
+    the `X-Request-ID` header of every response, so a client can quote it and an operator find
+    the full detail in the log. Sane: 1-128 characters of letters, digits and `._:+/=-`
+    (a UUID, a trace id), so that a client cannot forge log lines or headers with it.
+    """
+
+    HEADER = "X-Request-ID"
+    SANE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get(self.HEADER)
+        rid = given if given and self.SANE.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                MutableHeaders(scope=message)[self.HEADER] = rid
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

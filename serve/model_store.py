@@ -220,7 +220,10 @@ class ModelStore:
         self.pull = pull
         self.threads = threads
         self.current: LoadedModel | None = None
+        # Why no model serves (the last load failed); None once one does.
         self.error: str | None = None
+        # The last reload failed while `current` kept serving; None after a successful load.
+        self.last_reload_error: str | None = None
         self.loading = False
         self._reload_lock = threading.Lock()
 
@@ -243,16 +246,23 @@ class ModelStore:
                     precision=self.precision,
                 )
             except GreenrError as err:
-                self.error = str(err)
+                self._failed(str(err))
                 log.error("model load failed: %s", err)
                 raise
             except Exception as exc:
-                self.error = f"unexpected error loading the model: {type(exc).__name__}: {exc}"
+                detail = f"unexpected error loading the model: {type(exc).__name__}: {exc}"
+                self._failed(detail)
                 log.exception("model load failed")
-                raise GreenrError(self.error) from exc
+                raise GreenrError(detail) from exc
             finally:
                 self.loading = False
             self.current = loaded  # one reference assignment: atomic for readers
             self.rev = target
-            self.error = None
+            self.error = self.last_reload_error = None
             return loaded
+
+    def _failed(self, detail: str) -> None:
+        if self.current is None:
+            self.error = detail
+        else:
+            self.last_reload_error = detail

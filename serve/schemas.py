@@ -44,9 +44,14 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
+    # The answer: true with 200 once a model serves, false with 503 before.
     ready: bool
+    # A load or reload is in progress.
     loading: bool
+    # Only when not ready: why the model could not be loaded.
     error: str | None = None
+    # Only when ready: the last reload failed and the model in `model` kept serving.
+    last_reload_error: str | None = None
     model: ModelVersion | None = None
 
 
@@ -94,6 +99,8 @@ class ReloadRequest(BaseModel):
 
 class Error(BaseModel):
     detail: str
+    # Also in the X-Request-ID header; the server log has the full detail under it.
+    request_id: str
 
 
 class FeedbackResult(BaseModel):

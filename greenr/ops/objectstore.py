@@ -15,15 +15,16 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from greenr import processes
 from greenr.atomic import write_json
 from greenr.errors import GreenrError
 from greenr.paths import main_checkout, repo_root, state_dir
@@ -219,29 +220,27 @@ class LocalStore:
         self.log_file = self.folder / "weed.log"
 
     def pid(self) -> int | None:
+        """The PID of the running server (from its PID file), None if it does not run."""
         try:
             pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
-            return pid
         except (OSError, ValueError):
             return None
+        if not processes.running(pid, name="weed"):
+            return None
+        return pid
 
     def _ports(self) -> dict[str, int]:
         """Internal ports, chosen once and kept: the master's state is named by its port."""
         path = self.folder / "ports.json"
-        if path.is_file():
-            ports = json.loads(path.read_text())
-        else:
-            ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "admin")}
+        ports = json.loads(path.read_text()) if path.is_file() else {}
+        # S3's gRPC port defaults to the S3 port + 10000: past 65535, or taken, for many endpoints.
+        missing = [name for name in ("master", "volume", "filer", "admin", "s3_grpc") if name not in ports]
+        if missing:
+            ports |= {name: _free_port_pair() for name in missing}
             write_json(path, ports)
         return ports
 
-    def start(self, wait: float = 30.0) -> int:
-        """Start the server (if not running), wait until S3 answers, create the bucket."""
-        if pid := self.pid():
-            log.info("local object store already running (pid %d) at %s", pid, self.remote.endpoint)
-            check_remote(self.remote, create_bucket=True)
-            return pid
+    def _check_can_start(self) -> None:
         if not self.remote.is_loopback:
             raise GreenrError(
                 f"the remote endpoint {self.remote.endpoint} is not on this machine",
@@ -258,6 +257,9 @@ class LocalStore:
                 "no credentials to protect the local object store with",
                 "run `greenr store start`, which creates them in .dvc/config.local",
             )
+
+    def _command(self) -> list[str]:
+        """`weed mini` with access keys, everything on 127.0.0.1, every port set."""
         self.folder.mkdir(parents=True, exist_ok=True)
         identities = self.folder / "identities.json"
         identity = {
@@ -268,13 +270,15 @@ class LocalStore:
         write_json(identities, {"identities": [identity]})
         os.chmod(identities, 0o600)
         ports = self._ports()
-        cmd = [
+        (self.folder / "data").mkdir(exist_ok=True)
+        return [
             _weed_binary(),
             "mini",
             f"-dir={self.folder / 'data'}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             f"-s3.port={self.remote.port}",
+            f"-s3.port.grpc={ports['s3_grpc']}",
             f"-master.port={ports['master']}",
             f"-volume.port={ports['volume']}",
             f"-filer.port={ports['filer']}",
@@ -286,24 +290,26 @@ class LocalStore:
             f"-s3.config={identities}",
             "-master.volumeSizeLimitMB=256",
         ]
-        (self.folder / "data").mkdir(exist_ok=True)
-        with open(self.log_file, "ab") as logf:
-            proc = subprocess.Popen(
-                cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        self.pid_file.write_text(f"{proc.pid}\n")
+
+    def _wait_until_ready(self, proc: subprocess.Popen, wait: float) -> None:
+        """Until S3 answers and the bucket exists; GreenrError if the server exits or never answers."""
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
+                last = (
+                    self.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                    if self.log_file.is_file()
+                    else []
+                )
                 raise GreenrError(
-                    f"the local object store exited at start (code {proc.returncode})", f"see {self.log_file}"
+                    f"the local object store exited at start (code {proc.returncode})"
+                    + "".join(f"\n  | {line[-300:]}" for line in last),
+                    f"see {self.log_file}",
                 )
             if endpoint_answers(self.remote.endpoint, timeout=0.5):
                 break
             time.sleep(0.2)
         else:
-            self.stop()
             raise GreenrError(f"the local object store did not answer within {wait:.0f}s", f"see {self.log_file}")
         # S3 accepts connections slightly before the filer is ready for bucket operations.
         for attempt in range(50):
@@ -321,7 +327,50 @@ class LocalStore:
             self.remote.bucket,
             self.folder / "data",
         )
+
+    def start(self, wait: float = 30.0) -> int:
+        """Start the server in the background (if not running), wait until S3 answers, create
+        the bucket; it keeps running after this command (`stop()` ends it)."""
+        if pid := self.pid():
+            log.info("local object store already running (pid %d) at %s", pid, self.remote.endpoint)
+            check_remote(self.remote, create_bucket=True)
+            return pid
+        self._check_can_start()
+        cmd = self._command()
+        with open(self.log_file, "ab") as logf:
+            # Its own session: it outlives this command, and a Ctrl-C meant for it does not stop it.
+            proc = subprocess.Popen(
+                cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        try:
+            self._wait_until_ready(proc, wait)
+        except BaseException:  # also Ctrl-C or SIGTERM while waiting: leave nothing running
+            self.stop()
+            raise
         return proc.pid
+
+    def run_foreground(self, on_ready: Callable[[int], None], wait: float = 30.0) -> int:
+        """Run the server as a child of this command until it exits or the command is stopped
+        (Ctrl-C, SIGTERM: the server stops with it); the server's exit code."""
+        if pid := self.pid():
+            raise GreenrError(
+                f"the local object store already runs in the background (pid {pid})",
+                "use it as it is, or stop it first with `greenr store stop`",
+            )
+        self._check_can_start()
+        cmd = self._command()
+        with (
+            open(self.log_file, "ab") as logf,
+            processes.supervised(cmd, stdout=logf, stderr=subprocess.STDOUT) as proc,
+        ):
+            self.pid_file.write_text(f"{proc.pid}\n")
+            try:
+                self._wait_until_ready(proc, wait)
+                on_ready(proc.pid)
+                return proc.wait()
+            finally:
+                self.pid_file.unlink(missing_ok=True)
 
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop the server by its PID; True if one was running."""
@@ -329,19 +378,7 @@ class LocalStore:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                break
-            time.sleep(0.1)
-        else:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        processes.stop_pid(pid, grace_s=timeout)
         self.pid_file.unlink(missing_ok=True)
         log.info("local object store (pid %d) stopped", pid)
         return True

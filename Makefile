@@ -1,15 +1,19 @@
 # Entry points. `make run` and `make test` set everything up themselves (idempotently).
 .DEFAULT_GOAL := help
 export DATA_SOURCE
-VENV := .venv/bin
+# scripts/setup.sh reads PYTHON (the interpreter: PYTHON=python3.12 make run) and UV_PROJECT_ENVIRONMENT
+# (uv's own variable for the venv folder, e.g. .venv-3.12 beside .venv) from the environment or the
+# command line (make passes both on); every target runs that venv.
+VENV := $(or $(UV_PROJECT_ENVIRONMENT),.venv)/bin
 
 .PHONY: help setup test-tools run test test-fast serve store-start store-stop mlflow-ui bench clean-state
 
 help:
-	@echo "make setup        create/refresh .venv from uv.lock (idempotent)"
+	@echo "make setup        create/refresh .venv from uv.lock (idempotent; PYTHON=python3.12 picks the interpreter)"
 	@echo "make run          the main job: object store, data, dvc repro, dvc push, test metrics"
-	@echo "                  (DATA_SOURCE=DIR make run ingests from a local folder)"
+	@echo "                  (DATA_SOURCE=DIR make run ingests from a local folder; FORCE=1 reruns every stage)"
 	@echo "make test         the test suite (installs chromium/prometheus/wrk if missing)"
+	@echo "make test-fast    the test suite without the end-to-end tests"
 	@echo "make serve        the prediction server on http://127.0.0.1:8000"
 	@echo "make store-start  start the local MinIO-compatible object store; store-stop stops it"
 	@echo "make mlflow-ui    the MLflow UI on http://127.0.0.1:5000"
@@ -23,12 +27,12 @@ test-tools: setup
 	@deploy/airflow/setup.sh
 
 run: setup
-	$(VENV)/greenr run
+	$(VENV)/greenr run $(if $(FORCE),--force)
 
 test: setup test-tools
 	$(VENV)/pytest
 
-test-fast: setup
+test-fast: setup test-tools
 	$(VENV)/pytest -m "not e2e and not real_data"
 
 serve: setup

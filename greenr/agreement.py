@@ -1,0 +1,132 @@
+"""Do runs of the pipeline agree? The same commit run under different Pythons (or machines), compared.
+
+    python -m greenr.agreement 3.11=. 3.12=../py3.12 3.13=../py3.13
+
+Each argument is a checkout after `greenr run` (optionally named `NAME=DIR`); the first is the
+reference. The others agree with it when they have the same test split, predict the same label for
+every test image, and have accuracy and macro F1 inside the reference's bootstrap interval (numbers
+that are not bit-identical are expected across CPUs and library builds; labels are the contract).
+Exit 0: all agree; exit 1: they do not, each difference printed; exit 2: a run is incomplete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from greenr.data import Example, file_md5, read_manifest
+from greenr.errors import GreenrError, exits_cleanly
+from greenr.paths import MODEL_PATH, PLOTS_DIR, SPLITS_DIR
+from greenr.promote import METRICS_FILE, read_metrics_file
+from greenr.report import plot_rows
+
+CONFUSION_FILE = f"{PLOTS_DIR}/evaluate/confusion.csv"
+# Metrics whose point value must lie in the reference's bootstrap interval (evaluate.json keys).
+INTERVAL_METRICS = {"accuracy": ("accuracy",), "macro_f1": ("macro", "f1")}
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    root: Path
+    split: list[Example]
+    labels: dict[str, str]
+    metrics: dict[str, Any]
+    metrics_text: str
+    model_md5: str | None
+
+
+def load_run(name: str, root: Path) -> Run:
+    """The outputs of one finished run; GreenrError when something is missing."""
+    if not (root / METRICS_FILE).is_file() or not (root / CONFUSION_FILE).is_file():
+        raise GreenrError(f"{root} has no {METRICS_FILE} or {CONFUSION_FILE}", f"run `make run` in {root} first")
+    labels = {row["path"]: row["predicted"] for row in plot_rows(root, CONFUSION_FILE)}
+    model = root / MODEL_PATH
+    return Run(name, root, read_manifest(root / SPLITS_DIR / "test.csv"), labels,
+               read_metrics_file(root / METRICS_FILE), (root / METRICS_FILE).read_text(encoding="utf-8"),
+               file_md5(model) if model.is_file() else None)
+
+
+def _value(metrics: dict[str, Any], keys: tuple[str, ...]) -> float:
+    for key in keys:
+        metrics = metrics[key]
+    return float(metrics)  # type: ignore[arg-type]
+
+
+def _numbers(tree: Any, prefix: str = "") -> dict[str, float]:
+    """Every number in a metrics tree, by dotted key."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _numbers(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f"{prefix}{i}.").items()}
+    if isinstance(tree, int | float) and not isinstance(tree, bool):
+        return {prefix.rstrip("."): float(tree)}
+    return {}
+
+
+def differences(ref: Run, other: Run) -> list[str]:
+    """Why `other` does not agree with `ref` (empty: it agrees)."""
+    if ref.split != other.split:
+        return [f"{other.name}: test split differs from {ref.name}'s ({SPLITS_DIR}/test.csv)"]
+    problems = [f"{other.name}: {path} predicted {other.labels.get(path)!r}, {ref.name} predicted {label!r}"
+                for path, label in sorted(ref.labels.items()) if other.labels.get(path) != label]
+    problems += [f"{other.name}: {path} is not in {ref.name}'s predictions"
+                 for path in sorted(set(other.labels) - set(ref.labels))]
+    intervals = ref.metrics.get("bootstrap") or {}
+    for name, keys in INTERVAL_METRICS.items():
+        value = _value(other.metrics, keys)
+        low, high = intervals.get(name) or (_value(ref.metrics, keys),) * 2
+        if not low <= value <= high:
+            problems.append(f"{other.name}: {name} {value} outside {ref.name}'s bootstrap interval [{low}, {high}]")
+    return problems
+
+
+def summary(ref: Run, other: Run) -> str:
+    """How close `other` is to `ref`: bit-identical files, or the largest metric difference."""
+    if other.metrics_text == ref.metrics_text:
+        metrics = "evaluate.json bit-identical"
+    else:
+        a, b = _numbers(ref.metrics), _numbers(other.metrics)
+        key = max(a.keys() & b.keys(), key=lambda k: abs(a[k] - b[k]))
+        metrics = f"evaluate.json differs (largest: {key} {a[key]} vs {b[key]})"
+    if ref.model_md5 is None or other.model_md5 is None:
+        model = "checkpoint not compared"
+    else:
+        model = "checkpoint bit-identical" if ref.model_md5 == other.model_md5 else "checkpoint differs"
+    same = sum(other.labels.get(p) == label for p, label in ref.labels.items())
+    return f"{other.name} vs {ref.name}: {same}/{len(ref.labels)} labels same; {metrics}; {model}"
+
+
+def _parse_run(arg: str) -> tuple[str, Path]:
+    name, sep, path = arg.partition("=")
+    return (name, Path(path)) if sep else (arg, Path(arg))
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m greenr.agreement", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="[NAME=]DIR", help="checkouts after `greenr run`; "
+                        "the first is the reference")
+    args = parser.parse_args(argv)
+    if len(args.runs) < 2:
+        parser.error("give the reference and at least one run to compare with it")
+    runs = [load_run(name, root) for name, root in map(_parse_run, args.runs)]
+    ref = runs[0]
+    print(f"{ref.name}: accuracy {_value(ref.metrics, ('accuracy',))}, macro F1 "
+          f"{_value(ref.metrics, ('macro', 'f1'))}, bootstrap {ref.metrics.get('bootstrap')}")
+    problems: list[str] = []
+    for other in runs[1:]:
+        print(summary(ref, other))
+        problems += differences(ref, other)
+    for problem in problems:
+        print(f"DISAGREE {problem}", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+    print(f"all {len(runs)} runs agree")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,9 @@ from greenr.promote import METRICS_FILE, read_metrics_file
 from greenr.report import plot_rows
 
 CONFUSION_FILE = f"{PLOTS_DIR}/evaluate/confusion.csv"
+# Outputs reported as bit-identical or not (agreement does not require it).
+COMPARED_FILES = (METRICS_FILE, f"{PLOTS_DIR}/training.csv", CONFUSION_FILE, f"{PLOTS_DIR}/evaluate/roc.csv",
+                  f"{PLOTS_DIR}/evaluate/prc.csv", MODEL_PATH)
 # Metrics whose point value must lie in the reference's bootstrap interval (evaluate.json keys).
 INTERVAL_METRICS = {"accuracy": ("accuracy",), "macro_f1": ("macro", "f1")}
 
@@ -35,8 +38,7 @@ class Run:
     split: list[Example]
     labels: dict[str, str]
     metrics: dict[str, Any]
-    metrics_text: str
-    model_md5: str | None
+    digests: dict[str, str | None]
 
 
 def load_run(name: str, root: Path) -> Run:
@@ -44,10 +46,9 @@ def load_run(name: str, root: Path) -> Run:
     if not (root / METRICS_FILE).is_file() or not (root / CONFUSION_FILE).is_file():
         raise GreenrError(f"{root} has no {METRICS_FILE} or {CONFUSION_FILE}", f"run `make run` in {root} first")
     labels = {row["path"]: row["predicted"] for row in plot_rows(root, CONFUSION_FILE)}
-    model = root / MODEL_PATH
+    digests = {rel: file_md5(root / rel) if (root / rel).is_file() else None for rel in COMPARED_FILES}
     return Run(name, root, read_manifest(root / SPLITS_DIR / "test.csv"), labels,
-               read_metrics_file(root / METRICS_FILE), (root / METRICS_FILE).read_text(encoding="utf-8"),
-               file_md5(model) if model.is_file() else None)
+               read_metrics_file(root / METRICS_FILE), digests)
 
 
 def _value(metrics: dict[str, Any], keys: tuple[str, ...]) -> float:
@@ -85,19 +86,15 @@ def differences(ref: Run, other: Run) -> list[str]:
 
 
 def summary(ref: Run, other: Run) -> str:
-    """How close `other` is to `ref`: bit-identical files, or the largest metric difference."""
-    if other.metrics_text == ref.metrics_text:
-        metrics = "evaluate.json bit-identical"
-    else:
-        a, b = _numbers(ref.metrics), _numbers(other.metrics)
-        key = max(a.keys() & b.keys(), key=lambda k: abs(a[k] - b[k]))
-        metrics = f"evaluate.json differs (largest: {key} {a[key]} vs {b[key]})"
-    if ref.model_md5 is None or other.model_md5 is None:
-        model = "checkpoint not compared"
-    else:
-        model = "checkpoint bit-identical" if ref.model_md5 == other.model_md5 else "checkpoint differs"
+    """How close `other` is to `ref`: labels, the largest metric difference, which outputs are bit-identical."""
     same = sum(other.labels.get(p) == label for p, label in ref.labels.items())
-    return f"{other.name} vs {ref.name}: {same}/{len(ref.labels)} labels same; {metrics}; {model}"
+    a, b = _numbers(ref.metrics), _numbers(other.metrics)
+    key = max(a.keys() & b.keys(), key=lambda k: abs(a[k] - b[k]))
+    metrics = "metrics equal" if a == b else f"largest metric difference: {key} {a[key]} vs {b[key]}"
+    compared = [rel for rel in COMPARED_FILES if ref.digests[rel] and other.digests[rel]]
+    differ = [rel for rel in compared if ref.digests[rel] != other.digests[rel]]
+    files = f"not bit-identical: {', '.join(differ)}" if differ else f"bit-identical: {', '.join(compared)}"
+    return f"{other.name} vs {ref.name}: {same}/{len(ref.labels)} labels same; {metrics}; {files}"
 
 
 def _parse_run(arg: str) -> tuple[str, Path]:

@@ -54,7 +54,8 @@ def test_identical_runs_agree_bit_for_bit(tmp_path, capsys):
     b = make_run(tmp_path / "py313", probabilities())
     code, out, err = run_main(capsys, a, b)
     assert code == 0, err
-    assert "py313 vs py311: 20/20 labels same; evaluate.json bit-identical" in out
+    assert ("py313 vs py311: 20/20 labels same; metrics equal; bit-identical: metrics/evaluate.json, "
+            "plots/evaluate/confusion.csv") in out
     assert "all 2 runs agree" in out
 
 
@@ -63,7 +64,8 @@ def test_small_numeric_differences_agree_when_labels_match(tmp_path, capsys):
     b = make_run(tmp_path / "b", probabilities(nudge=0.01))
     code, out, err = run_main(capsys, a, b)
     assert code == 0, err
-    assert "20/20 labels same; evaluate.json differs (largest: log_loss" in out
+    assert "20/20 labels same; largest metric difference: log_loss" in out
+    assert "not bit-identical: metrics/evaluate.json" in out
 
 
 def test_a_flipped_label_disagrees_and_names_the_image(tmp_path, capsys):

@@ -1,4 +1,5 @@
 # Entry points. `make run` and `make test` set everything up themselves (idempotently).
+# Every target calls the project's one CLI (`greenr`, see `greenr --help`) or a tool it pins.
 .DEFAULT_GOAL := help
 export DATA_SOURCE
 # scripts/setup.sh reads PYTHON (the interpreter: PYTHON=python3.12 make run) and UV_PROJECT_ENVIRONMENT
@@ -6,16 +7,17 @@ export DATA_SOURCE
 # command line (make passes both on); every target runs that venv.
 VENV := $(or $(UV_PROJECT_ENVIRONMENT),.venv)/bin
 
-.PHONY: help setup test-tools run test test-fast serve store-start store-stop mlflow-ui bench clean-state
+.PHONY: help setup test-tools run test test-fast lint serve store-start store-stop mlflow-ui bench
 
 help:
 	@echo "make setup        create/refresh .venv from uv.lock (idempotent; PYTHON=python3.12 picks the interpreter)"
 	@echo "make run          the main job: object store, data, dvc repro, dvc push, test metrics"
 	@echo "                  (DATA_SOURCE=DIR make run ingests from a local folder; FORCE=1 reruns every stage)"
-	@echo "make test         the test suite (installs chromium/prometheus/wrk if missing)"
-	@echo "make test-fast    the test suite without the end-to-end tests"
-	@echo "make serve        the prediction server on http://127.0.0.1:8000"
-	@echo "make store-start  start the local MinIO-compatible object store; store-stop stops it"
+	@echo "make test         the whole test suite (installs chromium, prometheus, hey, wrk and Airflow if missing)"
+	@echo "make test-fast    the tests without the end-to-end ones (installs the same tools as make test)"
+	@echo "make lint         ruff check, ruff format --check, mypy on greenr/ and serve/"
+	@echo "make serve        the prediction server on http://127.0.0.1:8000 (greenr serve)"
+	@echo "make store-start  start the local MinIO-compatible object store (make store-stop stops it)"
 	@echo "make mlflow-ui    the MLflow UI on http://127.0.0.1:5000"
 	@echo "make bench        the training-throughput benchmark"
 
@@ -35,8 +37,13 @@ test: setup test-tools
 test-fast: setup test-tools
 	$(VENV)/pytest -m "not e2e and not real_data"
 
+lint: setup
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+
 serve: setup
-	$(VENV)/python -m serve
+	$(VENV)/greenr serve
 
 store-start: setup
 	$(VENV)/greenr store start

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from greenr import checkpoint
-from greenr.images import normalize
+from greenr.data.tensors import normalize
+from greenr.model import checkpoint
 
 
 def timed(fn, x: torch.Tensor, repeat: int) -> float:
@@ -45,8 +45,7 @@ def main() -> None:
     scripted = torch.jit.freeze(torch.jit.trace(eager, example))
     for bs in (1, 16):
         gen = torch.Generator().manual_seed(bs)
-        x = normalize(torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, generator=gen),
-                      ckpt.preprocessing)
+        x = normalize(torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8, generator=gen), ckpt.preprocessing)
         diff = (torch.softmax(eager(x), 1) - torch.softmax(scripted(x), 1)).abs().max().item()
         # Alternate the two, so background load hits both alike.
         e, s = [], []
@@ -54,8 +53,10 @@ def main() -> None:
             e.append(timed(eager, x, args.repeat))
             s.append(timed(scripted, x, args.repeat))
         me, ms = statistics.median(e), statistics.median(s)
-        print(f"batch {bs:2d}: eager {me:7.1f} ms  torchscript {ms:7.1f} ms  "
-              f"speed-up {me / ms:4.2f}x  max |dp| {diff:.2e}")
+        print(
+            f"batch {bs:2d}: eager {me:7.1f} ms  torchscript {ms:7.1f} ms  "
+            f"speed-up {me / ms:4.2f}x  max |dp| {diff:.2e}"
+        )
 
 
 if __name__ == "__main__":

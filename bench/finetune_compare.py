@@ -3,10 +3,10 @@
     python bench/finetune_compare.py --arch efficientnet_lite0 --image-size 128 --epochs 8 \
         --settings frozen full discriminative
 
-Uses the same code as the train and evaluate stages (greenr.training.fit, predict_proba,
+Uses the same code as the train and evaluate stages (greenr.model.training.fit, predict_proba,
 bootstrap_intervals) on splits/{train,val,test}.csv, and prints one row per setting. Run
 `python -m stages.split` first. The winner on validation is what `finetune: auto` should mean
-for the arch (greenr/model.py ARCHS).
+for the arch (greenr/model/architectures.py ARCHS).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import time
 import numpy as np
 import torch
 
-from greenr.data import CLASSES, load_tensors, read_manifest
-from greenr.evaluation import bootstrap_intervals
-from greenr.inference import predict_proba
-from greenr.model import build_model, get_arch, resolve_pretrained
+from greenr.data.dataset import CLASSES, read_manifest
+from greenr.data.tensors import load_tensors
+from greenr.evaluation.metrics import bootstrap_intervals
+from greenr.model.architectures import build_model, get_arch, resolve_pretrained
+from greenr.model.device import configure_threads
+from greenr.model.inference import predict_proba
+from greenr.model.training import fit, seed_everything
 from greenr.params import load_section
 from greenr.paths import SPLITS_DIR, repo_root
-from greenr.training import configure_threads, fit, seed_everything
 
 
 def main() -> None:
@@ -41,19 +43,27 @@ def main() -> None:
     threads = configure_threads(base.num_threads if args.threads is None else args.threads)
     root = repo_root()
     arch = get_arch(args.arch)
-    pretrained = resolve_pretrained(arch.name, "auto" if args.pretrained == "auto"
-                                    else args.pretrained.lower() == "true")
+    pretrained = resolve_pretrained(
+        arch.name, "auto" if args.pretrained == "auto" else args.pretrained.lower() == "true"
+    )
     spec = arch.preprocessing(args.image_size)
-    sets = {name: load_tensors(read_manifest(root / SPLITS_DIR / f"{name}.csv"), root, spec)
-            for name in ("train", "val", "test")}
-    print(f"# {arch.name} pretrained={pretrained} {args.image_size}px {args.epochs} epochs, "
-          f"{threads} threads, CPU; train/val/test = "
-          f"{len(sets['train'])}/{len(sets['val'])}/{len(sets['test'])}")
-    print(f"{'finetune':<15} {'lr':>7} {'best_ep':>7} {'val_acc':>8} {'val_loss':>8} "
-          f"{'test_acc':>8} {'test 95% CI':>15} {'seconds':>8}")
+    sets = {
+        name: load_tensors(read_manifest(root / SPLITS_DIR / f"{name}.csv"), root, spec)
+        for name in ("train", "val", "test")
+    }
+    print(
+        f"# {arch.name} pretrained={pretrained} {args.image_size}px {args.epochs} epochs, "
+        f"{threads} threads, CPU; train/val/test = "
+        f"{len(sets['train'])}/{len(sets['val'])}/{len(sets['test'])}"
+    )
+    print(
+        f"{'finetune':<15} {'lr':>7} {'best_ep':>7} {'val_acc':>8} {'val_loss':>8} "
+        f"{'test_acc':>8} {'test 95% CI':>15} {'seconds':>8}"
+    )
     for setting in args.settings:
-        params = base.model_copy(update={"finetune": setting, "epochs": args.epochs,
-                                         "device": "cpu", "lr": args.lr or base.lr})
+        params = base.model_copy(
+            update={"finetune": setting, "epochs": args.epochs, "device": "cpu", "lr": args.lr or base.lr}
+        )
         seed_everything(params.seed)
         model = build_model(arch.name, len(CLASSES), pretrained=pretrained)
         started = time.perf_counter()
@@ -63,9 +73,12 @@ def main() -> None:
         labels = sets["test"].labels.numpy()
         acc = float((probs.argmax(1) == labels).mean())
         ci = bootstrap_intervals(labels, probs, 1000, 0.95, 0)["accuracy"]
-        print(f"{setting:<15} {params.lr:>7g} {result.best_epoch:>7d} {result.best.val_acc:>8.4f} "
-              f"{result.best.val_loss:>8.4f} {acc:>8.4f} {f'[{ci[0]:.3f}, {ci[1]:.3f}]':>15} "
-              f"{seconds:>8.1f}", flush=True)
+        print(
+            f"{setting:<15} {params.lr:>7g} {result.best_epoch:>7d} {result.best.val_acc:>8.4f} "
+            f"{result.best.val_loss:>8.4f} {acc:>8.4f} {f'[{ci[0]:.3f}, {ci[1]:.3f}]':>15} "
+            f"{seconds:>8.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

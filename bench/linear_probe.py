@@ -18,25 +18,27 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from greenr.data import CLASSES, load_tensors, read_manifest
-from greenr.images import normalize
-from greenr.model import build_model, get_arch
+from greenr.data.dataset import CLASSES, read_manifest
+from greenr.data.tensors import load_tensors, normalize
+from greenr.model.architectures import build_model, get_arch
+from greenr.model.device import configure_threads
 from greenr.paths import SPLITS_DIR, repo_root
-from greenr.training import configure_threads
 
 
 @torch.inference_mode()
 def embed(backbone: torch.nn.Module, images: torch.Tensor, spec, batch_size: int = 64) -> np.ndarray:
-    return torch.cat([backbone(normalize(images[i : i + batch_size], spec))
-                      for i in range(0, len(images), batch_size)]).numpy()
+    return torch.cat(
+        [backbone(normalize(images[i : i + batch_size], spec)) for i in range(0, len(images), batch_size)]
+    ).numpy()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="efficientnet_lite0")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
-    parser.add_argument("--c", type=float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
-                        help="inverse L2 strengths to try")
+    parser.add_argument(
+        "--c", type=float, nargs="+", default=[0.01, 0.1, 1.0, 10.0], help="inverse L2 strengths to try"
+    )
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
 
@@ -59,8 +61,10 @@ def main() -> None:
         for c in args.c:
             clf = LogisticRegression(C=c, max_iter=5000).fit(*feats["train"])
             acc = {name: float((clf.predict(x) == y).mean()) for name, (x, y) in feats.items()}
-            print(f"{size:>5} {c:>6g} {acc['train']:>6.3f} {acc['val']:>6.3f} {acc['test']:>6.3f} {seconds:>8.1f}",
-                  flush=True)
+            print(
+                f"{size:>5} {c:>6g} {acc['train']:>6.3f} {acc['val']:>6.3f} {acc['test']:>6.3f} {seconds:>8.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

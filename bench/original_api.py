@@ -16,7 +16,7 @@ import torchvision.transforms as T
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
-from greenr import checkpoint
+from greenr.model import checkpoint
 
 ckpt = checkpoint.load(os.environ.get("MODEL_PATH", "models/stage-1.pth"))
 model = ckpt.build("cpu")
@@ -30,12 +30,14 @@ app = FastAPI()
 async def predict(file: UploadFile = File(...)):  # noqa: B008 - as the original had it
     contents = await file.read()
     img = Image.open(io.BytesIO(contents)).convert("RGB")
-    transform = T.Compose([
-        T.Resize(spec.image_size),
-        T.CenterCrop(spec.image_size),
-        T.ToTensor(),
-        T.Normalize(spec.mean, spec.std),
-    ])
+    transform = T.Compose(
+        [
+            T.Resize(spec.image_size),
+            T.CenterCrop(spec.image_size),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
     x = transform(img).unsqueeze(0)
     with torch.no_grad():
         out = model(x)

@@ -27,14 +27,20 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from serve.process import free_port, stop
+from greenr.processes import free_port, stop
 
 BOUNDARY = "greenr-bench"
 
 
 def multipart(data: bytes) -> bytes:
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 class Proc:
@@ -42,8 +48,9 @@ class Proc:
         self.name, self.port, self.url = name, port, f"http://127.0.0.1:{port}"
         self.log = open(log, "wb")
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def cold_start(self, body: bytes, timeout: float = 300) -> float:
         """Seconds from process start to the first successful POST /predict."""
@@ -53,8 +60,11 @@ class Proc:
                 if self.proc.poll() is not None:
                     raise SystemExit(f"{self.name} exited early; see its log")
                 try:
-                    response = http.post(f"{self.url}/predict", content=body,
-                                         headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+                    response = http.post(
+                        f"{self.url}/predict",
+                        content=body,
+                        headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+                    )
                     if response.status_code == 200:
                         return time.perf_counter() - self.started
                 except httpx.TransportError:
@@ -69,9 +79,29 @@ class Proc:
 
 def hey_run(hey: str, url: str, body_file: Path, n: int, c: int) -> tuple[float, list[float], dict]:
     """(seconds from the first request to the last answer, per-request latencies in s, status counts)."""
-    done = subprocess.run([hey, "-n", str(n), "-c", str(c), "-m", "POST", "-t", "60", "-o", "csv",
-                           "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body_file),
-                           f"{url}/predict"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [
+            hey,
+            "-n",
+            str(n),
+            "-c",
+            str(c),
+            "-m",
+            "POST",
+            "-t",
+            "60",
+            "-o",
+            "csv",
+            "-T",
+            f"multipart/form-data; boundary={BOUNDARY}",
+            "-D",
+            str(body_file),
+            f"{url}/predict",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     statuses: dict[str, int] = {}
     for row in rows:
@@ -101,12 +131,17 @@ def find_image(root: Path) -> bytes:
 def ensure_model(path: Path, tmp: Path) -> Path:
     if path.is_file():
         return path
-    from greenr import checkpoint
-    from greenr.model import build_model, get_arch
+    from greenr.model import checkpoint
+    from greenr.model.architectures import build_model, get_arch
 
     fallback = tmp / "stage-1.pth"
-    checkpoint.save(fallback, build_model("resnet18", 2), "resnet18", ["dandelion", "grass"],
-                    get_arch("resnet18").preprocessing(128))
+    checkpoint.save(
+        fallback,
+        build_model("resnet18", 2),
+        "resnet18",
+        ["dandelion", "grass"],
+        get_arch("resnet18").preprocessing(128),
+    )
     print(f"{path} missing: using an untrained ResNet18 at 128 px ({fallback})")
     return fallback
 
@@ -117,8 +152,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--n1", type=int, default=60, help="requests per round at concurrency 1")
     parser.add_argument("--n16", type=int, default=320, help="requests per round at concurrency 16")
-    parser.add_argument("--omp-threads", type=int, default=0,
-                        help="set OMP_NUM_THREADS (and THREADS) for both servers; 0 = their defaults")
+    parser.add_argument(
+        "--omp-threads",
+        type=int,
+        default=0,
+        help="set OMP_NUM_THREADS (and THREADS) for both servers; 0 = their defaults",
+    )
     args = parser.parse_args()
     hey = shutil.which("hey")
     if hey is None:
@@ -134,12 +173,16 @@ def main() -> None:
     if args.omp_threads:
         env |= {"OMP_NUM_THREADS": str(args.omp_threads), "THREADS": str(args.omp_threads)}
     specs = {
-        "original": ([py, "-m", "uvicorn", "bench.original_api:app", "--host", "127.0.0.1",
-                      "--log-level", "warning", "--port"], {}),
+        "original": (
+            [py, "-m", "uvicorn", "bench.original_api:app", "--host", "127.0.0.1", "--log-level", "warning", "--port"],
+            {},
+        ),
         "greenr": ([py, "-m", "serve"], {"MODEL_PULL": "false", "LOG_LEVEL": "warning"}),
     }
-    print(f"image {len(image)} bytes, model {model}, cores {len(os.sched_getaffinity(0))}, "
-          f"load average {os.getloadavg()[0]:.1f}, OMP_NUM_THREADS {args.omp_threads or 'default'}")
+    print(
+        f"image {len(image)} bytes, model {model}, cores {len(os.sched_getaffinity(0))}, "
+        f"load average {os.getloadavg()[0]:.1f}, OMP_NUM_THREADS {args.omp_threads or 'default'}"
+    )
     servers: dict[str, Proc] = {}
     cold: dict[str, float] = {}
     try:
@@ -164,8 +207,10 @@ def main() -> None:
             server.stop()
 
     print(f"\n{'':24}{'original':>12}{'greenr':>12}{'ratio':>10}")
-    print(f"{'cold start to 1st pred':24}{cold['original']:>11.2f}s{cold['greenr']:>11.2f}s"
-          f"{cold['original'] / cold['greenr']:>9.2f}x")
+    print(
+        f"{'cold start to 1st pred':24}{cold['original']:>11.2f}s{cold['greenr']:>11.2f}s"
+        f"{cold['original'] / cold['greenr']:>9.2f}x"
+    )
     for c in (1, 16):
         o, g = results[("original", c)], results[("greenr", c)]
         tput_o, tput_g = len(o["lat"]) / o["span"], len(g["lat"]) / g["span"]
@@ -175,9 +220,11 @@ def main() -> None:
             print(f"{f'c={c} {label} ms':24}{lo:>12.1f}{lg:>12.1f}{lo / lg:>9.2f}x")
         print(f"{f'c={c} statuses':24}{o['statuses']!s:>12}{g['statuses']!s:>12}")
     print("ratio: throughput greenr/original; latency and cold start original/greenr (>1 = greenr better)")
-    print(f"mean latency c=16: original {statistics.mean(results[('original', 16)]['lat']) * 1000:.1f} ms, "
-          f"greenr {statistics.mean(results[('greenr', 16)]['lat']) * 1000:.1f} ms; "
-          f"load average now {os.getloadavg()[0]:.1f}")
+    print(
+        f"mean latency c=16: original {statistics.mean(results[('original', 16)]['lat']) * 1000:.1f} ms, "
+        f"greenr {statistics.mean(results[('greenr', 16)]['lat']) * 1000:.1f} ms; "
+        f"load average now {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

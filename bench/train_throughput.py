@@ -1,8 +1,8 @@
 """Training throughput (images/s), side by side in one process:
 
   (a) pure compute  - forward + backward + optimizer step on in-memory float tensors
-  (b) train stage   - `greenr.training.train_one_epoch` on the decoded-once uint8 cache
-                      (`greenr.data.load_tensors`), with the augmentation from params.yaml
+  (b) train stage   - `greenr.model.training.train_one_epoch` on the decoded-once uint8 cache
+                      (`greenr.data.dataset.load_tensors`), with the augmentation from params.yaml
   (c) original      - torchvision ImageFolder + Resize/ToTensor/Normalize + DataLoader,
                       decoding every image every epoch (num_workers 0 and 2)
   (p) prep only     - augment + normalize of (b) without the model: where (b) loses to (a)
@@ -30,18 +30,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from greenr.data import Example as Row
-from greenr.data import TensorDataset, list_class_images, load_tensors
-from greenr.images import normalize
-from greenr.model import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.data.dataset import Example as Row
+from greenr.data.dataset import list_class_images
+from greenr.data.tensors import TensorDataset, load_tensors, normalize
+from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model.device import configure_threads, resolve_device
+from greenr.model.training import augment, make_optimizer, train_one_epoch
 from greenr.params import load_section
-from greenr.training import (
-    augment,
-    configure_threads,
-    make_optimizer,
-    resolve_device,
-    train_one_epoch,
-)
 
 ORDER = ("a", "b", "c0", "c2", "p")
 LABELS = {
@@ -69,8 +64,12 @@ def timed(run: Callable[[], int], device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "dandelion-grass",
-                        help="a folder with one sub-folder per class (real images)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "datasets" / "dandelion-grass",
+        help="a folder with one sub-folder per class (real images)",
+    )
     parser.add_argument("--image-size", type=int, default=None, help="default: model.image_size in params.yaml")
     parser.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size in params.yaml")
     parser.add_argument("--steps", type=int, default=8, help="timed batches per measurement (about one epoch)")
@@ -88,9 +87,12 @@ def main() -> None:
     batch_size = args.batch_size or train_params.batch_size
     # `auto` means the arch's default; resolved here as stages/train.py does.
     pretrained = resolve_pretrained(model_params.arch, model_params.pretrained)
-    train_params = train_params.model_copy(update={
-        "batch_size": batch_size,
-        "finetune": resolve_finetune(model_params.arch, pretrained, train_params.finetune)})
+    train_params = train_params.model_copy(
+        update={
+            "batch_size": batch_size,
+            "finetune": resolve_finetune(model_params.arch, pretrained, train_params.finetune),
+        }
+    )
     arch = get_arch(model_params.arch)
     spec = arch.preprocessing(image_size)
     device = resolve_device(args.device)
@@ -98,21 +100,29 @@ def main() -> None:
     per_measure = args.steps * batch_size
     methods = [m for m in ORDER if m not in {s.strip() for s in args.skip.split(",") if s.strip()}]
 
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
-          f"{threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{arch.name} at {image_size} px, batch {batch_size}, {args.steps} timed batches "
-          f"({per_measure} images) per measurement, {args.repeats} interleaved rounds; "
-          f"augment {train_params.augment.model_dump()}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
+        f"{threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{arch.name} at {image_size} px, batch {batch_size}, {args.steps} timed batches "
+        f"({per_measure} images) per measurement, {args.repeats} interleaved rounds; "
+        f"augment {train_params.augment.model_dump()}"
+    )
 
     # The train stage's one-time cost: decode and resize every image once.
-    rows = [Row(p.relative_to(args.data).as_posix(), label, "")
-            for label, files in list_class_images(args.data).items() for p in files]
+    rows = [
+        Row(p.relative_to(args.data).as_posix(), label, "")
+        for label, files in list_class_images(args.data).items()
+        for p in files
+    ]
     started = time.perf_counter()
     cache = load_tensors(rows, args.data, spec)
     decode_seconds = time.perf_counter() - started
-    print(f"decoded {len(cache)} images once in {decode_seconds:.1f}s "
-          f"({len(cache) / decode_seconds:.0f} img/s) for (b)")
+    print(
+        f"decoded {len(cache)} images once in {decode_seconds:.1f}s ({len(cache) / decode_seconds:.0f} img/s) for (b)"
+    )
     generator = torch.Generator().manual_seed(0)
 
     def fresh_model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -145,16 +155,22 @@ def main() -> None:
         return len(subset)
 
     # (c) the original approach: decode + resize + normalise every image, every epoch.
-    folder = datasets.ImageFolder(str(args.data), transform=transforms.Compose([
-        transforms.Resize((image_size, image_size)),
-        transforms.ToTensor(),
-        transforms.Normalize(spec.mean, spec.std),
-    ]))
+    folder = datasets.ImageFolder(
+        str(args.data),
+        transform=transforms.Compose(
+            [
+                transforms.Resize((image_size, image_size)),
+                transforms.ToTensor(),
+                transforms.Normalize(spec.mean, spec.std),
+            ]
+        ),
+    )
     original_model, original_opt = fresh_model()
 
     def run_c(workers: int, batches: int = args.steps) -> int:
-        loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=True,
-                                             num_workers=workers, generator=generator)
+        loader = torch.utils.data.DataLoader(
+            folder, batch_size=batch_size, shuffle=True, num_workers=workers, generator=generator
+        )
         done = 0
         for x, y in loader:  # a new iterator per epoch, as a training script makes one
             x = x.to(device).contiguous(memory_format=torch.channels_last)
@@ -172,7 +188,10 @@ def main() -> None:
         return len(pick)
 
     runners: dict[str, Callable[..., int]] = {
-        "a": run_a, "b": run_b, "c0": lambda **kw: run_c(0, **kw), "c2": lambda **kw: run_c(2, **kw),
+        "a": run_a,
+        "b": run_b,
+        "c0": lambda **kw: run_c(0, **kw),
+        "c2": lambda **kw: run_c(2, **kw),
         "p": run_p,
     }
     for name in methods:  # warm-up: allocator, oneDNN primitives, page cache, worker start
@@ -193,18 +212,24 @@ def main() -> None:
     if {"a", "b"} <= medians.keys():
         ratio = medians["b"] / medians["a"]
         paired = statistics.median(b / a for a, b in zip(results["a"], results["b"]))
-        print(f"(b)/(a)  train stage vs pure compute: {ratio:.3f}  (target >= 0.9: "
-              f"{'met' if ratio >= 0.9 else 'NOT met'}); median of per-round ratios {paired:.3f}")
+        print(
+            f"(b)/(a)  train stage vs pure compute: {ratio:.3f}  (target >= 0.9: "
+            f"{'met' if ratio >= 0.9 else 'NOT met'}); median of per-round ratios {paired:.3f}"
+        )
     for workers in ("c0", "c2"):
         if {"b", workers} <= medians.keys():
-            print(f"(b)/{workers:<4} train stage vs original ({LABELS[workers][-13:]}): "
-                  f"{medians['b'] / medians[workers]:.2f}x")
+            print(
+                f"(b)/{workers:<4} train stage vs original ({LABELS[workers][-13:]}): "
+                f"{medians['b'] / medians[workers]:.2f}x"
+            )
     if {"a", "p"} <= medians.keys():
         # Per image, (b) should cost about (a) + (p): the share that is not the model.
         share = (1 / medians["p"]) / (1 / medians["a"] + 1 / medians["p"])
-        print(f"augment + normalize would be {share:.1%} of a (b) step "
-              f"({1000 * batch_size / medians['p']:.0f} ms per batch vs "
-              f"{1000 * batch_size / medians['a']:.0f} ms of model compute)")
+        print(
+            f"augment + normalize would be {share:.1%} of a (b) step "
+            f"({1000 * batch_size / medians['p']:.0f} ms per batch vs "
+            f"{1000 * batch_size / medians['a']:.0f} ms of model compute)"
+        )
 
 
 if __name__ == "__main__":

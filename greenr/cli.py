@@ -1,38 +1,27 @@
-"""`greenr`: the project's commands (main job, object store, data, MLflow UI)."""
+"""`greenr`: every command of the project, as sub-commands of one CLI.
+
+The parser lives here; each handler imports the module that does the work only when that
+command runs, so `greenr --help` and light commands start quickly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from greenr import scm
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
-from greenr.paths import DATA_DIR, METRICS_DIR, main_checkout, repo_root
+from greenr.paths import DATA_DIR, DATA_DVC, EVALUATE_METRICS, main_checkout, repo_root
 
 log = logging.getLogger("greenr")
 
 
-def _env() -> dict[str, str]:
-    """Subprocess environment: this venv's tools first on PATH (DVC stages call `python`)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    return env
-
-
-def dvc(*args: str, check: bool = True) -> int:
-    """Run the real dvc CLI in the project, streaming its output."""
-    log.info("$ dvc %s", " ".join(args))
-    code = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo_root(),
-                          env=_env()).returncode
-    if check and code != 0:
-        raise GreenrError(f"`dvc {' '.join(args)}` failed (exit {code})", "see DVC's message above")
-    return code
+# ---------------------------------------------------------------------------- the main job
 
 
 def _has_images(folder: Path) -> bool:
@@ -43,56 +32,86 @@ def ensure_data(root: Path) -> None:
     """data/ from the DVC remote if it has them, else ingested from DATA_SOURCE or the web."""
     if _has_images(root / DATA_DIR):
         return
-    if (root / "data.dvc").is_file():
-        log.info("no data/ yet: trying `dvc pull data.dvc`")
-        if dvc("pull", "data.dvc", check=False) == 0 and _has_images(root / DATA_DIR):
+    if (root / DATA_DVC).is_file():
+        log.info("no data/ yet: trying `dvc pull %s`", DATA_DVC)
+        if scm.dvc("pull", DATA_DVC, check=False).returncode == 0 and _has_images(root / DATA_DIR):
             return
         log.warning("the DVC remote does not have this data version yet; ingesting instead")
-    from greenr import ingest
+    from greenr.data import ingest
 
     report = ingest.ingest(ingest.default_source(), root / DATA_DIR)
     print(report.summary())
 
 
 def print_metrics(root: Path) -> None:
-    path = root / METRICS_DIR / "evaluate.json"
+    path = root / EVALUATE_METRICS
     if not path.is_file():
-        raise GreenrError(f"{path} does not exist", "run `greenr run` or `dvc repro`")
+        raise GreenrError(f"{EVALUATE_METRICS} does not exist", "run `greenr run` or `dvc repro`")
     report = json.loads(path.read_text())
     boot = report.get("bootstrap") or {}
     acc_ci = boot.get("accuracy")
     f1_ci = boot.get("macro_f1")
-    ci = lambda pair: f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
-    lines = [f"Test metrics ({report['n']} images, {METRICS_DIR}/evaluate.json):",
-             f"  accuracy   {report['accuracy']:.4f}{ci(acc_ci)}",
-             f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",
-             f"  ROC AUC    {report['roc_auc']}",
-             f"  log loss   {report['log_loss']:.4f}"]
+
+    def ci(pair: list[float] | None) -> str:
+        return f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
+
+    lines = [
+        f"Test metrics ({report['n']} images, {EVALUATE_METRICS}):",
+        f"  accuracy   {report['accuracy']:.4f}{ci(acc_ci)}",
+        f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",
+        f"  ROC AUC    {report['roc_auc']}",
+        f"  log loss   {report['log_loss']:.4f}",
+    ]
     for name, row in report["per_class"].items():
-        lines.append(f"  {name:<10} precision {row['precision']:.3f} recall {row['recall']:.3f} "
-                     f"f1 {row['f1']:.3f} (n={row['support']})")
+        lines.append(
+            f"  {name:<10} precision {row['precision']:.3f} recall {row['recall']:.3f} "
+            f"f1 {row['f1']:.3f} (n={row['support']})"
+        )
     lines.append(f"  confusion matrix (rows actual, cols predicted): {report['confusion_matrix']}")
     if boot:
-        lines.append(f"  intervals: {boot['confidence']:.0%} bootstrap over {boot['samples']} resamples; "
-                     "small test sets make single numbers noisy")
+        lines.append(
+            f"  intervals: {boot['confidence']:.0%} bootstrap over {boot['samples']} resamples; "
+            "small test sets make single numbers noisy"
+        )
     print("\n".join(lines))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from greenr import objectstore
+    from greenr.ops import objectstore
     from greenr.params import validate_all
 
     root = repo_root()
     validate_all()
     with objectstore.store_available(root):
         ensure_data(root)
-        dvc("repro", *(["--force"] if args.force else []), "--pull")
-        dvc("push")
+        scm.dvc("repro", *(["--force"] if args.force else []), "--pull")
+        scm.dvc("push")
     print_metrics(root)
 
 
+# ---------------------------------------------------------------------------- data and the store
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from greenr.data import ingest
+
+    report = ingest.ingest(
+        args.source or ingest.default_source(),
+        args.dest or repo_root() / DATA_DIR,
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()],
+        count=args.count,
+        workers=args.workers,
+        timeout=args.timeout,
+        retries=args.retries,
+        refresh=args.refresh,
+        prune=args.prune,
+        dvc_add=not args.no_dvc_add,
+    )
+    print(report.summary())
+
+
 def cmd_store(args: argparse.Namespace) -> None:
-    from greenr import objectstore
+    from greenr.ops import objectstore
 
     root = repo_root()
     if args.action == "start":
@@ -102,18 +121,22 @@ def cmd_store(args: argparse.Namespace) -> None:
             print(f"an object store already answers at {remote.endpoint}; using it as is")
             return
         pid = objectstore.LocalStore(remote).start()
-        print(f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
-              f"bucket {remote.bucket}; stop it with `greenr store stop`")
+        print(
+            f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
+            f"bucket {remote.bucket}; stop it with `greenr store stop`"
+        )
     elif args.action == "stop":
         store = objectstore.LocalStore(objectstore.read_remote(root))
         print("stopped" if store.stop() else "the local object store was not running")
     elif args.action == "status":
         remote = objectstore.read_remote(root)
-        pid = objectstore.LocalStore(remote).pid()
+        local_pid = objectstore.LocalStore(remote).pid()
         answers = objectstore.endpoint_answers(remote.endpoint)
-        print(f"remote {remote.name}: s3://{remote.bucket}/{remote.prefix} at {remote.endpoint}; "
-              f"{'answering' if answers else 'not answering'}"
-              f"{f'; local store pid {pid}' if pid else ''}")
+        print(
+            f"remote {remote.name}: s3://{remote.bucket}/{remote.prefix} at {remote.endpoint}; "
+            f"{'answering' if answers else 'not answering'}"
+            f"{f'; local store pid {local_pid}' if local_pid else ''}"
+        )
     else:
         remote = objectstore.read_remote(root)
         objectstore.check_remote(remote)
@@ -121,22 +144,10 @@ def cmd_store(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from greenr import objectstore
+    from greenr.ops import objectstore
 
     with objectstore.store_available(repo_root()):
-        dvc(args.command, *args.targets)
-
-
-def cmd_mlflow_ui(args: argparse.Namespace) -> None:
-    from greenr import tracking
-
-    uri = tracking.tracking_uri()
-    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1",
-           "--port", str(args.port), "--backend-store-uri", uri]
-    if artifacts := tracking.default_artifact_location():
-        cmd += ["--default-artifact-root", artifacts]
-    raise SystemExit(subprocess.run(cmd, env=_env(), cwd=main_checkout()).returncode)
+        scm.dvc(args.command, *args.targets)
 
 
 def cmd_params(args: argparse.Namespace) -> None:
@@ -150,30 +161,263 @@ def cmd_metrics(args: argparse.Namespace) -> None:
     print_metrics(repo_root())
 
 
+def cmd_inbox(args: argparse.Namespace) -> None:
+    from greenr.data.dataset import CLASSES
+    from greenr.ops import inbox, objectstore
+
+    root = repo_root()
+    if args.action == "accept":
+        # Like `greenr push`: the local store is started for the duration if nothing answers.
+        with objectstore.store_available(root):
+            print(inbox.accept(inbox.all_inboxes(root), CLASSES, root).summary())
+        return
+    inboxes = inbox.all_inboxes(root)
+    if args.action == "label":
+        if args.label not in CLASSES:
+            raise GreenrError(f"{args.label!r} is not a class", f"use one of {', '.join(CLASSES)}")
+        for box in inboxes:
+            try:
+                record = box.set_label(args.item, args.label)
+            except inbox.InboxUnavailable:
+                raise
+            except GreenrError:  # not in this inbox: try the next
+                continue
+            print(f"{record.sha256[:12]} labeled {record.label} in {box.where}")
+            return
+        raise GreenrError(f"no pending inbox item {args.item}", "`greenr inbox status --items` lists them")
+    statuses = [box.status() for box in inboxes]
+    if args.json:
+        labeled = sum(sum(s["labeled"].values()) for s in statuses)
+        print(json.dumps({"labeled": labeled, "inboxes": statuses}, indent=2))
+        return
+    for box, status in zip(inboxes, statuses):
+        labeled = ", ".join(f"{k} {v}" for k, v in status["labeled"].items()) or "none"
+        print(
+            f"inbox {status['where']}: {status['pending']} pending (labeled: {labeled}; "
+            f"{status['to_review']} to review, {status['conflicts']} with conflicting labels, "
+            f"{status['uncertain']} captured as uncertain); {status['accepted']} accepted, "
+            f"{status['rejected']} rejected"
+        )
+        if args.items:
+            for record in sorted(box.records(), key=lambda r: r.received):
+                guess = f" predicted {record.predicted} ({record.confidence:.2f})" if record.confidence else ""
+                print(
+                    f"  {record.sha256[:12]}  {record.label or '(review)':<10} {record.source:<9} "
+                    f"{record.received}{guess}"
+                    + (f"  labels given: {', '.join(record.labels_given)}" if len(record.labels_given) > 1 else "")
+                )
+
+
+# ---------------------------------------------------------------------------- experiments
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    from greenr.evaluation import grid
+
+    if args.action == "queue":
+        grid.queue(args.sets, args.name)
+    elif args.action == "run":
+        grid.run_queued(args.jobs)
+    elif args.action == "show":
+        grid.show(args.base, args.metric, args.md)
+    else:
+        grid.best(args.base, args.metric, args.apply)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from greenr.evaluation import report
+
+    print(f"wrote {report.write_report(args.base, args.out, plots=not args.no_plots)}")
+
+
+def cmd_plots_template(args: argparse.Namespace) -> None:
+    from greenr.evaluation import plots_page
+
+    path = plots_page.write_template(force=args.force)
+    print(f"dvc plots show/diff pages now render offline (plots.html_template = {path})")
+
+
+def cmd_agreement(args: argparse.Namespace) -> None:
+    from greenr.evaluation import agreement
+
+    raise SystemExit(agreement.check(args.runs))
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from greenr.evaluation import promote
+
+    raise SystemExit(promote.run_gate(args.base, args.candidate, args.register))
+
+
+# ---------------------------------------------------------------------------- services
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serve.__main__ import main as serve_main
+
+    serve_main()
+
+
+def cmd_mlflow_ui(args: argparse.Namespace) -> None:
+    from greenr.ops import tracking
+
+    uri = tracking.tracking_uri()
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        # One user on loopback: one worker starts in seconds instead of four.
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        uri,
+    ]
+    if artifacts := tracking.default_artifact_location():
+        cmd += ["--default-artifact-root", artifacts]
+    raise SystemExit(subprocess.run(cmd, env=scm.tool_env(), cwd=main_checkout()).returncode)
+
+
+# ---------------------------------------------------------------------------- the parser
+
+
+def _add_base(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+
+
+def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    from greenr.data.dataset import CLASSES
+    from greenr.data.ingest import DEFAULT_COUNT
+
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="a folder with one sub-folder per class, or an http(s) URL template with "
+        "{class} and {index} (default: $DATA_SOURCE, else the public URL template)",
+    )
+    parser.add_argument("--dest", type=Path, default=None, help="the data folder (default: data/)")
+    parser.add_argument("--classes", default=",".join(CLASSES), help="comma-separated class names")
+    parser.add_argument(
+        "--count", type=int, default=DEFAULT_COUNT, help="URL template only: indices per class, 0..COUNT-1"
+    )
+    parser.add_argument("--workers", type=int, default=8, help="parallel downloads or copies")
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per request")
+    parser.add_argument("--retries", type=int, default=3, help="retries per file after the first try")
+    parser.add_argument(
+        "--refresh", action="store_true", help="URL template only: download files already present again and compare"
+    )
+    parser.add_argument("--prune", action="store_true", help="remove files in dest that the source lacks")
+    parser.add_argument("--no-dvc-add", action="store_true", help="do not run `dvc add` afterwards")
+
+
+def _grid_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    queue = sub.add_parser("queue", help="queue one experiment per combination of -S values")
+    queue.add_argument(
+        "-S",
+        "--set-param",
+        dest="sets",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="as `dvc exp run -S` (comma-separated = grid)",
+    )
+    queue.add_argument("--name", help="experiment name (single experiments only)")
+    run = sub.add_parser("run", help="run everything queued (`dvc exp run --run-all`)")
+    run.add_argument("--jobs", type=int, default=1, help="parallel experiments (default 1: CPU-bound)")
+    for name, text in (
+        ("show", "one table of the experiments on BASE, best first"),
+        ("best", "print (and --apply) the best experiment on BASE"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        _add_base(cmd)
+        cmd.add_argument(
+            "--metric", default="accuracy", help=f"key in {EVALUATE_METRICS} to sort by (default: accuracy)"
+        )
+        if name == "show":
+            cmd.add_argument("--md", action="store_true", help="Markdown table (for a PR)")
+        else:
+            cmd.add_argument("--apply", action="store_true", help="`dvc exp apply` it to the workspace")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="greenr", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
+    top = argparse.ArgumentParser(prog="greenr", description=__doc__.split("\n")[0])
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     run = sub.add_parser("run", help="main job: object store, data, dvc repro, dvc push, test metrics")
     run.add_argument("--force", action="store_true", help="rerun every stage (dvc repro --force)")
     run.set_defaults(func=cmd_run)
-    store = sub.add_parser("store", help="the local MinIO-compatible object store")
+
+    ingest = sub.add_parser("ingest", help="fill data/ from DATA_SOURCE or the public URL template, then dvc add")
+    _ingest_arguments(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    store = sub.add_parser("store", help="the local MinIO-compatible object store (SeaweedFS)")
     store.add_argument("action", choices=["start", "stop", "status", "check"])
     store.set_defaults(func=cmd_store)
     for name in ("push", "pull"):
         transfer = sub.add_parser(name, help=f"dvc {name}, checking the object store first")
         transfer.add_argument("targets", nargs="*")
         transfer.set_defaults(func=cmd_transfer)
-    # `ingest` parses its own options (see greenr.ingest.main); listed here for --help.
-    sub.add_parser("ingest", help="fill data/ from DATA_SOURCE or the public URL template "
-                   "(greenr ingest --help)")
-    ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI on 127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(func=cmd_mlflow_ui)
+
+    inbox = sub.add_parser("inbox", help="feedback and uncertain inputs: status, label, accept into data/")
+    inbox_sub = inbox.add_subparsers(dest="action", required=True)
+    status = inbox_sub.add_parser("status", help="what waits in the inbox (the store's, and .state/inbox)")
+    status.add_argument("--items", action="store_true", help="list every pending item")
+    status.add_argument("--json", action="store_true", help="machine-readable counts")
+    label = inbox_sub.add_parser("label", help="give a pending item its label (a reviewer's decision)")
+    label.add_argument("item", help="the item's SHA-256, or its first 6+ hex digits")
+    label.add_argument("label", help="the class")
+    inbox_sub.add_parser(
+        "accept", help="labeled items into data/<class>/, dvc add data, dvc push, then mark them accepted"
+    )
+    inbox.set_defaults(func=cmd_inbox)
+
     params = sub.add_parser("params", help="validate params.yaml")
     params.add_argument("action", choices=["check"])
     params.set_defaults(func=cmd_params)
     metrics = sub.add_parser("metrics", help="print the test metrics")
     metrics.set_defaults(func=cmd_metrics)
+
+    grid = sub.add_parser("grid", help="experiment grids with dvc exp: queue, run, show, best")
+    _grid_arguments(grid)
+    grid.set_defaults(func=cmd_grid)
+    report = sub.add_parser("report", help="Markdown PR report: metrics/params diffs, intervals, plots")
+    _add_base(report)
+    report.add_argument("--out", type=Path, default=Path("reports/pr.md"))
+    report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    report.set_defaults(func=cmd_report)
+    plots = sub.add_parser(
+        "plots-template", help="make `dvc plots show/diff` pages render offline (Vega inline, from npm)"
+    )
+    plots.add_argument("--force", action="store_true", help="download the scripts again")
+    plots.set_defaults(func=cmd_plots_template)
+    promote = sub.add_parser("promote", help="promotion gate: exit 0 promote, 1 rejected (says why)")
+    _add_base(promote)
+    promote.add_argument(
+        "--candidate", type=Path, default=None, help=f"candidate metrics file (default: {EVALUATE_METRICS})"
+    )
+    promote.add_argument(
+        "--register", action="store_true", help="when promoted, register the model in MLflow with the alias"
+    )
+    promote.set_defaults(func=cmd_promote)
+
+    agree = sub.add_parser(
+        "agreement", help="do runs (other Pythons, machines) agree: split, labels, metrics in the interval"
+    )
+    agree.add_argument(
+        "runs", nargs="+", metavar="[NAME=]DIR", help="checkouts after `greenr run`; the first is the reference"
+    )
+    agree.set_defaults(func=cmd_agreement)
+
+    serve = sub.add_parser("serve", help="the prediction server (settings from the environment; see README)")
+    serve.set_defaults(func=cmd_serve)
+    ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_mlflow_ui)
     return top
 
 
@@ -182,12 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     # SIGTERM unwinds like Ctrl-C, so a local object store this command started is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ingest"]:
-        from greenr import ingest
-
-        raise SystemExit(ingest.main(argv[1:]))
-    args = parser().parse_args(argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     args.func(args)
 
 

@@ -26,6 +26,9 @@ class SplitParams(Section):
     train: float = Field(0.70, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
+    # Two images whose 64-bit perceptual hashes differ in at most this many bits are one photo
+    # (resized or re-encoded) and share a split. Measured here: re-encodes 0-6 bits, distinct photos 14+.
+    near_duplicate_distance: int = Field(8, ge=0, le=32)
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:
@@ -37,7 +40,7 @@ class SplitParams(Section):
 
 class ModelParams(Section):
     arch: Literal["resnet18", "efficientnet_lite0"] = "resnet18"
-    # auto: the arch's default (greenr/model.py ARCHS): resnet18 from scratch (its ImageNet
+    # auto: the arch's default (greenr/model/architectures.py ARCHS): resnet18 from scratch (its ImageNet
     # weights need a download), efficientnet_lite0 with the ImageNet weights it ships with.
     pretrained: bool | Literal["auto"] = "auto"
     image_size: int = Field(128, ge=32, le=1024)
@@ -60,7 +63,7 @@ class TrainParams(Section):
     weight_decay: float = Field(0.0, ge=0)
     # full: train everything; frozen: train only the head (BatchNorm of the backbone kept
     # in eval mode); discriminative: train everything, backbone at lr * backbone_lr_scale;
-    # auto: what won on validation for model.arch (greenr/model.py ARCHS; full from scratch).
+    # auto: what won on validation for model.arch (greenr/model/architectures.py ARCHS; full from scratch).
     finetune: Literal["auto", "full", "frozen", "discriminative"] = "auto"
     backbone_lr_scale: float = Field(0.1, gt=0, le=1)
     augment: AugmentParams = AugmentParams()
@@ -79,7 +82,7 @@ class EvaluateParams(Section):
 
 
 class PromoteParams(Section):
-    """The promotion gate (`python -m greenr.promote`): absolute floors and allowed regressions."""
+    """The promotion gate (`python -m greenr.evaluation.promote`): absolute floors and allowed regressions."""
 
     min_accuracy: float = Field(0.85, ge=0, le=1)
     min_macro_f1: float = Field(0.85, ge=0, le=1)
@@ -151,8 +154,10 @@ def load_section(name: str, path: Path | None = None) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise GreenrError(f"params.yaml: {_describe(name, model, err)}",
-                          "correct the value in params.yaml (or the -S override you passed)") from None
+        raise GreenrError(
+            f"params.yaml: {_describe(name, model, err)}",
+            "correct the value in params.yaml (or the -S override you passed)",
+        ) from None
 
 
 def validate_all(path: Path | None = None) -> dict[str, Section]:
@@ -164,6 +169,5 @@ def validate_all(path: Path | None = None) -> dict[str, Section]:
         for key in unknown:
             close = difflib.get_close_matches(key, list(SECTIONS), n=1)
             hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        raise GreenrError(f"params.yaml: unknown section {', '.join(hints)}",
-                          f"known sections: {', '.join(SECTIONS)}")
+        raise GreenrError(f"params.yaml: unknown section {', '.join(hints)}", f"known sections: {', '.join(SECTIONS)}")
     return {name: load_section(name, path) for name in SECTIONS}

@@ -5,14 +5,39 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DATA_DIR = "data"
-SPLITS_DIR = "splits"
-MODEL_PATH = "models/stage-1.pth"
+# Every file the pipeline reads or writes, relative to the project root. dvc.yaml names the same
+# paths; tests/test_dvc_yaml.py checks that the two agree.
 PARAMS_FILE = "params.yaml"
+DVC_LOCK = "dvc.lock"
+DATA_DIR = "data"
+DATA_DVC = "data.dvc"
+SPLITS_DIR = "splits"
+MODELS_DIR = "models"
+MODEL_PATH = "models/stage-1.pth"
 METRICS_DIR = "metrics"
-PLOTS_DIR = "plots"
-# Statistics of the training images that the server compares requests with (greenr/drift.py).
+TRAIN_METRICS = "metrics/train.json"
+EVALUATE_METRICS = "metrics/evaluate.json"
+# Statistics of the training images that the server compares requests with (greenr/ops/drift.py).
 DRIFT_REFERENCE = "metrics/drift_reference.json"
+# Feedback and uncertain inputs waiting to become data: this prefix in the DVC remote's bucket, or
+# this folder under the state folder when no store answers (greenr/ops/inbox.py).
+INBOX_PREFIX = "inbox"
+PLOTS_DIR = "plots"
+TRAINING_PLOT = "plots/training.csv"
+EVALUATE_PLOTS_DIR = "plots/evaluate"
+CONFUSION_PLOT = "plots/evaluate/confusion.csv"
+ROC_PLOT = "plots/evaluate/roc.csv"
+PRC_PLOT = "plots/evaluate/prc.csv"
+
+
+# The split params the manifests were made with: images keep their split while these stay the same.
+SPLIT_RULE = "splits/rule.json"
+
+
+def split_manifest(name: str) -> str:
+    """The committed manifest of one split: `splits/{train,val,test}.csv`."""
+    return f"{SPLITS_DIR}/{name}.csv"
+
 
 _EXP_WORKSPACE_MARKER = (".dvc", "tmp", "exps")
 

@@ -104,5 +104,9 @@ if [[ ${got%% *} != "$python_version" ]]; then
     echo "setup: $venv has Python ${got%% *}, not $python_version; remove $venv and rerun" >&2
     exit 1
 fi
+# `dvc plots show/diff` pages that render offline: Vega from the npm registry, inlined once.
+if ! "$venv/bin/greenr" plots-template; then
+    echo "setup: warning: could not fetch Vega from the npm registry; dvc plots pages will load it from a CDN" >&2
+fi
 echo "$wanted" > "$stamp"
 echo "setup: done ($venv, Python $python_version). Activate with: source $venv/bin/activate"

@@ -12,8 +12,13 @@ from serve.settings import get_settings
 def main() -> None:
     settings = get_settings()
     setup_logging()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from greenr.inference import predict_proba
+from greenr.model.inference import predict_proba
 from serve.model_store import LoadedModel
 
 log = logging.getLogger("serve.batching")
@@ -25,7 +26,7 @@ log = logging.getLogger("serve.batching")
 
 @dataclass
 class _Item:
-    image: torch.Tensor  # uint8 (3, S, S), preprocessed for `loaded`
+    image: np.ndarray  # uint8 (3, S, S), preprocessed for `loaded`
     loaded: LoadedModel
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -43,7 +44,7 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._thread.start()
 
-    async def predict(self, image: torch.Tensor, loaded: LoadedModel) -> torch.Tensor:
+    async def predict(self, image: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
         """Class probabilities (C,) for one preprocessed image, computed with `loaded`."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -84,8 +85,12 @@ class MicroBatcher:
     def _run_group(self, group: list[_Item]) -> None:
         loaded = group[0].loaded
         try:
-            probs = predict_proba(loaded.model, torch.stack([i.image for i in group]),
-                                  loaded.ckpt.preprocessing, batch_size=len(group))
+            probs = predict_proba(
+                loaded.model,
+                torch.from_numpy(np.stack([i.image for i in group])),
+                loaded.ckpt.preprocessing,
+                batch_size=len(group),
+            )
             results: list[torch.Tensor | BaseException] = list(probs)
         except Exception as exc:
             log.exception("batch of %d failed", len(group))

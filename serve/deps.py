@@ -1,47 +1,28 @@
-"""What the routes share: the app's state, the loaded model, upload reading and preprocessing."""
+"""Dependencies the routes declare: the app's state and the model currently served."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from typing import Annotated
 
-import torch
-from fastapi import HTTPException, Request, UploadFile
-from starlette.concurrency import run_in_threadpool
+from fastapi import Depends, Header, HTTPException, Request
 
-from greenr.drift import DriftMonitor, image_features
-from greenr.images import ImageError, Preprocessing, decode_image, to_uint8_tensor
-from serve.batching import MicroBatcher
-from serve.metrics import Metrics
-from serve.model_store import LoadedModel, ModelStore
-from serve.settings import Settings
-
-# ImageError.kind -> HTTP status. Decompression bombs are bad input (400), not big uploads (413).
-STATUS_FOR_KIND = {"invalid": 400, "unsupported": 415, "too_large": 400}
-log = logging.getLogger("serve")
+from serve.feedback import FeedbackService
+from serve.model_store import LoadedModel
+from serve.state import AppState
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    store: ModelStore
-    batcher: MicroBatcher
-    metrics: Metrics
-    drift: DriftMonitor
-
-    def adopt(self, loaded: LoadedModel) -> None:
-        """Point metrics and drift monitoring at a model that was just loaded."""
-        self.metrics.set_model(loaded.version())
-        if self.drift.use_reference(loaded.drift_reference):
-            log.info("drift: %s", "comparing requests with the model's training images"
-                     if loaded.drift_reference else "not monitored (no reference for this model)")
+def get_state(request: Request) -> AppState:
+    """The state the lifespan built; 503 when the app was never started (see serve.middleware)."""
+    state: AppState | None = getattr(request.app.state, "greenr", None)
+    if state is None:
+        raise HTTPException(503, detail="the server is not started yet", headers={"Retry-After": "5"})
+    return state
 
 
-def app_state(request: Request) -> AppState:
-    return request.app.state.greenr
+StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def require_model(state: AppState) -> LoadedModel:
+def get_model(state: StateDep) -> LoadedModel:
     """The current model, or 503 saying why there is none."""
     loaded = state.store.current
     if loaded is None:
@@ -50,68 +31,23 @@ def require_model(state: AppState) -> LoadedModel:
     return loaded
 
 
-class InputError(Exception):
-    def __init__(self, status: int, detail: str, kind: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.kind = kind
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
 
 
-async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
-    """The file's bytes; over `max_bytes` is an InputError(413) without reading it all."""
-    if upload.size is not None and upload.size > max_bytes:
-        raise InputError(413, f"file is {upload.size} bytes, over the limit of {max_bytes}", "too_large_upload")
-    data = await upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise InputError(413, f"file is over the limit of {max_bytes} bytes", "too_large_upload")
-    if not data:
-        raise InputError(400, "file is empty", "invalid")
-    return data
+def get_feedback(state: StateDep) -> FeedbackService:
+    """The feedback inbox service (what it may do depends on the settings; see routes/feedback.py)."""
+    if state.feedback is None:
+        raise HTTPException(503, detail="feedback is not set up in this app")
+    return state.feedback
 
 
-@dataclass(frozen=True)
-class ModelInput:
-    image: torch.Tensor  # uint8 (3, S, S), what `normalize` takes in batches
-    drift_features: dict[str, float] | None  # None when drift is not monitored or they failed
+FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]
 
 
-def _decode(data: bytes, spec: Preprocessing, max_pixels: int, with_features: bool) -> ModelInput:
-    decoded = decode_image(data, max_pixels=max_pixels)
-    image = to_uint8_tensor(decoded, spec)
-    features = None
-    if with_features:
-        try:  # from the small model input: cheap, and drift must never fail a request
-            features = image_features(image, size=decoded.size)
-        except Exception:
-            log.exception("drift features failed; request served without them")
-    return ModelInput(image, features)
+def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None without one."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
 
 
-async def preprocess(data: bytes, loaded: LoadedModel, max_pixels: int, with_features: bool = False) -> ModelInput:
-    """Decode and resize in a worker thread (PIL releases the GIL); bad images -> InputError."""
-    try:
-        return await run_in_threadpool(_decode, data, loaded.ckpt.preprocessing, max_pixels, with_features)
-    except ImageError as err:
-        raise InputError(STATUS_FOR_KIND.get(err.kind, 400), err.reason, err.kind) from None
-
-
-async def predict_one(state: AppState, upload: UploadFile, loaded: LoadedModel) -> dict:
-    """Read, preprocess and classify one upload; raises InputError for bad input."""
-    settings = state.settings
-    try:
-        data = await read_upload(upload, settings.max_upload_bytes)
-        model_input = await preprocess(data, loaded, settings.max_pixels,
-                                       with_features=loaded.drift_reference is not None)
-    except InputError as err:
-        state.metrics.input_errors.labels(err.kind).inc()
-        raise
-    probs = (await state.batcher.predict(model_input.image, loaded)).tolist()
-    best = max(range(len(probs)), key=probs.__getitem__)
-    label = loaded.classes[best]
-    if model_input.drift_features is not None:
-        state.drift.record(model_input.drift_features, label)
-    state.metrics.predictions.labels(label).inc()
-    state.metrics.confidence.observe(probs[best])
-    return {"prediction": label, "confidence": probs[best],
-            "probabilities": dict(zip(loaded.classes, probs)), "model": loaded.version()}
+BearerDep = Annotated[str | None, Depends(bearer_token)]

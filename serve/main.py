@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from greenr.drift import DriftMonitor
 from greenr.errors import GreenrError
-from greenr.training import configure_threads
+from greenr.model.device import configure_threads
+from greenr.ops.drift import DriftMonitor
 from serve.batching import MicroBatcher
-from serve.deps import AppState
-from serve.metrics import Metrics, RequestMetricsMiddleware
+from serve.feedback import FeedbackService
+from serve.metrics import Metrics
+from serve.middleware import RequestMetricsMiddleware, RequireStarted
 from serve.model_store import ModelStore
-from serve.routes import health, metrics, page, predict
+from serve.routes import feedback, health, metrics, model, page, predict
 from serve.settings import Settings, get_settings
+from serve.state import AppState
 
 log = logging.getLogger("serve")
 
@@ -38,32 +40,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threads = configure_threads(settings.threads)
         metrics_ = app.state.metrics
-        store = ModelStore(settings.model_path, settings.model_rev, settings.model_pull, threads,
-                           drift_reference=settings.drift_reference or None)
-        batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_ms,
-                               on_batch=metrics_.batch_size.observe)
-        state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_,
-                         drift=app.state.drift)
+        store = ModelStore(
+            settings.model_path,
+            settings.model_rev,
+            settings.model_pull,
+            threads,
+            drift_reference=settings.drift_reference or None,
+        )
+        batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_ms, on_batch=metrics_.batch_size.observe)
+        state = AppState(settings=settings, store=store, batcher=batcher, metrics=metrics_, drift=app.state.drift)
+        state.feedback = feedback_ = FeedbackService(settings)
         app.state.greenr = state
         loading = asyncio.create_task(_initial_load(state))
         try:
             yield
         finally:
             loading.cancel()
+            await feedback_.close()
             batcher.close()
 
-    app = FastAPI(title="greenr", version="0.1.0", lifespan=lifespan,
-                  description="Dandelion-vs-grass classifier serving the DVC-tracked checkpoint.")
+    app = FastAPI(
+        title="greenr",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Dandelion-vs-grass classifier serving the DVC-tracked checkpoint.",
+    )
     app.state.metrics = Metrics()
     # Registered once per app; it reports nothing until a model with a drift reference loads.
-    app.state.drift = DriftMonitor(None, settings.drift_window, settings.drift_min_samples,
-                                   settings.drift_threshold)
+    app.state.drift = DriftMonitor(None, settings.drift_window, settings.drift_min_samples, settings.drift_threshold)
     app.state.drift.register_gauges(app.state.metrics.registry)
+    app.add_middleware(RequireStarted)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     app.include_router(predict.build_router(settings))
     app.include_router(health.router)
+    app.include_router(model.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
+    app.include_router(feedback.build_router(settings))
     return app
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -13,57 +10,46 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("greenr_http_requests_total", "HTTP requests by route and status",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("greenr_http_request_duration_seconds", "Request latency by route",
-                                 ["method", "route", "status"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self.predictions = Counter("greenr_predictions_total", "Predictions by predicted class",
-                                   ["label"], registry=self.registry)
-        self.confidence = Histogram("greenr_prediction_confidence", "Probability of the predicted class",
-                                    buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
-                                    registry=self.registry)
-        self.input_errors = Counter("greenr_input_errors_total", "Rejected inputs by reason",
-                                    ["kind"], registry=self.registry)
-        self.batch_size = Histogram("greenr_inference_batch_size", "Images per forward pass",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
-        self.model_info = Gauge("greenr_model_info", "The model being served (value 1)",
-                                ["arch", "sha256", "git_rev", "source"], registry=self.registry)
+        self.requests = Counter(
+            "greenr_http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "greenr_http_request_duration_seconds",
+            "Request latency by route",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "greenr_predictions_total", "Predictions by predicted class", ["label"], registry=self.registry
+        )
+        self.confidence = Histogram(
+            "greenr_prediction_confidence",
+            "Probability of the predicted class",
+            buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=self.registry,
+        )
+        self.input_errors = Counter(
+            "greenr_input_errors_total", "Rejected inputs by reason", ["kind"], registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "greenr_inference_batch_size",
+            "Images per forward pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "greenr_model_info",
+            "The model being served (value 1)",
+            ["arch", "sha256", "git_rev", "source"],
+            registry=self.registry,
+        )
         self.model_ready = Gauge("greenr_model_ready", "1 when a model is loaded", registry=self.registry)
 
     def set_model(self, version: dict) -> None:
         self.model_info.clear()
-        self.model_info.labels(version["arch"], version["sha256"], version["git_rev"],
-                               version["source"]).set(1)
+        self.model_info.labels(version["arch"], version["sha256"], version["git_rev"], version["source"]).set(1)
         self.model_ready.set(1)
-
-
-class RequestMetricsMiddleware:
-    """Counts and times every request by its route template (never the raw path)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = scope.get("route")
-            # Unknown paths share one label, so scanners cannot blow up the series count.
-            name = getattr(route, "path", None) or "unmatched"
-            labels = (scope["method"], name, str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,14 +20,14 @@ import torch
 import yaml
 from torch import nn
 
-from greenr import checkpoint
-from greenr.checkpoint import Checkpoint
-from greenr.drift import DriftReference
+from greenr import scm
 from greenr.errors import GreenrError
-from greenr.paths import DRIFT_REFERENCE, METRICS_DIR, repo_root
+from greenr.model import checkpoint
+from greenr.model.checkpoint import Checkpoint
+from greenr.ops.drift import DriftReference
+from greenr.paths import DRIFT_REFERENCE, DVC_LOCK, EVALUATE_METRICS, repo_root
 
 log = logging.getLogger("serve.model")
-EVALUATE_METRICS = f"{METRICS_DIR}/evaluate.json"
 
 
 @dataclass(frozen=True)
@@ -51,24 +49,27 @@ class LoadedModel:
 
     def version(self) -> dict[str, Any]:
         """Short identity of the model, returned with every prediction."""
-        return {"arch": self.ckpt.arch, "sha256": self.ckpt.sha256, "md5": self.md5,
-                "git_rev": self.git_rev, "source": self.source}
+        return {
+            "arch": self.ckpt.arch,
+            "sha256": self.ckpt.sha256,
+            "md5": self.md5,
+            "git_rev": self.git_rev,
+            "source": self.source,
+        }
 
     def describe(self) -> dict[str, Any]:
-        return {**self.version(), "classes": self.classes, "image_size": self.ckpt.image_size,
-                "preprocessing": self.ckpt.preprocessing.to_dict(), "meta": self.ckpt.meta,
-                "dvc_lock_md5": self.dvc_lock_md5,
-                "matches_dvc_lock": None if self.dvc_lock_md5 is None else self.dvc_lock_md5 == self.md5,
-                "evaluate_metrics": self.metrics, "drift_monitored": self.drift_reference is not None,
-                "loaded_at": self.loaded_at}
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
+        return {
+            **self.version(),
+            "classes": self.classes,
+            "image_size": self.ckpt.image_size,
+            "preprocessing": self.ckpt.preprocessing.to_dict(),
+            "meta": self.ckpt.meta,
+            "dvc_lock_md5": self.dvc_lock_md5,
+            "matches_dvc_lock": None if self.dvc_lock_md5 is None else self.dvc_lock_md5 == self.md5,
+            "evaluate_metrics": self.metrics,
+            "drift_monitored": self.drift_reference is not None,
+            "loaded_at": self.loaded_at,
+        }
 
 
 def _lock_md5(lock_text: str | None, model_path: str) -> str | None:
@@ -87,17 +88,14 @@ def _lock_md5(lock_text: str | None, model_path: str) -> str | None:
 def _pull(root: Path, rel: str) -> None:
     """`dvc pull` one file; a failure becomes a GreenrError with dvc's last lines."""
     log.info("%s is missing: pulling it with `dvc pull %s`", rel, rel)
-    try:
-        done = subprocess.run([sys.executable, "-m", "dvc", "pull", rel], cwd=root,
-                              capture_output=True, text=True, timeout=300, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise GreenrError(f"`dvc pull {rel}` could not run: {exc}",
-                          "run `dvc pull` yourself or `dvc repro` to train the model") from None
-    if done.returncode != 0:
-        tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise GreenrError(f"{rel} is missing and `dvc pull {rel}` failed: {tail}",
-                          "start the object store (`greenr store start`) and check credentials, "
-                          "or train it with `dvc repro`")
+    scm.dvc(
+        "pull",
+        rel,
+        cwd=root,
+        capture=True,
+        timeout=300,
+        fix="start the object store (`greenr store start`) and check credentials, or train it with `dvc repro`",
+    )
 
 
 def _drift_reference(text: str | None, where: str) -> DriftReference | None:
@@ -112,9 +110,14 @@ def _drift_reference(text: str | None, where: str) -> DriftReference | None:
         return None
 
 
-def load_model(model_path: str, rev: str | None = None, pull: bool = True,
-               threads: int = 0, root: Path | None = None,
-               drift_reference: str | None = DRIFT_REFERENCE) -> LoadedModel:
+def load_model(
+    model_path: str,
+    rev: str | None = None,
+    pull: bool = True,
+    threads: int = 0,
+    root: Path | None = None,
+    drift_reference: str | None = DRIFT_REFERENCE,
+) -> LoadedModel:
     """Read, verify and build the checkpoint; raises GreenrError with a fix on any failure.
 
     Also reads the evaluate metrics and the drift reference of the same revision (workspace
@@ -122,37 +125,38 @@ def load_model(model_path: str, rev: str | None = None, pull: bool = True,
     """
     root = root or repo_root()
     path = Path(model_path)
-    rel = path.relative_to(root).as_posix() if path.is_absolute() and path.is_relative_to(root) \
-        else path.as_posix()
+    rel = path.relative_to(root).as_posix() if path.is_absolute() and path.is_relative_to(root) else path.as_posix()
     if rev:
         import dvc.api  # slow import; only needed for revisions
 
-        git_rev = _git(root, "rev-parse", "--verify", f"{rev}^{{commit}}")
+        git_rev = scm.resolve(rev, cwd=root)
         if git_rev is None:
-            raise GreenrError(f"MODEL_REV {rev!r} is not a git revision of {root}",
-                              "use a commit, tag, branch or experiment name from `git log`/`dvc exp list`")
+            raise GreenrError(
+                f"MODEL_REV {rev!r} is not a git revision of {root}",
+                "use a commit, tag, branch or experiment name from `git log`/`dvc exp list`",
+            )
         try:
             with dvc.api.open(rel, repo=str(root), rev=rev, mode="rb") as handle:
                 data = handle.read()
         except Exception as exc:
-            raise GreenrError(f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
-                              "push it with `dvc push` from where it was trained and check the remote "
-                              "(`greenr store status`)") from None
-        metrics_text = _git(root, "show", f"{git_rev}:{EVALUATE_METRICS}")
-        lock_text = _git(root, "show", f"{git_rev}:dvc.lock")
-        drift_text = _git(root, "show", f"{git_rev}:{drift_reference}") if drift_reference else None
+            raise GreenrError(
+                f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
+                "push it with `dvc push` from where it was trained and check the remote (`greenr store status`)",
+            ) from None
+        metrics_text = scm.show(git_rev, EVALUATE_METRICS, cwd=root)
+        lock_text = scm.show(git_rev, DVC_LOCK, cwd=root)
+        drift_text = scm.show(git_rev, drift_reference, cwd=root) if drift_reference else None
         source = f"rev:{rev}"
     else:
         full = path if path.is_absolute() else root / path
         if not full.is_file() and pull:
             _pull(root, rel)
         data = _read(full)
-        git_rev = _git(root, "rev-parse", "HEAD") or "unknown"
-        if _git(root, "status", "--porcelain", "--untracked-files=no"):
-            git_rev += "-dirty"
+        commit, dirty = scm.head(cwd=root)
+        git_rev = f"{commit}-dirty" if dirty else commit
         metrics_file = root / EVALUATE_METRICS
         metrics_text = metrics_file.read_text(encoding="utf-8") if metrics_file.is_file() else None
-        lock_file = root / "dvc.lock"
+        lock_file = root / DVC_LOCK
         lock_text = lock_file.read_text(encoding="utf-8") if lock_file.is_file() else None
         drift_file = root / drift_reference if drift_reference else None
         drift_text = drift_file.read_text(encoding="utf-8") if drift_file and drift_file.is_file() else None
@@ -168,12 +172,25 @@ def load_model(model_path: str, rev: str | None = None, pull: bool = True,
     except json.JSONDecodeError:
         metrics = None
     md5 = hashlib.md5(data).hexdigest()
-    loaded = LoadedModel(model=model, ckpt=ckpt, md5=md5, git_rev=git_rev, source=source,
-                         metrics=metrics, dvc_lock_md5=_lock_md5(lock_text, rel),
-                         drift_reference=_drift_reference(drift_text, f"{drift_reference}@{git_rev[:12]}")
-                         if drift_reference else None)
-    log.info("loaded %s (%s, %d classes, %d px) sha256 %s at %s", rel, ckpt.arch, len(ckpt.classes),
-             ckpt.image_size, ckpt.sha256[:12], git_rev[:12])
+    loaded = LoadedModel(
+        model=model,
+        ckpt=ckpt,
+        md5=md5,
+        git_rev=git_rev,
+        source=source,
+        metrics=metrics,
+        dvc_lock_md5=_lock_md5(lock_text, rel),
+        drift_reference=_drift_reference(drift_text, f"{drift_reference}@{git_rev[:12]}") if drift_reference else None,
+    )
+    log.info(
+        "loaded %s (%s, %d classes, %d px) sha256 %s at %s",
+        rel,
+        ckpt.arch,
+        len(ckpt.classes),
+        ckpt.image_size,
+        ckpt.sha256[:12],
+        git_rev[:12],
+    )
     return loaded
 
 
@@ -181,8 +198,9 @@ def _read(full: Path) -> bytes:
     try:
         return full.read_bytes()
     except FileNotFoundError:
-        raise GreenrError(f"checkpoint {full} does not exist",
-                          "run `dvc repro` to train it or `dvc pull models/stage-1.pth`") from None
+        raise GreenrError(
+            f"checkpoint {full} does not exist", "run `dvc repro` to train it or `dvc pull models/stage-1.pth`"
+        ) from None
     except OSError as exc:
         raise GreenrError(f"checkpoint {full} cannot be read: {exc}", "check the file's permissions") from None
 
@@ -190,7 +208,7 @@ def _read(full: Path) -> bytes:
 @torch.inference_mode()
 def _warm_up(model: nn.Module, ckpt: Checkpoint) -> None:
     """One forward pass so the first request does not pay for lazy initialisation."""
-    from greenr.inference import predict_proba
+    from greenr.model.inference import predict_proba
 
     size = ckpt.image_size
     predict_proba(model, torch.zeros(1, 3, size, size, dtype=torch.uint8), ckpt.preprocessing)
@@ -199,8 +217,9 @@ def _warm_up(model: nn.Module, ckpt: Checkpoint) -> None:
 class ModelStore:
     """Holds the current model (or the reason there is none) and swaps it atomically."""
 
-    def __init__(self, model_path: str, rev: str | None, pull: bool, threads: int,
-                 drift_reference: str | None = DRIFT_REFERENCE) -> None:
+    def __init__(
+        self, model_path: str, rev: str | None, pull: bool, threads: int, drift_reference: str | None = DRIFT_REFERENCE
+    ) -> None:
         self.model_path = model_path
         self.drift_reference = drift_reference
         self.rev = rev
@@ -220,8 +239,9 @@ class ModelStore:
             self.loading = True
             target = rev if rev is not None else self.rev
             try:
-                loaded = load_model(self.model_path, target or None, self.pull, self.threads,
-                                    drift_reference=self.drift_reference)
+                loaded = load_model(
+                    self.model_path, target or None, self.pull, self.threads, drift_reference=self.drift_reference
+                )
             except GreenrError as err:
                 self.error = str(err)
                 log.error("model load failed: %s", err)

@@ -66,3 +66,33 @@ class ReloadRequest(BaseModel):
 
 class Error(BaseModel):
     detail: str
+
+
+class FeedbackResult(BaseModel):
+    id: str  # SHA-256 of the image: the same photo is always the same item
+    status: str  # new, updated, unchanged, or accepted (already in a data version)
+    label: str | None  # what `greenr inbox accept` files it under; None: waits for a reviewer
+
+
+class FeedbackConfig(BaseModel):
+    enabled: bool
+    token_required: bool
+    review_enabled: bool
+
+
+class ReviewItem(BaseModel):
+    id: str
+    source: str
+    received: str
+    predicted: str | None
+    confidence: float | None
+    labels_given: list[str]
+
+
+class ReviewList(BaseModel):
+    items: list[ReviewItem]
+    classes: list[str]
+
+
+class LabelRequest(BaseModel):
+    label: str

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from greenr.drift import DEFAULT_THRESHOLD
-from greenr.images import DEFAULT_MAX_PIXELS
+from greenr.data.images import DEFAULT_MAX_PIXELS
+from greenr.ops.drift import DEFAULT_THRESHOLD
 from greenr.paths import DRIFT_REFERENCE, MODEL_PATH
 
 
@@ -43,11 +44,30 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, le=256)
     log_level: str = "info"
 
+    # --- Feedback and uncertain inputs: POST /feedback, /review, into the inbox (greenr inbox ...) ---
+    # Off unless enabled: POST /feedback answers 503 until FEEDBACK=on.
+    feedback: bool = False
+    # Bearer token POST /feedback requires; unset: anyone who can reach the server may send feedback.
+    feedback_token: str | None = None
+    # Bearer token of /review (list and label the items without a label); unset: review is disabled.
+    review_token: str | None = None
+    # auto: the DVC remote's object store if it answers at first use, else .state/inbox;
+    # store: only the object store (503 while it is down); local: only .state/inbox.
+    feedback_inbox: Literal["auto", "store", "local"] = "auto"
+    # Items stored per hour by this process (feedback), and pending items the inbox may hold.
+    feedback_max_per_hour: int = Field(600, ge=1)
+    feedback_max_items: int = Field(5000, ge=1)
+    # Store the image of a prediction below this confidence, unlabeled, for review (unset: off),
+    # at most capture_max_per_hour per hour.
+    capture_below_confidence: float | None = Field(None, gt=0, le=1)
+    capture_max_per_hour: int = Field(60, ge=1)
+
     @model_validator(mode="after")
     def _check_drift_window(self) -> Settings:
         if self.drift_min_samples > self.drift_window:
-            raise ValueError(f"drift_min_samples ({self.drift_min_samples}) must not exceed "
-                             f"drift_window ({self.drift_window})")
+            raise ValueError(
+                f"drift_min_samples ({self.drift_min_samples}) must not exceed drift_window ({self.drift_window})"
+            )
         return self
 
 

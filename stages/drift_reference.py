@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 
 from greenr.atomic import write_json
-from greenr.data import read_manifest
-from greenr.drift import build_reference
+from greenr.data.dataset import read_manifest
 from greenr.errors import exits_cleanly, setup_logging
-from greenr.paths import DRIFT_REFERENCE, SPLITS_DIR, repo_root
+from greenr.ops.drift import build_reference
+from greenr.paths import DRIFT_REFERENCE, repo_root, split_manifest
 
 log = logging.getLogger("stages.drift_reference")
 
@@ -22,7 +22,7 @@ log = logging.getLogger("stages.drift_reference")
 def main() -> None:
     setup_logging()
     root = repo_root()
-    reference = build_reference(read_manifest(root / SPLITS_DIR / "train.csv"), root)
+    reference = build_reference(read_manifest(root / split_manifest("train")), root)
     write_json(root / DRIFT_REFERENCE, reference.to_dict())
     summary = ", ".join(f"{name} {stats['mean']:.3f}" for name, stats in reference.summary.items())
     log.info("reference of %d training images (means: %s) -> %s", reference.images, summary, DRIFT_REFERENCE)

@@ -10,21 +10,17 @@ import csv
 import io
 import logging
 
-from greenr import checkpoint, tracking
 from greenr.atomic import atomic_open, write_json
-from greenr.data import CLASSES, load_tensors, read_manifest
+from greenr.data.dataset import CLASSES, read_manifest
+from greenr.data.tensors import load_tensors
 from greenr.errors import exits_cleanly, setup_logging
-from greenr.model import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model import checkpoint
+from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model.device import configure_threads, resolve_device
+from greenr.model.training import EpochStats, fit, init_distributed, seed_everything
+from greenr.ops import tracking
 from greenr.params import load_section
-from greenr.paths import METRICS_DIR, MODEL_PATH, PLOTS_DIR, SPLITS_DIR, repo_root
-from greenr.training import (
-    EpochStats,
-    configure_threads,
-    fit,
-    init_distributed,
-    resolve_device,
-    seed_everything,
-)
+from greenr.paths import MODEL_PATH, TRAIN_METRICS, TRAINING_PLOT, repo_root, split_manifest
 
 log = logging.getLogger("stages.train")
 
@@ -51,15 +47,22 @@ def main() -> None:
     arch = get_arch(model_params.arch)
     pretrained = resolve_pretrained(arch.name, model_params.pretrained)
     # `auto` becomes the arch's winning setting here, once; MLflow and train.json record it.
-    params = params.model_copy(update={"finetune": resolve_finetune(arch.name, pretrained,
-                                                                    params.finetune)})
+    params = params.model_copy(update={"finetune": resolve_finetune(arch.name, pretrained, params.finetune)})
     spec = arch.preprocessing(model_params.image_size)
     model = build_model(arch.name, len(CLASSES), pretrained=pretrained)
-    train_set = load_tensors(read_manifest(root / SPLITS_DIR / "train.csv"), root, spec)
-    val_set = load_tensors(read_manifest(root / SPLITS_DIR / "val.csv"), root, spec)
-    log.info("training %s (%s, finetune %s) on %s (%d threads): %d train / %d val images at %d px",
-             arch.name, "ImageNet weights" if pretrained else "from scratch", params.finetune, device,
-             threads, len(train_set), len(val_set), spec.image_size)
+    train_set = load_tensors(read_manifest(root / split_manifest("train")), root, spec)
+    val_set = load_tensors(read_manifest(root / split_manifest("val")), root, spec)
+    log.info(
+        "training %s (%s, finetune %s) on %s (%d threads): %d train / %d val images at %d px",
+        arch.name,
+        "ImageNet weights" if pretrained else "from scratch",
+        params.finetune,
+        device,
+        threads,
+        len(train_set),
+        len(val_set),
+        spec.image_size,
+    )
 
     if rank != 0:
         fit(model, arch.name, train_set, val_set, spec, params, device)
@@ -68,32 +71,54 @@ def main() -> None:
         log.info("data-parallel over %d processes", world)
 
     with tracking.start_run("train") as run:
-        tracking.mlflow.log_params({f"model.{k}": v for k, v in model_params.model_dump().items()
-                                    if k != "pretrained"} | {"model.pretrained": pretrained})
+        tracking.mlflow.log_params(
+            {f"model.{k}": v for k, v in model_params.model_dump().items() if k != "pretrained"}
+            | {"model.pretrained": pretrained}
+        )
         tracking.mlflow.log_params({f"train.{k}": v for k, v in params.model_dump().items()})
-        tracking.mlflow.log_params({"device": str(device), "threads": threads,
-                                    "train_images": len(train_set), "val_images": len(val_set)})
+        tracking.mlflow.log_params(
+            {"device": str(device), "threads": threads, "train_images": len(train_set), "val_images": len(val_set)}
+        )
 
         def log_epoch(stats: EpochStats) -> None:
-            metrics = {**stats.row(), "epoch_seconds": stats.seconds,
-                       "train_images_per_second": stats.images_per_second}
+            metrics = {
+                **stats.row(),
+                "epoch_seconds": stats.seconds,
+                "train_images_per_second": stats.images_per_second,
+            }
             metrics.pop("epoch")
             tracking.mlflow.log_metrics(metrics, step=stats.epoch)
 
         result = fit(model, arch.name, train_set, val_set, spec, params, device, on_epoch=log_epoch)
-        meta = {"best_epoch": result.best_epoch, "val_acc": round(result.best.val_acc, 6),
-                "val_loss": round(result.best.val_loss, 6), "data_version": tracking.data_version()}
+        meta = {
+            "best_epoch": result.best_epoch,
+            "val_acc": round(result.best.val_acc, 6),
+            "val_loss": round(result.best.val_loss, 6),
+            "data_version": tracking.data_version(),
+        }
         sha256 = checkpoint.save(root / MODEL_PATH, result.model.cpu(), arch.name, list(CLASSES), spec, meta)
-        write_history(root / PLOTS_DIR / "training.csv", result.history)
-        write_json(root / METRICS_DIR / "train.json",
-                   meta | {"epochs": params.epochs, "pretrained": pretrained, "finetune": params.finetune})
+        write_history(root / TRAINING_PLOT, result.history)
+        write_json(
+            root / TRAIN_METRICS,
+            meta | {"epochs": params.epochs, "pretrained": pretrained, "finetune": params.finetune},
+        )
         tracking.mlflow.set_tag("checkpoint_sha256", sha256)
-        tracking.mlflow.log_metrics({"best_val_acc": result.best.val_acc,
-                                     "best_val_loss": result.best.val_loss,
-                                     "best_epoch": result.best_epoch})
+        tracking.mlflow.log_metrics(
+            {
+                "best_val_acc": result.best.val_acc,
+                "best_val_loss": result.best.val_loss,
+                "best_epoch": result.best_epoch,
+            }
+        )
         tracking.log_model(result.model, root / MODEL_PATH, spec)
-        log.info("best epoch %d (val_acc %.3f); wrote %s (sha256 %s…); MLflow run %s",
-                 result.best_epoch, result.best.val_acc, MODEL_PATH, sha256[:12], run.info.run_id)
+        log.info(
+            "best epoch %d (val_acc %.3f); wrote %s (sha256 %s…); MLflow run %s",
+            result.best_epoch,
+            result.best.val_acc,
+            MODEL_PATH,
+            sha256[:12],
+            run.info.run_id,
+        )
 
 
 if __name__ == "__main__":

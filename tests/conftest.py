@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import class_image, jpeg_bytes
+
+from tests.helpers.images import class_image, jpeg_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +30,9 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def make_dataset() -> Callable[..., dict[str, list[Path]]]:
     """Write `per_class` JPEGs per class into `root/{class}/NNNNNNNN.jpg`; return the paths."""
 
-    def make(root: Path, per_class: int = 6, size: int = 48,
-             classes: tuple[str, ...] = ("dandelion", "grass")) -> dict[str, list[Path]]:
+    def make(
+        root: Path, per_class: int = 6, size: int = 48, classes: tuple[str, ...] = ("dandelion", "grass")
+    ) -> dict[str, list[Path]]:
         written: dict[str, list[Path]] = {}
         for offset, label in enumerate(classes):
             folder = root / label

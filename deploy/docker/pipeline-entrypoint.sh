@@ -59,10 +59,8 @@ if [[ ! -d data ]] || [[ -z "$(ls -A data 2>/dev/null)" ]]; then
 fi
 log "dvc repro"
 dvc repro
-if python -c "import greenr.promote" 2>/dev/null; then
-    log "promotion gate"
-    python -m greenr.promote
-fi
+log "promotion gate"
+greenr promote --base "${PROMOTE_BASE:-main}"
 log "dvc push"
 dvc push
 log "done"

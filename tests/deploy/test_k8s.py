@@ -11,8 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, load_yaml_docs
-from tests.deploy.kustomize_lite import MERGE_BY_NAME, render
+from tests.helpers.kustomize import MERGE_BY_NAME, render
+from tests.helpers.project import DEPLOY
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.32.0"
@@ -49,7 +49,7 @@ def test_every_manifest_file_validates_strictly() -> None:
     for path in sorted(K8S.rglob("*.yaml")):
         if path.name == "kustomization.yaml" or path.resolve() in patches:
             continue
-        for doc in load_yaml_docs(path):
+        for doc in filter(None, yaml.safe_load_all(path.read_text(encoding="utf-8"))):
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             objects += 1
     assert objects >= 15
@@ -62,20 +62,35 @@ def test_rendered_overlay_validates_strictly(overlay) -> None:
 
 
 def test_strict_validation_catches_a_typo() -> None:
-    doc = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
-           "spec": {"replcas": 2, "selector": {"matchLabels": {"a": "b"}},
-                    "template": {"metadata": {"labels": {"a": "b"}},
-                                 "spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {
+            "replcas": 2,
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        },
+    }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 def test_expected_objects(overlay) -> None:
     name, docs = overlay
-    assert {("Namespace", OVERLAYS[name]), ("StatefulSet", "minio"), ("Secret", "minio-credentials"),
-            ("Service", "minio"), ("Deployment", "mlflow"), ("Service", "mlflow"),
-            ("Deployment", "api"), ("Service", "api"), ("HorizontalPodAutoscaler", "api"),
-            ("Job", "greenr-train"), ("Job", "minio-buckets")} <= set(docs)
+    assert {
+        ("Namespace", OVERLAYS[name]),
+        ("StatefulSet", "minio"),
+        ("Secret", "minio-credentials"),
+        ("Service", "minio"),
+        ("Deployment", "mlflow"),
+        ("Service", "mlflow"),
+        ("Deployment", "api"),
+        ("Service", "api"),
+        ("HorizontalPodAutoscaler", "api"),
+        ("Job", "greenr-train"),
+        ("Job", "minio-buckets"),
+    } <= set(docs)
     for (kind, _), doc in docs.items():
         if kind != "Namespace":
             assert doc["metadata"]["namespace"] == OVERLAYS[name]
@@ -128,15 +143,18 @@ def test_services_select_pods(overlay) -> None:
         if kind != "Service":
             continue
         selector = svc["spec"]["selector"]
-        matching = [d for d in workloads.values()
-                    if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        matching = [
+            d for d in workloads.values() if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert matching, f"Service {svc_name} selects no pods"
         port_names = {p["name"] for d in matching for c in pod_spec(d)["containers"] for p in c.get("ports", [])}
-        port_numbers = {p["containerPort"] for d in matching for c in pod_spec(d)["containers"]
-                        for p in c.get("ports", [])}
+        port_numbers = {
+            p["containerPort"] for d in matching for c in pod_spec(d)["containers"] for p in c.get("ports", [])
+        }
         for port in svc["spec"]["ports"]:
-            assert port["targetPort"] in port_names | port_numbers, \
+            assert port["targetPort"] in port_names | port_numbers, (
                 f"Service {svc_name} targets unknown port {port['targetPort']}"
+            )
 
 
 def test_every_referenced_object_exists(overlay) -> None:
@@ -209,14 +227,16 @@ def _normalise(doc: dict) -> str:
                 items.sort(key=lambda i: i["name"])
             return items
         return obj
+
     return json.dumps(walk(doc), sort_keys=True)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (optional cross-check)")
 @pytest.mark.parametrize("name", sorted(OVERLAYS))
 def test_renderer_agrees_with_kubectl_kustomize(name: str) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / name)], capture_output=True,
-                         text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / "overlays" / name)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     theirs = by_key([d for d in yaml.safe_load_all(out) if d])
     ours = by_key(render(K8S / "overlays" / name))
     assert set(theirs) == set(ours)

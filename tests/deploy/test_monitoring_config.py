@@ -8,13 +8,18 @@ import subprocess
 
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO, tool
+from tests.helpers.processes import tool
+from tests.helpers.project import DEPLOY, REPO
 
 MONITORING = DEPLOY / "monitoring"
-# What the dashboard and the alerts read from the API (serve/metrics.py, greenr/drift.py).
+# What the dashboard and the alerts read from the API (serve/metrics.py, greenr/ops/drift.py).
 API_METRICS = {
-    "greenr_http_requests_total", "greenr_http_request_duration_seconds", "greenr_predictions_total",
-    "greenr_prediction_confidence", "greenr_input_errors_total", "greenr_inference_batch_size",
+    "greenr_http_requests_total",
+    "greenr_http_request_duration_seconds",
+    "greenr_predictions_total",
+    "greenr_prediction_confidence",
+    "greenr_input_errors_total",
+    "greenr_inference_batch_size",
     "greenr_model_ready",
 }
 DRIFT_METRICS = {"greenr_drift_psi", "greenr_drift_window_images"}
@@ -22,8 +27,9 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("promtool"), *args], capture_output=True, text=True, timeout=60,
-                          cwd=MONITORING, check=False)
+    return subprocess.run(
+        [tool("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=MONITORING, check=False
+    )
 
 
 def test_prometheus_config_is_valid() -> None:
@@ -44,14 +50,23 @@ def test_rule_unit_tests_pass() -> None:
 
 def test_rule_unit_tests_can_fail(tmp_path) -> None:
     """The same tests against a rule file whose API-down alert never fires must fail."""
-    rules = (MONITORING / "rules" / "greenr.yml").read_text().replace(
-        'up{job="greenr-api"} == 0', 'up{job="greenr-api"} == 2')
+    rules = (
+        (MONITORING / "rules" / "greenr.yml")
+        .read_text()
+        .replace('up{job="greenr-api"} == 0', 'up{job="greenr-api"} == 2')
+    )
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "greenr.yml").write_text(rules)
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "t.yml").write_text((MONITORING / "tests" / "greenr.test.yml").read_text())
-    result = subprocess.run([tool("promtool"), "test", "rules", "tests/t.yml"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", "tests/t.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0 and "GreenrApiDown" in result.stdout + result.stderr
 
 
@@ -97,10 +112,44 @@ def test_dashboard_queries_known_metrics() -> None:
 
 def test_api_exports_the_metrics_the_dashboard_reads() -> None:
     """Binds the dashboard to the server's code (and the drift module's gauges)."""
-    sources = {"serve/metrics.py": API_METRICS, "greenr/drift.py": DRIFT_METRICS}
+    sources = {"serve/metrics.py": API_METRICS, "greenr/ops/drift.py": DRIFT_METRICS}
     for rel, names in sources.items():
         path = REPO / rel
         assert path.is_file(), f"{rel} is missing"
         text = path.read_text()
         missing = {name for name in names if f'"{name}"' not in text}
         assert not missing, f"{rel} does not define {missing}"
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [tool("amtool"), *args], capture_output=True, text=True, timeout=60, cwd=MONITORING, check=False
+    )
+
+
+def test_alertmanager_config_is_valid() -> None:
+    result = amtool("check-config", "alertmanager.yml")
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_amtool_rejects_a_route_to_a_receiver_that_does_not_exist(tmp_path) -> None:
+    config = yaml.safe_load((MONITORING / "alertmanager.yml").read_text())
+    config["route"]["routes"][0]["receiver"] = "retrain-on-drfit"
+    (tmp_path / "broken.yml").write_text(yaml.safe_dump(config))
+    result = amtool("check-config", str(tmp_path / "broken.yml"))
+    assert result.returncode != 0 and "retrain-on-drfit" in result.stdout + result.stderr
+
+
+def test_the_drift_alert_goes_to_the_retrain_webhook_and_other_alerts_do_not() -> None:
+    def receivers(*labels: str) -> str:
+        result = amtool("config", "routes", "test", "--config.file=alertmanager.yml", *labels)
+        return result.stdout.strip()
+
+    assert receivers("alertname=GreenrInputDrift", "feature=brightness") == "retrain-on-drift"
+    assert receivers("alertname=GreenrApiDown") == "default"
+    rules = yaml.safe_load((MONITORING / "rules" / "greenr.yml").read_text())
+    alerts = {rule.get("alert") for group in rules["groups"] for rule in group["rules"]}
+    assert "GreenrInputDrift" in alerts, "the route matches an alert the rules no longer define"
+    config = yaml.safe_load((MONITORING / "alertmanager.yml").read_text())
+    (hook,) = next(r for r in config["receivers"] if r["name"] == "retrain-on-drift")["webhook_configs"]
+    assert hook["url"].endswith("/alertmanager") and hook["send_resolved"] is False

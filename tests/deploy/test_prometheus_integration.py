@@ -18,10 +18,12 @@ import httpx
 import pytest
 import yaml
 
-from greenr.drift import build_reference
-from tests.deploy.conftest import DEPLOY, background_server, free_ports, tool
-from tests.deploy.drift_images import meadows, write_training_set
-from tests.serve.conftest import Server, write_checkpoint
+from greenr.ops.drift import build_reference
+from greenr.processes import free_ports
+from tests.helpers.images import meadows, write_training_set
+from tests.helpers.processes import background_server, tool
+from tests.helpers.project import DEPLOY
+from tests.helpers.serving import Server, write_checkpoint
 
 WINDOW = 100
 
@@ -37,10 +39,17 @@ def api(tmp_path) -> Iterator[Server]:
     reference = build_reference(write_training_set(root, seed=1, count=120), root)
     (tmp_path / "drift_reference.json").write_text(json.dumps(reference.to_dict()))
     write_checkpoint(tmp_path / "stage-1.pth")
-    server = Server({"MODEL_PATH": str(tmp_path / "stage-1.pth"), "MODEL_PULL": "false", "THREADS": "1",
-                     "DRIFT_REFERENCE": str(tmp_path / "drift_reference.json"),
-                     "DRIFT_WINDOW": str(WINDOW), "DRIFT_MIN_SAMPLES": str(WINDOW // 2)},
-                    tmp_path / "api.log")
+    server = Server(
+        {
+            "MODEL_PATH": str(tmp_path / "stage-1.pth"),
+            "MODEL_PULL": "false",
+            "THREADS": "1",
+            "DRIFT_REFERENCE": str(tmp_path / "drift_reference.json"),
+            "DRIFT_WINDOW": str(WINDOW),
+            "DRIFT_MIN_SAMPLES": str(WINDOW // 2),
+        },
+        tmp_path / "api.log",
+    )
     try:
         server.wait_ready()
         yield server
@@ -52,10 +61,11 @@ def api(tmp_path) -> Iterator[Server]:
 def prometheus(tmp_path, api) -> Iterator[str]:
     rules = tmp_path / "rules.yml"
     rules.write_text((DEPLOY / "monitoring" / "rules" / "greenr.yml").read_text())
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": [str(rules)],
-              "scrape_configs": [{"job_name": "greenr-api",
-                                  "static_configs": [{"targets": [f"127.0.0.1:{api.port}"]}]}]}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [{"job_name": "greenr-api", "static_configs": [{"targets": [f"127.0.0.1:{api.port}"]}]}],
+    }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     (port,) = free_ports()
     url = f"http://127.0.0.1:{port}"
@@ -64,8 +74,12 @@ def prometheus(tmp_path, api) -> Iterator[str]:
         with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
             return True
 
-    args = [tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"]
+    args = [
+        tool("prometheus"),
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     with background_server(args, tmp_path / "prometheus.log", is_ready, timeout=30):
         yield url
 
@@ -100,17 +114,26 @@ def test_prometheus_scrapes_the_api_and_its_drift_gauges(prometheus, api) -> Non
             image.save(buffer, format="PNG")
             response = http.post("/predict", files={"file": ("meadow.png", buffer.getvalue(), "image/png")})
             assert response.status_code == 200, response.text
-    wait_for(url, 'sum(greenr_http_requests_total{route="/predict",status="200"})',
-             lambda r: float(r[0]["value"][1]) == WINDOW)
-    result = wait_for(url, 'greenr_drift_psi{feature="brightness"}',
-                      lambda r: r[0]["value"][1] != "NaN" and float(r[0]["value"][1]) > 0.25)
+    wait_for(
+        url,
+        'sum(greenr_http_requests_total{route="/predict",status="200"})',
+        lambda r: float(r[0]["value"][1]) == WINDOW,
+    )
+    result = wait_for(
+        url,
+        'greenr_drift_psi{feature="brightness"}',
+        lambda r: r[0]["value"][1] != "NaN" and float(r[0]["value"][1]) > 0.25,
+    )
     assert result[0]["metric"]["job"] == "greenr-api"
     wait_for(url, "greenr_drift_window_images", lambda r: float(r[0]["value"][1]) == WINDOW)
 
     # The alert expression (without its 15 min `for`) selects the drifted feature and only it
     # among the colour-independent size features.
-    drifted = wait_for(url, 'max by (job, instance, feature) (greenr_drift_psi{job="greenr-api"}) > 0.25',
-                       lambda r: any(s["metric"]["feature"] == "brightness" for s in r))
+    drifted = wait_for(
+        url,
+        'max by (job, instance, feature) (greenr_drift_psi{job="greenr-api"}) > 0.25',
+        lambda r: any(s["metric"]["feature"] == "brightness" for s in r),
+    )
     assert "aspect_ratio" not in {s["metric"]["feature"] for s in drifted}
 
     # The real rule file is loaded and its drift alert goes pending (it fires after 15 minutes).

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,15 +15,16 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from greenr import checkpoint
-from greenr.backbones import efficientnet_lite as lite
-from greenr.data import TensorDataset
+from greenr.data.images import Preprocessing, load_model_input, to_uint8_array
+from greenr.data.tensors import TensorDataset, normalize
 from greenr.errors import GreenrError
-from greenr.images import Preprocessing, load_model_input, normalize, to_uint8_tensor
-from greenr.inference import predict_proba
-from greenr.model import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model import checkpoint
+from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
+from greenr.model.backbones import efficientnet_lite as lite
+from greenr.model.inference import predict_proba
+from greenr.model.training import make_optimizer, set_train_mode, train_one_epoch
 from greenr.params import TrainParams
-from greenr.training import make_optimizer, set_train_mode, train_one_epoch
+from tests.helpers.project import run
 
 REPO = Path(__file__).resolve().parents[2]
 DAISY = 985  # ImageNet class index
@@ -40,7 +40,7 @@ def test_imagenet_top1_on_flower_is_daisy() -> None:
     spec = get_arch("efficientnet_lite0").preprocessing(224)
     image = Image.fromarray(load_sample_image("flower.jpg"))
     with torch.inference_mode():
-        logits = model(normalize(to_uint8_tensor(image, spec)[None], spec))
+        logits = model(normalize(torch.from_numpy(to_uint8_array(image, spec))[None], spec))
     assert int(logits.argmax(1)) == DAISY
 
 
@@ -80,13 +80,22 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics() -> None:
     assert batchnorms and not any(m.training for m in batchnorms)
     assert model._fc.training and model._fc[0].training  # the head's dropout stays on
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("_fc.")}
-    data = TensorDataset(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8),
-                         torch.tensor([0, 1] * 4), [f"x{i}" for i in range(8)])
+    data = TensorDataset(
+        torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8), torch.tensor([0, 1] * 4), [f"x{i}" for i in range(8)]
+    )
     spec = get_arch("efficientnet_lite0").preprocessing(64)
     head_before = model._fc[1].weight.clone()
     optimizer = make_optimizer(model, "efficientnet_lite0", params)
-    train_one_epoch(model, data, spec, params, "efficientnet_lite0", optimizer, torch.device("cpu"),
-                    torch.Generator().manual_seed(0))
+    train_one_epoch(
+        model,
+        data,
+        spec,
+        params,
+        "efficientnet_lite0",
+        optimizer,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(0),
+    )
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # incl. running_mean/var
     assert not torch.equal(head_before, model._fc[1].weight)
@@ -102,8 +111,9 @@ def test_checkpoint_round_trip_rebuilds_it(tmp_path: Path) -> None:
     assert loaded.arch == "efficientnet_lite0"
     assert loaded.preprocessing == spec
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    torch.testing.assert_close(predict_proba(loaded.build(), images, loaded.preprocessing),
-                               predict_proba(model, images, spec))
+    torch.testing.assert_close(
+        predict_proba(loaded.build(), images, loaded.preprocessing), predict_proba(model, images, spec)
+    )
 
 
 def _write_images(folder: Path, color: tuple[int, int, int], count: int, seed: int) -> None:
@@ -130,13 +140,16 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _write_images(repo / "data" / "dandelion", (230, 200, 30), 8, 1)
     _write_images(repo / "data" / "grass", (40, 160, 40), 8, 2)
-    env = {**os.environ, "GREENR_ROOT": str(repo), "GREENR_STATE_DIR": str(tmp_path / "state"),
-           "GREENR_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    env = {
+        **os.environ,
+        "GREENR_ROOT": str(repo),
+        "GREENR_STATE_DIR": str(tmp_path / "state"),
+        "GREENR_OFFLINE": "1",
+        "PYTHONPATH": str(repo),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     for stage in ("split", "train", "evaluate"):
-        done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
-        assert done.returncode == 0, f"{stage} failed:\n{done.stderr[-3000:]}"
+        run([sys.executable, "-m", f"stages.{stage}"], repo, env)
     ckpt = checkpoint.load(repo / "models" / "stage-1.pth")
     assert ckpt.arch == "efficientnet_lite0"
     assert ckpt.preprocessing.mean == pytest.approx(lite.MEAN)
@@ -147,11 +160,11 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.
     assert report["n"] == len((repo / "splits" / "test.csv").read_text().splitlines()) - 1
     # What the server does with an upload: decode, resize, normalise with the checkpoint's spec.
     image = load_model_input((repo / "data" / "grass" / "00.jpg").read_bytes(), ckpt.preprocessing)
-    probs = predict_proba(ckpt.build(), image[None], ckpt.preprocessing)
+    probs = predict_proba(ckpt.build(), torch.from_numpy(image)[None], ckpt.preprocessing)
     assert probs.shape == (1, 2) and float(probs.sum()) == pytest.approx(1.0)
     assert isinstance(ckpt.preprocessing, Preprocessing)
     # The promotion gate's --register: the run is found by the checkpoint's SHA-256 tag.
-    from greenr import tracking
+    from greenr.ops import tracking
 
     monkeypatch.setenv("GREENR_STATE_DIR", env["GREENR_STATE_DIR"])
     monkeypatch.setenv("GREENR_ROOT", str(repo))

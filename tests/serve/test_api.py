@@ -10,12 +10,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from greenr import checkpoint
-from greenr.images import decode_image, load_model_input
-from greenr.inference import predict_proba
+from greenr.data.images import decode_image, load_model_input
+from greenr.model import checkpoint
+from greenr.model.inference import predict_proba
 from serve.main import create_app
-from tests.serve.conftest import CLASSES, RELOAD_TOKEN, make_settings, wait_ready, write_checkpoint
-from tests.serve.images import encode, good_corpus, photo
+from tests.helpers.images import encode, good_corpus, photo
+from tests.helpers.serving import CLASSES, RELOAD_TOKEN, make_settings, wait_ready, write_checkpoint
 
 AUTH = {"Authorization": f"Bearer {RELOAD_TOKEN}"}
 
@@ -38,8 +38,8 @@ def test_predict_matches_shared_inference(client: TestClient, ckpt_path: Path) -
     assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
     # Same numbers as the shared code path used by evaluation.
     ckpt = checkpoint.load(ckpt_path)
-    expected = predict_proba(ckpt.build(), load_model_input(data, ckpt.preprocessing)[None],
-                             ckpt.preprocessing)[0]
+    image = torch.from_numpy(load_model_input(data, ckpt.preprocessing))
+    expected = predict_proba(ckpt.build(), image[None], ckpt.preprocessing)[0]
     got = torch.tensor([body["probabilities"][c] for c in ckpt.classes])
     assert torch.allclose(got, expected, atol=1e-5)
 
@@ -61,10 +61,12 @@ def test_model_info(client: TestClient, ckpt_path: Path) -> None:
 
 
 def test_batch_mixes_good_and_bad_files(client: TestClient) -> None:
-    files = [("files", ("a.jpg", encode(photo(), "JPEG"), "image/jpeg")),
-             ("files", ("b.txt", b"not an image", "text/plain")),
-             ("files", ("c.gif", encode(photo(), "GIF"), "image/gif")),
-             ("files", ("d.png", encode(photo(), "PNG"), "image/png"))]
+    files = [
+        ("files", ("a.jpg", encode(photo(), "JPEG"), "image/jpeg")),
+        ("files", ("b.txt", b"not an image", "text/plain")),
+        ("files", ("c.gif", encode(photo(), "GIF"), "image/gif")),
+        ("files", ("d.png", encode(photo(), "PNG"), "image/png")),
+    ]
     response = client.post("/predict/batch", files=files)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -83,15 +85,18 @@ def test_batch_over_file_count_limit(client: TestClient) -> None:
 def test_concurrent_requests_are_batched(client: TestClient) -> None:
     data = encode(photo(), "PNG")
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        statuses = list(pool.map(lambda _: client.post("/predict", files={"file": ("a.png", data)}).status_code,
-                                 range(48)))
+        statuses = list(
+            pool.map(lambda _: client.post("/predict", files={"file": ("a.png", data)}).status_code, range(48))
+        )
     assert statuses == [200] * 48
     metrics = client.get("/metrics").text
     # Some forward pass must have carried more than one image.
-    count = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                if line.startswith("greenr_inference_batch_size_count"))
-    total = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                if line.startswith("greenr_inference_batch_size_sum"))
+    count = sum(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("greenr_inference_batch_size_count")
+    )
+    total = sum(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("greenr_inference_batch_size_sum")
+    )
     assert total > count
 
 
@@ -137,8 +142,7 @@ def test_not_ready_before_load_then_clear_error_for_corrupt_checkpoint(tmp_path:
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path / "absent.pth")),
-                    raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(make_settings(tmp_path / "absent.pth")), raise_server_exceptions=False) as test_client:
         with pytest.raises(AssertionError, match="does not exist"):
             wait_ready(test_client)
         assert "dvc pull" in test_client.get("/ready").json()["error"]
@@ -154,8 +158,7 @@ def test_reload_needs_the_token_and_swaps_atomically(tmp_path: Path) -> None:
         second = write_checkpoint(path, seed=1)
         data = encode(photo(), "PNG")
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            in_flight = [pool.submit(test_client.post, "/predict", files={"file": ("a.png", data)})
-                         for _ in range(24)]
+            in_flight = [pool.submit(test_client.post, "/predict", files={"file": ("a.png", data)}) for _ in range(24)]
             reloaded = test_client.post("/model/reload", headers=AUTH)
             responses = [f.result() for f in in_flight]
         assert reloaded.status_code == 200, reloaded.text
@@ -179,7 +182,7 @@ def test_reload_disabled_without_token(ckpt_path: Path) -> None:
 
 
 def test_exif_rotation_is_applied(client: TestClient) -> None:
-    from tests.serve.images import exif_rotated_jpeg
+    from tests.helpers.images import exif_rotated_jpeg
 
     rotated, upright = exif_rotated_jpeg()
     assert decode_image(rotated).size == decode_image(upright).size == (80, 60)
@@ -188,3 +191,12 @@ def test_exif_rotation_is_applied(client: TestClient) -> None:
     for name in CLASSES:
         assert a[name] == pytest.approx(b[name], abs=2e-3)
     assert json.dumps(a)  # plain floats
+
+
+def test_an_app_that_was_never_started_answers_503_json(ckpt_path: Path) -> None:
+    """Mounted in another ASGI app, or a TestClient outside `with`: no lifespan ran, so no model."""
+    never_started = TestClient(create_app(make_settings(ckpt_path)), raise_server_exceptions=False)
+    for method, path in (("post", "/predict"), ("get", "/metrics"), ("get", "/model"), ("get", "/ready")):
+        response = getattr(never_started, method)(path)
+        assert response.status_code == 503, (path, response.text)
+        assert "not started" in response.json()["detail"]

@@ -7,8 +7,8 @@ import http.client
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.serve.conftest import Server
-from tests.serve.images import bad_corpus, encode, photo
+from tests.helpers.images import bad_corpus, encode, photo
+from tests.helpers.serving import Server
 
 MAX_UPLOAD = 10 * 1024 * 1024
 CORPUS = bad_corpus(MAX_UPLOAD)
@@ -26,20 +26,25 @@ def test_bad_file_gets_its_status(client: TestClient, name: str) -> None:
 @pytest.mark.parametrize("name", [n for n, (_, _, s) in CORPUS.items() if s != 413])
 def test_bad_file_in_a_batch_fails_alone(client: TestClient, name: str) -> None:
     data, content_type, status = CORPUS[name]
-    files = [("files", ("good.png", encode(photo(), "PNG"), "image/png")),
-             ("files", (f"{name}.bin", data, content_type))]
+    files = [
+        ("files", ("good.png", encode(photo(), "PNG"), "image/png")),
+        ("files", (f"{name}.bin", data, content_type)),
+    ]
     response = client.post("/predict/batch", files=files)
     assert response.status_code == 200, response.text
     assert [r["status"] for r in response.json()["results"]] == [200, status]
 
 
-@pytest.mark.parametrize(("kwargs", "status"), [
-    ({}, 422),  # no body at all
-    ({"files": {"image": ("a.png", encode(photo(), "PNG"), "image/png")}}, 422),  # wrong field name
-    ({"data": {"file": "just a string"}}, 422),  # a form field, not a file
-    ({"json": {"file": "x"}}, 422),  # not multipart
-    ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({}, 422),  # no body at all
+        ({"files": {"image": ("a.png", encode(photo(), "PNG"), "image/png")}}, 422),  # wrong field name
+        ({"data": {"file": "just a string"}}, 422),  # a form field, not a file
+        ({"json": {"file": "x"}}, 422),  # not multipart
+        ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422),
+    ],
+)
 def test_missing_or_malformed_field(client: TestClient, kwargs: dict, status: int) -> None:
     response = client.post("/predict", **kwargs)
     assert response.status_code == status, response.text
@@ -48,8 +53,10 @@ def test_missing_or_malformed_field(client: TestClient, kwargs: dict, status: in
 
 
 def test_oversized_file_in_batch_is_413_for_that_file(client: TestClient) -> None:
-    files = [("files", ("good.png", encode(photo(), "PNG"), "image/png")),
-             ("files", ("big.jpg", b"\xff\xd8\xff" + b"\0" * MAX_UPLOAD, "image/jpeg"))]
+    files = [
+        ("files", ("good.png", encode(photo(), "PNG"), "image/png")),
+        ("files", ("big.jpg", b"\xff\xd8\xff" + b"\0" * MAX_UPLOAD, "image/jpeg")),
+    ]
     results = client.post("/predict/batch", files=files).json()["results"]
     assert [r["status"] for r in results] == [200, 413]
 
@@ -63,8 +70,10 @@ def test_server_still_healthy_after_the_corpus(client: TestClient) -> None:
 
 
 def _multipart_head(boundary: str) -> bytes:
-    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n").encode()
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
 
 
 def test_declared_length_over_limit_rejected_before_reading(server: Server) -> None:
@@ -73,7 +82,7 @@ def test_declared_length_over_limit_rejected_before_reading(server: Server) -> N
     boundary = "b0undary"
     conn.putrequest("POST", "/predict")
     conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
-    conn.putheader("Content-Length", str(5 * 1024 ** 3))  # 5 GB, never sent
+    conn.putheader("Content-Length", str(5 * 1024**3))  # 5 GB, never sent
     conn.endheaders()
     conn.send(_multipart_head(boundary))
     response = conn.getresponse()
@@ -93,13 +102,17 @@ def test_chunked_upload_over_limit_is_cut_off_while_streaming(server: Server) ->
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        conn.request("POST", "/predict", body=body(), encode_chunked=True,
-                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
-                              "Transfer-Encoding": "chunked"})
+        conn.request(
+            "POST",
+            "/predict",
+            body=body(),
+            encode_chunked=True,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Transfer-Encoding": "chunked"},
+        )
         status = conn.getresponse().status
     except (BrokenPipeError, ConnectionResetError):
         pytest.fail("server closed the connection without an answer")
     finally:
         conn.close()
     assert status == 413
-    assert server.rss_bytes() < 2 * 1024 ** 3
+    assert server.rss_bytes() < 2 * 1024**3

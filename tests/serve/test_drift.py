@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from greenr.drift import CLASS_FEATURE, FEATURES, build_reference
+from greenr.ops.drift import CLASS_FEATURE, FEATURES, build_reference
 from serve.main import create_app
-from tests.deploy.drift_images import meadows, write_training_set
-from tests.serve.conftest import make_settings, wait_ready
+from tests.helpers.images import meadows, write_training_set
+from tests.helpers.serving import make_settings, wait_ready
 
 WINDOW = 100
 THRESHOLD = 0.25
@@ -32,8 +32,13 @@ def reference_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def drift_client(ckpt_path: Path, reference: Path) -> TestClient:
-    settings = make_settings(ckpt_path, drift_reference=str(reference), drift_window=WINDOW,
-                             drift_min_samples=WINDOW // 2, drift_threshold=THRESHOLD)
+    settings = make_settings(
+        ckpt_path,
+        drift_reference=str(reference),
+        drift_window=WINDOW,
+        drift_min_samples=WINDOW // 2,
+        drift_threshold=THRESHOLD,
+    )
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.serve.conftest import Server
-from tests.serve.images import encode, photo
-from tests.serve.tools import require_tool
+from tests.helpers.images import encode, photo
+from tests.helpers.processes import tool
+from tests.helpers.serving import Server
 
 BOUNDARY = "greenr-load-test"
 REQUESTS = 2000  # a multiple of CONCURRENCY: hey sends n // c per worker
@@ -23,16 +23,42 @@ MAX_RSS_GROWTH = 150 * 1024 * 1024
 
 
 def multipart_body(data: bytes) -> bytes:
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def run_hey(hey: str, url: str, body: Path, requests: int) -> Counter:
     start = time.monotonic()
     done = subprocess.run(
-        [hey, "-n", str(requests), "-c", str(CONCURRENCY), "-m", "POST", "-t", "30", "-o", "csv",
-         "-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body), f"{url}/predict"],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            hey,
+            "-n",
+            str(requests),
+            "-c",
+            str(CONCURRENCY),
+            "-m",
+            "POST",
+            "-t",
+            "30",
+            "-o",
+            "csv",
+            "-T",
+            f"multipart/form-data; boundary={BOUNDARY}",
+            "-D",
+            str(body),
+            f"{url}/predict",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert len(rows) == requests, f"hey reported {len(rows)} of {requests} requests: {done.stderr[-500:]}"
@@ -41,7 +67,7 @@ def run_hey(hey: str, url: str, body: Path, requests: int) -> Counter:
 
 
 def test_load_at_concurrency_16(server: Server, tmp_path: Path) -> None:
-    hey = require_tool("hey", "hey")
+    hey = tool("hey")
     body = tmp_path / "body.bin"
     body.write_bytes(multipart_body(encode(photo((320, 240)), "JPEG")))
     warm = run_hey(hey, server.url, body, 160)

@@ -13,14 +13,26 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve.main import create_app
-from tests.serve.conftest import make_settings, wait_ready, write_checkpoint
+from tests.helpers.serving import make_settings, wait_ready, write_checkpoint
 
 
 def sh(root: Path, *cmd: str) -> str:
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
-                               "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-                               "GIT_COMMITTER_EMAIL": "t@example.com"})
+    done = subprocess.run(
+        cmd,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={
+            **os.environ,
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.com",
+        },
+    )
     assert done.returncode == 0, f"{cmd}: {done.stdout}\n{done.stderr}"
     return done.stdout.strip()
 

@@ -1,19 +1,24 @@
-"""The web page in headless Debian Chromium (Playwright): upload an image, see the label and bars."""
+"""The web pages in headless Debian Chromium (Playwright): upload an image, see the label and bars, a
+layout without overlaps, feedback buttons, and the review page."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.serve.conftest import CLASSES, Server
-from tests.serve.images import encode, photo
-from tests.serve.tools import CHROMIUM_ARGS, require_chromium
+from greenr.ops.inbox import Inbox, LocalBackend
+from tests.helpers.images import encode, jpeg_bytes, photo, scene
+from tests.helpers.processes import CHROMIUM_ARGS, chromium
+from tests.helpers.serving import CLASSES, Server
 
 
 def test_upload_shows_label_and_probability_bars(server: Server, tmp_path: Path) -> None:
-    executable = require_chromium()
+    executable = chromium()
     image = tmp_path / "dandelion.jpg"
     image.write_bytes(encode(photo((120, 90)), "JPEG"))
     not_image = tmp_path / "notes.txt"
@@ -29,8 +34,9 @@ def test_upload_shows_label_and_probability_bars(server: Server, tmp_path: Path)
             expect(label).to_have_text(re.compile(f"^({'|'.join(CLASSES)})$"), timeout=30_000)
             bars = page.locator("#bars .bar")
             expect(bars).to_have_count(len(CLASSES))
-            widths = [bars.nth(i).locator(".fill").evaluate("e => parseFloat(e.style.width)")
-                      for i in range(len(CLASSES))]
+            widths = [
+                bars.nth(i).locator(".fill").evaluate("e => parseFloat(e.style.width)") for i in range(len(CLASSES))
+            ]
             assert abs(sum(widths) - 100) < 0.5
             assert widths == sorted(widths, reverse=True)
             expect(page.locator("#model")).to_contain_text("resnet18")
@@ -40,3 +46,120 @@ def test_upload_shows_label_and_probability_bars(server: Server, tmp_path: Path)
             expect(label).to_have_text("")
         finally:
             browser.close()
+
+
+BOXES = ("h1", "#drop", "#preview", "#result")
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
+def test_heading_drop_zone_preview_and_result_do_not_overlap(server: Server, tmp_path: Path) -> None:
+    image = tmp_path / "wide.jpg"
+    image.write_bytes(encode(photo((400, 300)), "JPEG"))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 800, "height": 1000})
+            page.goto(server.url + "/")
+            page.set_input_files("#file", str(image))
+            expect(page.locator("#label")).to_have_text(re.compile(f"^({'|'.join(CLASSES)})$"), timeout=30_000)
+            page.wait_for_function("document.getElementById('preview').complete")
+            boxes = {name: page.locator(name).bounding_box() for name in BOXES}
+            assert all(box and box["height"] > 0 for box in boxes.values()), boxes
+            for i, a in enumerate(BOXES):
+                for b in BOXES[i + 1 :]:
+                    assert not overlaps(boxes[a], boxes[b]), f"{a} {boxes[a]} overlaps {b} {boxes[b]}"  # type: ignore[arg-type]
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+REVIEW_TOKEN = "page-review-token"
+
+
+@pytest.fixture(scope="module")
+def feedback_server(ckpt_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """A real server with feedback on and its inbox in a folder of its own (FEEDBACK_INBOX=local)."""
+    state = tmp_path_factory.mktemp("page-state")
+    srv = Server(
+        {
+            "MODEL_PATH": str(ckpt_path),
+            "MODEL_PULL": "false",
+            "THREADS": "2",
+            "FEEDBACK": "on",
+            "FEEDBACK_INBOX": "local",
+            "REVIEW_TOKEN": REVIEW_TOKEN,
+            "GREENR_STATE_DIR": str(state),
+        },
+        state / "server.log",
+    )
+    try:
+        srv.wait_ready()
+        yield srv, state
+    finally:
+        srv.stop()
+
+
+def test_wrong_button_sends_feedback_with_the_other_class(feedback_server: tuple[Server, Path], tmp_path: Path):
+    server, state = feedback_server
+    image = tmp_path / "meadow.jpg"
+    image.write_bytes(jpeg_bytes(scene("dandelion", 50)))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.set_input_files("#file", str(image))
+            expect(page.locator("#feedback")).to_be_visible(timeout=30_000)
+            predicted = page.locator("#label").inner_text()
+            other = next(c for c in CLASSES if c != predicted)
+            expect(page.locator("#choices button")).to_have_count(len(CLASSES))
+            page.get_by_role("button", name=f"Wrong: it is {other}").click()
+            expect(page.locator("#thanks")).to_have_text(f"Thanks: kept as {other} for the next training run.")
+            expect(page.locator("#choices button").first).to_be_disabled()
+        finally:
+            browser.close()
+    record = Inbox(LocalBackend(state / "inbox")).record(hashlib.sha256(image.read_bytes()).hexdigest())
+    assert record is not None and record.label == other and record.predicted == predicted
+    assert record.model_sha256 and record.confidence is not None
+
+
+def test_review_page_labels_items_with_one_click(feedback_server: tuple[Server, Path]):
+    server, state = feedback_server
+    inbox = Inbox(LocalBackend(state / "inbox"))
+    waiting = [encode(scene("grass", 60), "PNG"), jpeg_bytes(scene("dandelion", 61))]
+    for data in waiting:
+        inbox.submit(data, label=None, source="uncertain", predicted="grass", confidence=0.52)
+    ids = {hashlib.sha256(d).hexdigest() for d in waiting}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/review")
+            page.fill("#token", "wrong-token")
+            page.click("#login button")
+            expect(page.locator("#error")).to_contain_text("Error 401", timeout=30_000)
+            page.fill("#token", REVIEW_TOKEN)
+            page.click("#login button")
+            cards = page.locator("#items .item")
+            expect(cards).to_have_count(len(waiting), timeout=30_000)
+            assert {cards.nth(i).get_attribute("data-id") for i in range(len(waiting))} == ids
+            for i in range(len(waiting)):
+                page.wait_for_function(
+                    f"() => document.querySelectorAll('#items .item img')[{i}].naturalWidth > 0", timeout=30_000
+                )
+            first = cards.first.get_attribute("data-id")
+            cards.first.get_by_role("button", name="grass").click()
+            expect(cards).to_have_count(len(waiting) - 1, timeout=30_000)
+            expect(page.locator("#status")).to_have_text("1 item(s) wait for a label")
+        finally:
+            browser.close()
+    record = inbox.record(str(first))
+    assert record is not None and record.label == "grass" and record.reviewed

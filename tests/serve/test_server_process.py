@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from greenr import checkpoint
-from tests.serve.conftest import CLASSES, Server
-from tests.serve.images import encode, photo
+from greenr.model import checkpoint
+from tests.helpers.images import encode, photo
+from tests.helpers.serving import CLASSES, Server
 
 
 def test_predict_over_tcp(server: Server, ckpt_path) -> None:
@@ -21,12 +21,13 @@ def test_predict_over_tcp(server: Server, ckpt_path) -> None:
         assert model["image_size"] == 64
         docs = http.get("/docs")
         assert docs.status_code == 200
-        assert 'greenr_model_ready 1.0' in http.get("/metrics").text
+        assert "greenr_model_ready 1.0" in http.get("/metrics").text
 
 
 def test_binds_loopback_only(server: Server) -> None:
     listening = open("/proc/net/tcp").read().splitlines()[1:]
     port_hex = f"{server.port:04X}"
-    local = [line.split()[1] for line in listening if line.split()[1].endswith(f":{port_hex}")
-             and line.split()[3] == "0A"]
+    local = [
+        line.split()[1] for line in listening if line.split()[1].endswith(f":{port_hex}") and line.split()[3] == "0A"
+    ]
     assert local == ["0100007F:" + port_hex]

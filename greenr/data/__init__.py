@@ -1,0 +1,1 @@
+"""Data: image decoding and preprocessing, the class folders and split manifests, ingestion."""

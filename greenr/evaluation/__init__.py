@@ -1,0 +1,1 @@
+"""Evaluation and experiments: test metrics, experiment grids, PR reports, the promotion gate."""

@@ -1,0 +1,1 @@
+"""Model: architectures and backbones, the checkpoint format, the training loop, batched inference."""

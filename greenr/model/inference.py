@@ -1,0 +1,38 @@
+"""Batched inference on uint8 image tensors; used by evaluation and the server."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from greenr.data.images import Preprocessing
+from greenr.data.tensors import normalize
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: Preprocessing,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Logits (N, C) on the CPU for uint8 images (N, 3, S, S)."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        outputs.append(model(normalize(batch, spec)).float().cpu())
+    if not outputs:
+        return torch.empty(0, 0)
+    return torch.cat(outputs)
+
+
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: Preprocessing,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Class probabilities (N, C) on the CPU."""
+    return torch.softmax(predict_logits(model, images, spec, device, batch_size), dim=1)

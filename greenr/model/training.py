@@ -1,0 +1,294 @@
+"""The training loop: cached uint8 tensors in, best-epoch model and per-epoch history out."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from greenr.data.images import Preprocessing
+from greenr.data.tensors import TensorDataset, normalize
+from greenr.errors import GreenrError
+from greenr.model.architectures import backbone_modules, split_parameters
+from greenr.model.inference import predict_logits
+from greenr.params import AugmentParams, TrainParams
+
+log = logging.getLogger(__name__)
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless this process is in an initialised torch.distributed group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): nccl on CUDA, gloo otherwise.
+
+    A plain `python -m stages.train` (no WORLD_SIZE) stays a single process.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return distributed_context()
+
+
+def rank_shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of an epoch's permutation: every example on exactly one rank."""
+    return order if world == 1 else order[rank::world]
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    # Deterministic kernels where they exist; warn (not fail) on the few that have none.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def augment(images: torch.Tensor, aug: AugmentParams, generator: torch.Generator) -> torch.Tensor:
+    """Random flips, resized crops and colour jitter on a uint8 batch, as one batched op each.
+
+    Random numbers come from `generator` on the CPU, so a run is the same on any device.
+    Returns float32 in [0, 255].
+    """
+    n = images.shape[0]
+    device = images.device
+    x = images.float()
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) * (high - low) + low).to(device)
+
+    scale_x = torch.ones(n, device=device)
+    scale_y = torch.ones(n, device=device)
+    shift_x = torch.zeros(n, device=device)
+    shift_y = torch.zeros(n, device=device)
+    if aug.crop_scale_min < 1.0:
+        area = uniform(aug.crop_scale_min, 1.0)
+        log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
+        ratio = torch.exp(log_ratio)
+        scale_x = torch.sqrt(area * ratio).clamp(max=1.0)
+        scale_y = torch.sqrt(area / ratio).clamp(max=1.0)
+        shift_x = (uniform(-1.0, 1.0)) * (1 - scale_x)
+        shift_y = (uniform(-1.0, 1.0)) * (1 - scale_y)
+    flip_x = torch.ones(n, device=device)
+    flip_y = torch.ones(n, device=device)
+    if aug.hflip:
+        flip_x = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+    if aug.vflip:
+        flip_y = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+    if aug.crop_scale_min < 1.0 or aug.hflip or aug.vflip:
+        theta = torch.zeros(n, 2, 3, device=device)
+        theta[:, 0, 0] = scale_x * flip_x
+        theta[:, 0, 2] = shift_x
+        theta[:, 1, 1] = scale_y * flip_y
+        theta[:, 1, 2] = shift_y
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if aug.color_jitter > 0:
+        j = aug.color_jitter
+        brightness = uniform(1 - j, 1 + j).view(n, 1, 1, 1)
+        contrast = uniform(1 - j, 1 + j).view(n, 1, 1, 1)
+        saturation = uniform(1 - j, 1 + j).view(n, 1, 1, 1)
+        x = x * brightness
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean
+        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+        x = (x - gray) * saturation + gray
+    return x.clamp(0, 255)
+
+
+def make_optimizer(model: nn.Module, arch: str, params: TrainParams) -> torch.optim.Optimizer:
+    if params.finetune == "auto":
+        raise ValueError("train.finetune 'auto' must be resolved first (greenr.model.architectures.resolve_finetune)")
+    backbone, head = split_parameters(model, arch)
+    if params.finetune == "frozen":
+        for p in backbone:
+            p.requires_grad_(False)
+        groups = [{"params": head, "lr": params.lr}]
+    elif params.finetune == "discriminative":
+        groups = [{"params": backbone, "lr": params.lr * params.backbone_lr_scale}, {"params": head, "lr": params.lr}]
+    else:
+        groups = [{"params": backbone + head, "lr": params.lr}]
+    if params.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=params.lr, weight_decay=params.weight_decay)
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+    return torch.optim.SGD(groups, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
+
+
+def set_train_mode(model: nn.Module, arch: str, finetune: str) -> None:
+    """Train mode, except a frozen backbone keeps its BatchNorm statistics (eval mode)."""
+    model.train()
+    if finetune == "frozen":
+        for module in backbone_modules(model, arch):
+            module.eval()
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+    def row(self) -> dict[str, float | int]:
+        """What goes into the committed plot file: no timings, so reruns are identical."""
+        return {
+            "epoch": self.epoch,
+            "train_loss": round(self.train_loss, 6),
+            "train_acc": round(self.train_acc, 6),
+            "val_loss": round(self.val_loss, 6),
+            "val_acc": round(self.val_acc, 6),
+        }
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    best_epoch: int
+    history: list[EpochStats] = field(default_factory=list)
+
+    @property
+    def best(self) -> EpochStats:
+        return self.history[self.best_epoch - 1]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    data: TensorDataset,
+    spec: Preprocessing,
+    params: TrainParams,
+    arch: str,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    generator: torch.Generator,
+    aug_generator: torch.Generator | None = None,
+) -> tuple[float, float]:
+    """One pass over the training set in a seeded order; returns (mean loss, accuracy).
+
+    Data-parallel (`model` wrapped in DistributedDataParallel): every rank draws the same
+    permutation from `generator`, trains on its shard of it in batches of batch_size / world
+    (augmented with its own `aug_generator`), and the returned figures cover all ranks.
+    """
+    rank, world = distributed_context()
+    set_train_mode(getattr(model, "module", model), arch, params.finetune)
+    order = rank_shard(torch.randperm(len(data), generator=generator), rank, world)
+    images = data.images.to(device)
+    labels = data.labels.to(device)
+    total_loss, correct = 0.0, 0
+    use_bf16 = device.type == "cuda"
+    batch_size = math.ceil(params.batch_size / world)
+    # Shards may differ by one example, hence in batch count: join() keeps the ranks in step.
+    joined = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+    with joined:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size].to(device)
+            x = normalize(augment(images[idx], params.augment, aug_generator or generator), spec)
+            y = labels[idx]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+    if world > 1:
+        totals = torch.tensor([total_loss, float(correct)], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        total_loss, correct = totals[0].item(), int(totals[1].item())
+    return total_loss / len(data), correct / len(data)
+
+
+def validate(
+    model: nn.Module, data: TensorDataset, spec: Preprocessing, device: torch.device, batch_size: int
+) -> tuple[float, float]:
+    model.eval()
+    logits = predict_logits(model, data.images, spec, device, batch_size)
+    loss = F.cross_entropy(logits, data.labels).item()
+    acc = (logits.argmax(1) == data.labels).float().mean().item()
+    return loss, acc
+
+
+def fit(
+    model: nn.Module,
+    arch: str,
+    train: TensorDataset,
+    val: TensorDataset,
+    spec: Preprocessing,
+    params: TrainParams,
+    device: torch.device,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Train for `params.epochs`, validating after each; return the best epoch's model.
+
+    Best = highest validation accuracy, ties broken by lower validation loss.
+    """
+    model.to(device)
+    optimizer = make_optimizer(model, arch, params)
+    generator = torch.Generator().manual_seed(params.seed)
+    rank, world = distributed_context()
+    net: nn.Module = model
+    aug_generator = None
+    if world > 1:
+        # Same initial weights everywhere (DDP broadcasts rank 0's), own augmentation per rank.
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        aug_generator = torch.Generator().manual_seed(params.seed * 1000 + rank + 1)
+    history: list[EpochStats] = []
+    best_key: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    best_epoch = 0
+    for epoch in range(1, params.epochs + 1):
+        started = time.perf_counter()
+        train_loss, train_acc = train_one_epoch(
+            net, train, spec, params, arch, optimizer, device, generator, aug_generator
+        )
+        train_seconds = time.perf_counter() - started
+        val_loss, val_acc = validate(model, val, spec, device, params.batch_size)
+        stats = EpochStats(
+            epoch,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            seconds=time.perf_counter() - started,
+            images_per_second=len(train) / train_seconds,
+        )
+        history.append(stats)
+        if not math.isfinite(train_loss):
+            raise GreenrError(f"training diverged at epoch {epoch} (loss {train_loss})", "lower train.lr")
+        key = (val_acc, -val_loss)
+        if best_key is None or key > best_key:
+            best_key, best_epoch = key, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        log.info(
+            "epoch %d/%d train_loss=%.4f train_acc=%.3f val_loss=%.4f val_acc=%.3f (%.1fs, %.0f img/s)",
+            epoch,
+            params.epochs,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            stats.seconds,
+            stats.images_per_second,
+        )
+        if on_epoch:
+            on_epoch(stats)
+    model.load_state_dict(best_state)
+    return FitResult(model=model.eval(), best_epoch=best_epoch, history=history)

@@ -1,0 +1,1 @@
+"""Operations: the object store, MLflow tracking, input-drift monitoring."""

@@ -1,0 +1,69 @@
+"""The project modules a script imports, found by reading the source (nothing is executed)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PROJECT_PACKAGES = ("greenr", "serve", "stages")
+
+
+def module_file(root: Path, module: str) -> Path | None:
+    """The file of a project module (`greenr.data.images` -> greenr/data/images.py), if any."""
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module named by an import statement in `path`, at any depth (lazy imports too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from greenr.model import checkpoint` imports the module greenr.model.checkpoint.
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def project_imports(root: Path, script: Path) -> set[Path]:
+    """Files of every project module `script` imports, directly or through other project modules.
+
+    Package `__init__.py` files are left out: they hold docstrings only.
+    """
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        for module in _imported_modules(path):
+            if module.split(".")[0] not in PROJECT_PACKAGES:
+                continue
+            target = module_file(root, module)
+            if target is None or target in seen or target.name == "__init__.py":
+                continue
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def stage_dep_problems(root: Path, dvc_yaml: dict) -> dict[str, list[str]]:
+    """Per stage run as `python -m stages.X`: project files it imports that its `deps` lack, and
+    `deps` under greenr/ or stages/ that do not exist (empty lists everywhere = all good)."""
+    problems: dict[str, list[str]] = {}
+    for name, stage in (dvc_yaml.get("stages") or {}).items():
+        cmd = stage.get("cmd", "")
+        if not cmd.startswith("python -m stages."):
+            continue
+        script = root / "stages" / f"{cmd.split('stages.', 1)[1].split()[0]}.py"
+        deps = set(stage.get("deps") or [])
+        needed = {script} | project_imports(root, script)
+        missing = sorted(p.relative_to(root).as_posix() for p in needed if p.relative_to(root).as_posix() not in deps)
+        stale = sorted(d for d in deps if d.startswith(("greenr/", "stages/")) and not (root / d).is_file())
+        problems[name] = [f"imports {m} but does not list it in deps" for m in missing] + [
+            f"lists {s} in deps, which does not exist" for s in stale
+        ]
+    return problems

@@ -1,0 +1,109 @@
+"""The server under test: a small checkpoint, settings for an in-process app, and `python -m serve`
+as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import torch
+from fastapi.testclient import TestClient
+
+from greenr.model import checkpoint
+from greenr.model.architectures import build_model, get_arch
+from greenr.processes import free_port, stop
+from serve.settings import Settings
+from tests.helpers.project import REPO
+
+CLASSES = ["dandelion", "grass"]
+IMAGE_SIZE = 64
+RELOAD_TOKEN = "test-reload-token"
+
+
+def write_checkpoint(path: Path, seed: int = 0, image_size: int = IMAGE_SIZE) -> str:
+    """An untrained ResNet18 at `image_size` px (fast to load, deterministic per seed)."""
+    torch.manual_seed(seed)
+    model = build_model("resnet18", len(CLASSES))
+    return checkpoint.save(
+        path, model, "resnet18", CLASSES, get_arch("resnet18").preprocessing(image_size), meta={"seed": seed}
+    )
+
+
+def make_settings(model_path: Path, **overrides: object) -> Settings:
+    values = {
+        "model_path": str(model_path),
+        "model_pull": False,
+        "reload_token": RELOAD_TOKEN,
+        "threads": 2,
+        "batch_wait_ms": 2.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def wait_ready(
+    client: TestClient | httpx.Client, timeout: float = 120, alive: Callable[[], None] = lambda: None
+) -> dict:
+    """Poll /ready until 200; a load error or `alive()` raising fails at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            response = client.get("/ready")
+        except httpx.TransportError:  # a real server not listening yet
+            time.sleep(0.1)
+            continue
+        body = response.json()
+        if response.status_code == 200:
+            return body
+        if body.get("error"):
+            raise AssertionError(f"model failed to load: {body['error']}")
+        time.sleep(0.05)
+    raise AssertionError("model not ready in time")
+
+
+class Server:
+    """`python -m serve` in a subprocess on 127.0.0.1:<free port>, stopped by its PID."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "GREENR_OFFLINE": "1",
+            "LOG_LEVEL": "warning",
+            **env,
+        }
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serve"], cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 120) -> dict:
+        with httpx.Client(base_url=self.url, timeout=5) as http:
+            return wait_ready(http, timeout, alive=self._alive)
+
+    def _alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self._log.close()

@@ -1,0 +1,223 @@
+"""POST /feedback, uncertain-input capture and the review API: decoded and limited like /predict, stored
+content-addressed in the inbox, capped, token-checked, 503 (never 500) when off or when the store is down."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from greenr.ops.inbox import PENDING, Inbox, LocalBackend
+from greenr.processes import stop
+from serve.main import create_app
+from tests.helpers.images import bad_corpus, encode, jpeg_bytes, scene
+from tests.helpers.s3 import running_s3
+from tests.helpers.serving import make_settings, wait_ready
+
+MAX_UPLOAD = 10 * 1024 * 1024
+CORPUS = bad_corpus(MAX_UPLOAD)
+REVIEW_TOKEN = "test-review-token"
+
+
+@contextmanager
+def feedback_app(ckpt: Path, state: Path, **overrides: object) -> Iterator[TestClient]:
+    """An app with feedback on and the inbox in `state`/inbox (GREENR_STATE_DIR)."""
+    values = {"feedback": True, "feedback_inbox": "local", "review_token": REVIEW_TOKEN, **overrides}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GREENR_STATE_DIR", str(state))
+        with TestClient(create_app(make_settings(ckpt, **values)), raise_server_exceptions=False) as client:
+            wait_ready(client)
+            yield client
+
+
+def local_inbox(state: Path) -> Inbox:
+    return Inbox(LocalBackend(state / "inbox"))
+
+
+def upload(data: bytes, label: str | None = "dandelion", **fields: str) -> dict:
+    form = {"label": label, **fields} if label is not None else fields
+    return {"files": {"file": ("photo.jpg", data, "image/jpeg")}, "data": form}
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("feedback-state")
+
+
+@pytest.fixture(scope="module")
+def client(ckpt_path: Path, state: Path) -> Iterator[TestClient]:
+    with feedback_app(ckpt_path, state) as test_client:
+        yield test_client
+
+
+def test_feedback_is_off_by_default(ckpt_path: Path, tmp_path: Path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GREENR_STATE_DIR", str(tmp_path))
+        with TestClient(create_app(make_settings(ckpt_path)), raise_server_exceptions=False) as off:
+            wait_ready(off)
+            assert off.get("/feedback").json() == {"enabled": False, "token_required": False, "review_enabled": False}
+            response = off.post("/feedback", **upload(jpeg_bytes(scene("grass", 1))))
+            assert response.status_code == 503 and "FEEDBACK=on" in response.json()["detail"]
+            assert off.get("/review/items").status_code == 403
+    assert not (tmp_path / "inbox").exists()
+
+
+def test_feedback_is_stored_once_per_photo_with_its_record(client: TestClient, state: Path):
+    data = jpeg_bytes(scene("dandelion", 2))
+    sha = hashlib.sha256(data).hexdigest()
+    fields = {"predicted": "grass", "confidence": "0.58", "model_sha256": "b" * 64}
+    first = client.post("/feedback", **upload(data, "dandelion", **fields))
+    assert first.status_code == 201, first.text
+    assert first.json() == {"id": sha, "status": "new", "label": "dandelion"}
+    again = client.post("/feedback", **upload(data, "dandelion", **fields))
+    assert again.status_code == 200 and again.json()["status"] == "unchanged"
+    record = json.loads((state / "inbox" / PENDING / f"{sha}.json").read_text())
+    assert (record["label"], record["predicted"], record["confidence"], record["model_sha256"]) == (
+        "dandelion",
+        "grass",
+        0.58,
+        "b" * 64,
+    )
+    assert record["source"] == "feedback" and record["received"]
+    assert (state / "inbox" / PENDING / f"{sha}.jpg").read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"label": "tulip"}, "label 'tulip' is not one of the model's classes"),
+        ({"label": "grass", "predicted": "tulip"}, "predicted 'tulip'"),
+        ({"label": "grass", "model_sha256": "xyz"}, "model_sha256"),
+        ({"label": "grass", "confidence": "1.5"}, "confidence"),
+        ({}, "label"),
+    ],
+)
+def test_bad_fields_are_422(client: TestClient, fields: dict, fragment: str):
+    response = client.post(
+        "/feedback", files={"file": ("a.jpg", jpeg_bytes(scene("grass", 3)), "image/jpeg")}, data=fields
+    )
+    assert response.status_code == 422 and fragment in response.text, response.text
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_bad_input_corpus_gets_the_same_4xx_as_predict_and_stores_nothing(client: TestClient, state: Path, name: str):
+    data, content_type, status = CORPUS[name]
+    before = local_inbox(state).count()
+    response = client.post("/feedback", files={"file": (f"{name}.bin", data, content_type)}, data={"label": "grass"})
+    assert response.status_code == status, response.text
+    assert 400 <= response.status_code < 500
+    assert local_inbox(state).count() == before
+
+
+def test_no_5xx_after_the_corpus(client: TestClient):
+    assert 'status="500"' not in client.get("/metrics").text
+
+
+def test_review_lists_labels_and_serves_images_only_with_the_token(client: TestClient, state: Path):
+    data = encode(scene("grass", 4), "PNG")
+    sha = hashlib.sha256(data).hexdigest()
+    client.post("/feedback", files={"file": ("x.png", data, "image/png")}, data={"label": "grass"})
+    client.post("/feedback", files={"file": ("x.png", data, "image/png")}, data={"label": "dandelion"})  # conflict
+    assert client.get("/review/items").status_code == 401
+    assert client.get("/review/items", headers={"Authorization": "Bearer nope"}).status_code == 401
+    auth = {"Authorization": f"Bearer {REVIEW_TOKEN}"}
+    listed = client.get("/review/items", headers=auth).json()
+    assert listed["classes"] == ["dandelion", "grass"]
+    (item,) = [i for i in listed["items"] if i["id"] == sha]
+    assert item["labels_given"] == ["dandelion", "grass"] and item["source"] == "feedback"
+    image = client.get(f"/review/items/{sha}/image", headers=auth)
+    assert image.status_code == 200 and image.content == data and image.headers["content-type"] == "image/png"
+    assert client.post(f"/review/items/{sha}/label", headers=auth, json={"label": "tulip"}).status_code == 422
+    labeled = client.post(f"/review/items/{sha}/label", headers=auth, json={"label": "grass"})
+    assert labeled.status_code == 200 and labeled.json()["label"] == "grass"
+    assert sha not in [i["id"] for i in client.get("/review/items", headers=auth).json()["items"]]
+    assert local_inbox(state).record(sha).reviewed  # type: ignore[union-attr]
+    assert client.get(f"/review/items/{'0' * 64}/image", headers=auth).status_code == 404
+    assert client.post(f"/review/items/{'0' * 64}/label", headers=auth, json={"label": "grass"}).status_code == 404
+    assert client.get("/review/items/not-a-sha/image", headers=auth).status_code == 422
+
+
+def test_feedback_token(ckpt_path: Path, tmp_path: Path):
+    with feedback_app(ckpt_path, tmp_path, feedback_token="s3cret") as app:
+        assert app.get("/feedback").json()["token_required"] is True
+        data = jpeg_bytes(scene("grass", 5))
+        assert app.post("/feedback", **upload(data, "grass")).status_code == 401
+        ok = app.post("/feedback", **upload(data, "grass"), headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 201
+
+
+def test_hourly_cap_and_inbox_size_cap(ckpt_path: Path, tmp_path: Path):
+    with feedback_app(ckpt_path, tmp_path / "a", feedback_max_per_hour=2) as app:
+        for seed in (6, 7):
+            assert app.post("/feedback", **upload(jpeg_bytes(scene("grass", seed)), "grass")).status_code == 201
+        capped = app.post("/feedback", **upload(jpeg_bytes(scene("grass", 8)), "grass"))
+        assert capped.status_code == 429 and int(capped.headers["retry-after"]) > 3000
+    with feedback_app(ckpt_path, tmp_path / "b", feedback_max_items=2) as app:
+        for seed in (6, 7):
+            assert app.post("/feedback", **upload(jpeg_bytes(scene("grass", seed)), "grass")).status_code == 201
+        full = app.post("/feedback", **upload(jpeg_bytes(scene("grass", 8)), "grass"))
+        assert full.status_code == 503 and "inbox is full" in full.json()["detail"]
+    assert local_inbox(tmp_path / "b").count() == 2
+
+
+def test_uncertain_predictions_are_captured_unlabeled_and_rate_limited(ckpt_path: Path, tmp_path: Path):
+    # An untrained model is never fully sure: a threshold of 1.0 captures every prediction.
+    with feedback_app(ckpt_path, tmp_path, feedback=False, capture_below_confidence=1.0, capture_max_per_hour=2) as app:
+        for seed in range(3):
+            response = app.post(
+                "/predict", files={"file": ("a.jpg", jpeg_bytes(scene("grass", 20 + seed)), "image/jpeg")}
+            )
+            assert response.status_code == 200
+    # Leaving the app waited for the captures in flight.
+    records = local_inbox(tmp_path).records()
+    assert len(records) == 2
+    assert all(r.label is None and r.source == "uncertain" and r.predicted and r.confidence for r in records)
+    assert len(local_inbox(tmp_path).to_review()) == 2
+
+
+def test_no_capture_above_the_threshold(ckpt_path: Path, tmp_path: Path):
+    with feedback_app(ckpt_path, tmp_path, capture_below_confidence=0.01) as app:
+        assert (
+            app.post("/predict", files={"file": ("a.jpg", jpeg_bytes(scene("grass", 30)), "image/jpeg")}).status_code
+            == 200
+        )
+    assert local_inbox(tmp_path).count() == 0
+
+
+def dvc_project(root: Path, endpoint: str) -> Path:
+    """A bare DVC project whose default remote is the S3 server at `endpoint`."""
+    root.mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
+    subprocess.run([*dvc, "remote", "add", "-d", "minio", "s3://greenr/dvc"], cwd=root, check=True)
+    subprocess.run([*dvc, "remote", "modify", "minio", "endpointurl", endpoint], cwd=root, check=True)
+    (root / "params.yaml").write_text("{}\n")
+    return root
+
+
+def test_inbox_in_the_object_store_and_503_when_the_store_goes_down(ckpt_path: Path, tmp_path: Path):
+    data = jpeg_bytes(scene("dandelion", 40))
+    sha = hashlib.sha256(data).hexdigest()
+    with pytest.MonkeyPatch.context() as mp, running_s3(tmp_path / "s3") as s3:
+        for key, value in s3.env.items():
+            mp.setenv(key, value)
+        mp.setenv("GREENR_ROOT", str(dvc_project(tmp_path / "p", s3.endpoint)))
+        with feedback_app(ckpt_path, tmp_path / "state", feedback_inbox="store") as app:
+            stored = app.post("/feedback", **upload(data, "dandelion"))
+            assert stored.status_code == 201, stored.text
+            keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="greenr")["Contents"]]
+            assert sorted(keys) == [f"inbox/pending/{sha}.jpg", f"inbox/pending/{sha}.json"]
+            assert s3.proc is not None
+            stop(s3.proc)  # the store goes down under the running server: a clear 503, never a 500
+            down = app.post("/feedback", **upload(jpeg_bytes(scene("dandelion", 41)), "dandelion"))
+            assert down.status_code == 503, down.text
+            assert "not answering" in down.json()["detail"]
+            assert app.get("/review/items", headers={"Authorization": f"Bearer {REVIEW_TOKEN}"}).status_code == 503
+    assert not (tmp_path / "state" / "inbox").exists(), "nothing may fall back to the local folder"

@@ -2,16 +2,19 @@
 # Every target calls the project's one CLI (`greenr`, see `greenr --help`) or a tool it pins.
 .DEFAULT_GOAL := help
 export DATA_SOURCE
-VENV := .venv/bin
+# scripts/setup.sh reads PYTHON (the interpreter: PYTHON=python3.12 make run) and UV_PROJECT_ENVIRONMENT
+# (uv's own variable for the venv folder, e.g. .venv-3.12 beside .venv) from the environment or the
+# command line (make passes both on); every target runs that venv.
+VENV := $(or $(UV_PROJECT_ENVIRONMENT),.venv)/bin
 
 .PHONY: help setup test-tools run test test-fast lint serve store-start store-stop mlflow-ui bench
 
 help:
-	@echo "make setup        create/refresh .venv from uv.lock (idempotent)"
+	@echo "make setup        create/refresh .venv from uv.lock (idempotent; PYTHON=python3.12 picks the interpreter)"
 	@echo "make run          the main job: object store, data, dvc repro, dvc push, test metrics"
-	@echo "                  (DATA_SOURCE=DIR make run ingests from a local folder)"
+	@echo "                  (DATA_SOURCE=DIR make run ingests from a local folder; FORCE=1 reruns every stage)"
 	@echo "make test         the whole test suite (installs chromium, prometheus, hey, wrk and Airflow if missing)"
-	@echo "make test-fast    the tests without the end-to-end ones (no extra tools needed)"
+	@echo "make test-fast    the tests without the end-to-end ones (installs the same tools as make test)"
 	@echo "make lint         ruff check, ruff format --check, mypy on greenr/ and serve/"
 	@echo "make serve        the prediction server on http://127.0.0.1:8000 (greenr serve)"
 	@echo "make store-start  start the local MinIO-compatible object store (make store-stop stops it)"
@@ -26,12 +29,12 @@ test-tools: setup
 	@deploy/airflow/setup.sh
 
 run: setup
-	$(VENV)/greenr run
+	$(VENV)/greenr run $(if $(FORCE),--force)
 
 test: setup test-tools
 	$(VENV)/pytest
 
-test-fast: setup
+test-fast: setup test-tools
 	$(VENV)/pytest -m "not e2e and not real_data"
 
 lint: setup

@@ -264,6 +264,12 @@ def cmd_plots_template(args: argparse.Namespace) -> None:
     print(f"dvc plots show/diff pages now render offline (plots.html_template = {path})")
 
 
+def cmd_agreement(args: argparse.Namespace) -> None:
+    from greenr.evaluation import agreement
+
+    raise SystemExit(agreement.check(args.runs))
+
+
 def cmd_promote(args: argparse.Namespace) -> None:
     from greenr.evaluation import promote
 
@@ -489,6 +495,15 @@ def parser() -> argparse.ArgumentParser:
     )
     _predict_arguments(predict)
     predict.set_defaults(func=cmd_predict)
+
+    agree = sub.add_parser(
+        "agreement", help="do runs (other Pythons, machines) agree: split, labels, metrics in the interval"
+    )
+    agree.add_argument(
+        "runs", nargs="+", metavar="[NAME=]DIR", help="checkouts after `greenr run`; the first is the reference"
+    )
+    agree.set_defaults(func=cmd_agreement)
+
     serve = sub.add_parser("serve", help="the prediction server (settings from the environment; see README)")
     serve.set_defaults(func=cmd_serve)
     ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI on 127.0.0.1")

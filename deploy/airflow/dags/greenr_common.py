@@ -5,6 +5,7 @@ its checkout, and asking the prediction server to reload. Set by the Airflow wor
                         checkout of its own: runs change params.yaml, data/ and git branches there.
     GREENR_PYTHON       the project's Python            (default: $GREENR_REPO/.venv/bin/python)
     GREENR_CLI          the project's CLI                (default: $GREENR_REPO/.venv/bin/greenr)
+    UV_PROJECT_ENVIRONMENT  the project's venv folder when it is not .venv (e.g. .venv-3.12)
     GREENR_API_URL      the server to reload; empty skips the reload (default: http://127.0.0.1:8000)
     RELOAD_TOKEN        bearer token of POST /model/reload
 """
@@ -26,8 +27,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 log = logging.getLogger(__name__)
 
 REPO = Path(os.environ.get("GREENR_REPO") or Path(__file__).resolve().parents[3])
-PYTHON = os.environ.get("GREENR_PYTHON") or str(REPO / ".venv" / "bin" / "python")
-CLI = os.environ.get("GREENR_CLI") or str(REPO / ".venv" / "bin" / "greenr")
+VENV_BIN = REPO / (os.environ.get("UV_PROJECT_ENVIRONMENT") or ".venv") / "bin"
+PYTHON = os.environ.get("GREENR_PYTHON") or str(VENV_BIN / "python")
+CLI = os.environ.get("GREENR_CLI") or str(VENV_BIN / "greenr")
 API_URL = os.environ.get("GREENR_API_URL", "http://127.0.0.1:8000")
 DEFAULT_ARGS = {
     "owner": "greenr",

@@ -59,6 +59,7 @@ def print_metrics(root: Path) -> None:
         f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",
         f"  ROC AUC    {report['roc_auc']}",
         f"  log loss   {report['log_loss']:.4f}",
+        *([f"  ECE        {report['ece']:.4f}  (calibration error of the confidences)"] if "ece" in report else []),
     ]
     for name, row in report["per_class"].items():
         lines.append(

@@ -11,6 +11,7 @@ embedded as they are (and mirrored, for models that average the two).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ from greenr.errors import GreenrError
 from greenr.model.architectures import get_arch
 from greenr.model.training import EpochStats, FitResult, augment, make_scheduler
 from greenr.params import AugmentParams, TrainParams
+
+log = logging.getLogger(__name__)
 
 CENTRE, MIRROR = "centre", "hflip"
 
@@ -80,7 +83,8 @@ def extract(
     """Features (V, N, F) on the CPU of uint8 images (N, 3, S, S), one row per view."""
     out = []
     with features_only(model.to(device), arch) as backbone:
-        for view in views:
+        for number, view in enumerate(views, 1):
+            started = time.perf_counter()
             x = view_images(images, view, aug, seed)
             chunks = []
             for start in range(0, len(x), batch_size):
@@ -88,6 +92,15 @@ def extract(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     chunks.append(backbone(batch).float().cpu())
             out.append(torch.cat(chunks) if chunks else torch.empty(0, 0))
+            # The backbone passes are the slow part of a frozen run; say how far they are.
+            log.info(
+                "features of %d images, view %d/%d (%s): %.1f s",
+                len(x),
+                number,
+                len(views),
+                view,
+                time.perf_counter() - started,
+            )
     return torch.stack(out)
 
 

@@ -33,14 +33,16 @@ sys.path.insert(0, str(ROOT))
 from greenr.data.dataset import Example as Row
 from greenr.data.dataset import list_class_images
 from greenr.data.tensors import TensorDataset, load_tensors, normalize
+from greenr.hardware import cpu_flags, cpu_model, native_bf16
 from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
 from greenr.model.device import configure_threads, resolve_device
 from greenr.model.training import augment, make_optimizer, train_one_epoch
 from greenr.params import load_section
 
-ORDER = ("a", "b", "c0", "c2", "p")
+ORDER = ("a", "a16", "b", "c0", "c2", "p")
 LABELS = {
     "a": "(a) pure compute: fwd+bwd+step on in-memory tensors",
+    "a16": "(a16) (a) in bf16 autocast + channels_last (precision: bf16)",
     "b": "(b) train stage: train_one_epoch on cached uint8 + augment",
     "c0": "(c) original: ImageFolder + DataLoader, num_workers=0",
     "c2": "(c) original: ImageFolder + DataLoader, num_workers=2",
@@ -100,6 +102,8 @@ def main() -> None:
     per_measure = args.steps * batch_size
     methods = [m for m in ORDER if m not in {s.strip() for s in args.skip.split(",") if s.strip()}]
 
+    simd = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni"))
+    print(f"CPU: {cpu_model()}; flags: {' '.join(simd) or 'none of avx2/avx512/amx'}")
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
         f"{threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
@@ -143,6 +147,21 @@ def main() -> None:
     def run_a(batches: int = args.steps) -> int:
         for _ in range(batches):
             step(compute_model, compute_opt, fixed_x, fixed_y)
+        return batches * batch_size
+
+    # (a16) the same step as train.precision bf16 runs it: NHWC weights and input, bf16 autocast.
+    bf16_model, bf16_opt = fresh_model()
+    bf16_model.to(memory_format=torch.channels_last)
+    bf16_x = fixed_x.contiguous(memory_format=torch.channels_last)
+
+    def run_a16(batches: int = args.steps) -> int:
+        for _ in range(batches):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                logits = bf16_model(bf16_x)
+            loss = F.cross_entropy(logits.float(), fixed_y)
+            bf16_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            bf16_opt.step()
         return batches * batch_size
 
     # (b) the stage's own loop over a random subset of the cache of `per_measure` images.
@@ -189,6 +208,7 @@ def main() -> None:
 
     runners: dict[str, Callable[..., int]] = {
         "a": run_a,
+        "a16": run_a16,
         "b": run_b,
         "c0": lambda **kw: run_c(0, **kw),
         "c2": lambda **kw: run_c(2, **kw),
@@ -216,6 +236,11 @@ def main() -> None:
             f"(b)/(a)  train stage vs pure compute: {ratio:.3f}  (target >= 0.9: "
             f"{'met' if ratio >= 0.9 else 'NOT met'}); median of per-round ratios {paired:.3f}"
         )
+    if {"a", "a16"} <= medians.keys():
+        native = (
+            "native" if native_bf16() or device.type == "cuda" else "EMULATED (no AMX/AVX512-BF16: auto stays fp32)"
+        )
+        print(f"(a16)/(a) bf16 + channels_last vs fp32: {medians['a16'] / medians['a']:.2f}x  [{native}]")
     for workers in ("c0", "c2"):
         if {"b", workers} <= medians.keys():
             print(
@@ -234,3 +259,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (quote only runs that started quiet)")

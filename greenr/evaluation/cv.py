@@ -9,7 +9,8 @@ temperature fitting on the val part), and predicts the held-out fold once. Every
 on all its out-of-fold predictions: accuracy and macro F1 with bootstrap intervals, log loss and
 expected calibration error (of the calibrated probabilities), and the per-fold accuracies.
 
-A frozen backbone's features are computed once for all images and reused by every fold.
+A frozen backbone's features are computed once for all images and reused by every fold, and by
+every later setting that differs only in what the head's training reads (lr, epochs, schedule, ...).
 """
 
 from __future__ import annotations
@@ -137,6 +138,24 @@ class SettingResult:
     resolved: dict[str, Any] = field(default_factory=dict)
 
 
+def feature_key(recipe: Any) -> str:
+    """What a frozen backbone's features depend on: settings equal in these share one extraction."""
+    train = recipe.train
+    return json.dumps(
+        [
+            recipe.model.model_dump(),
+            recipe.pretrained,
+            train.feature_views,
+            train.augment.model_dump(),
+            train.seed,
+            train.precision,
+            train.batch_size,
+            train.device,
+        ],
+        sort_keys=True,
+    )
+
+
 def cross_validate(
     sets: Sequence[str], folds: int = 5, seed: int = 42, threads: int = 0, progress: bool = True
 ) -> tuple[list[SettingResult], list[Example]]:
@@ -162,6 +181,7 @@ def cross_validate(
     fold_of = stratified_folds(pool, folds, seed)
     configure_threads(threads)
     results = []
+    banks: dict[str, FrozenFeatures] = {}
     bar = tqdm(total=len(settings) * folds, desc="cv", unit="fold", disable=not progress)
     for overrides, sections in zip(settings, all_sections):
         started = time.perf_counter()
@@ -173,9 +193,12 @@ def cross_validate(
         data = load_tensors(pool, root, recipe.spec)
         bank: FrozenFeatures | None = None
         if recipe.train.finetune == "frozen":
-            model = build_model(recipe.arch, len(CLASSES), pretrained=recipe.pretrained)
-            # Every image's training views and evaluation views, once, for all folds.
-            bank = frozen_features(model, recipe, data.images, data.images, device)
+            key = feature_key(recipe)
+            if key not in banks:
+                model = build_model(recipe.arch, len(CLASSES), pretrained=recipe.pretrained)
+                # Every image's training views and evaluation views, once, for all folds.
+                banks[key] = frozen_features(model, recipe, data.images, data.images, device)
+            bank = banks[key]
         logits = torch.zeros(len(pool), len(CLASSES))
         temperatures = []
         for f in range(folds):

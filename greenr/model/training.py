@@ -215,6 +215,8 @@ def train_one_epoch(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size].to(device)
             x = normalize(augment(images[idx], params.augment, aug_generator or generator), spec)
+            if bf16:  # oneDNN's and cuDNN's bf16 convolutions are fastest on NHWC
+                x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
@@ -264,6 +266,8 @@ def fit(
     shard = len(range(rank, len(train), world))  # this rank's examples per epoch (rank_shard)
     scheduler = make_scheduler(optimizer, params, math.ceil(shard / math.ceil(params.batch_size / world)))
     bf16 = use_bf16(params.precision, device)
+    if bf16:
+        model.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(params.seed)
     net: nn.Module = model
     aug_generator = None

@@ -81,9 +81,15 @@ def project(tmp_path: Path, make_dataset, monkeypatch: pytest.MonkeyPatch) -> Pa
     return root
 
 
-def test_cv_scores_each_setting_on_out_of_fold_predictions(project: Path) -> None:
+def test_cv_scores_each_setting_on_out_of_fold_predictions(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from greenr.model import recipe
+
+    extractions = []
+    real_extract = recipe.frozen_features
+    monkeypatch.setattr(recipe, "frozen_features", lambda *a, **k: extractions.append(1) or real_extract(*a, **k))
     sets = ["model.arch=efficientnet_lite0", "model.image_size=64", "train.lr=0.003,0.03", "train.finetune=frozen"]
     results, pool = cv.cross_validate(sets, folds=4, seed=0, threads=2, progress=False)
+    assert len(extractions) == 1, "settings that differ only in the head's lr share one feature extraction"
     test_images = {row.path for row in read_manifest(project / split_manifest("test"))}
     assert len(pool) == 20 and test_images and not test_images & {row.path for row in pool}
     assert [r.name for r in results] == [

@@ -8,7 +8,9 @@ import torch
 from greenr.data.dataset import Example, file_md5, list_class_images
 from greenr.data.splitting import stratified_split
 from greenr.data.tensors import TensorDataset, load_tensors
+from greenr.hardware import native_bf16
 from greenr.model.architectures import build_model, get_arch
+from greenr.model.device import use_bf16
 from greenr.model.training import FitResult, fit, seed_everything
 from greenr.params import AugmentParams, TrainParams
 
@@ -91,3 +93,29 @@ def test_select_last_keeps_the_final_epoch(data: dict[str, TensorDataset]) -> No
     assert result.best_epoch == 2
     # Label smoothing keeps the training loss away from zero: even a perfect fit pays ~0.2.
     assert result.history[-1].train_loss > 0.1
+
+
+def test_precision_auto_means_bf16_only_where_the_cpu_has_it() -> None:
+    cpu = torch.device("cpu")
+    assert use_bf16("fp32", cpu) is False
+    assert use_bf16("auto", cpu) is native_bf16()
+
+
+def test_forced_bf16_trains_on_any_cpu(data: dict[str, TensorDataset]) -> None:
+    """bf16 autocast + channels_last: emulated (slow) without native bf16, but it must run."""
+    params = PARAMS.model_copy(update={"precision": "bf16", "epochs": 2})
+    seed_everything(params.seed)
+    result = fit(build_model(ARCH, 2), ARCH, data["train"], data["val"], SPEC, params, torch.device("cpu"))
+    assert all(torch.isfinite(torch.tensor(s.train_loss)) for s in result.history)
+    assert result.model(torch.zeros(1, 3, 32, 32)).dtype == torch.float32  # outside autocast: fp32 weights
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AMX or AVX512-BF16): auto stays fp32")
+def test_auto_precision_on_a_bf16_cpu_learns_and_is_reproducible(data: dict[str, TensorDataset]) -> None:
+    params = PARAMS.model_copy(update={"precision": "auto"})
+    runs = []
+    for _ in range(2):
+        seed_everything(params.seed)
+        runs.append(fit(build_model(ARCH, 2), ARCH, data["train"], data["val"], SPEC, params, torch.device("cpu")))
+    assert runs[0].best.val_acc >= 0.85
+    assert [s.row() for s in runs[0].history] == [s.row() for s in runs[1].history]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -42,6 +43,11 @@ def exits_cleanly(func: F) -> F:
                 file=sys.stderr,
             )
             sys.exit(128 + signum)
+        except BrokenPipeError:
+            # The reader went away (`greenr metrics | head`): stop quietly, as cat and grep do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+            sys.exit(141)
 
     return wrapper  # type: ignore[return-value]
 

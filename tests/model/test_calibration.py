@@ -41,3 +41,13 @@ def test_a_calibrated_model_keeps_a_temperature_near_one() -> None:
 
 def test_no_logits_means_no_scaling() -> None:
     assert fit_temperature(torch.empty(0, 2), torch.empty(0, dtype=torch.long)) == 1.0
+
+
+def test_a_perfectly_separated_validation_split_keeps_a_finite_temperature() -> None:
+    """No finite NLL optimum exists here (T -> 0); the prior keeps confidences below certainty."""
+    labels = torch.tensor([0, 1] * 27)
+    margin = torch.linspace(2.0, 6.0, len(labels))
+    logits = torch.stack([margin, -margin], 1) * (1 - 2 * labels[:, None])
+    temperature = fit_temperature(logits, labels)
+    assert 0.2 < temperature < 1.0, temperature
+    assert (logits / temperature).softmax(1).max() < 1 - 1e-9

@@ -246,8 +246,11 @@ def test_dags_test_end_to_end(airflow_python, tmp_path, reload_server) -> None:
         assert migrate.returncode == 0, migrate.stderr[-3000:]
         conf = {
             "overrides": [
-                "model.image_size=32",
-                "train.epochs=1",
+                # Enough for the frozen default to separate the blobs, so the real gate (against
+                # main's committed metrics) promotes: at 32 px Lite0's features are a single pixel.
+                "model.image_size=64",
+                "train.epochs=10",
+                "train.lr=0.01",
                 "train.batch_size=8",
                 "evaluate.bootstrap_samples=10",
             ],
@@ -279,7 +282,7 @@ def test_dags_test_end_to_end(airflow_python, tmp_path, reload_server) -> None:
         assert len(keys) > 16  # 16 images, the data listing and the model
     # the overrides were applied, and the run is a DVC experiment
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["model"]["image_size"] == 32 and params["train"]["epochs"] == 1
+    assert params["model"]["image_size"] == 64 and params["train"]["epochs"] == 10
     assert (repo / "metrics" / "drift_reference.json").is_file()
     exps = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "list", "--name-only"],

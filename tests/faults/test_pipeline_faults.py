@@ -34,7 +34,9 @@ from tests.helpers.project import TINY_PARAMS, VENV_BIN, init_project, point_rem
 
 pytestmark = pytest.mark.e2e
 
-EPOCHS = 10  # the killed training: about a second per epoch at 32 px, time to be killed mid-epoch
+# The killed training: resnet18 trains end to end, about a second per epoch at 32 px, time to be
+# killed mid-epoch (the frozen default's head epochs take milliseconds).
+EPOCHS = 10
 
 
 @dataclass
@@ -68,7 +70,7 @@ def ws(tmp_path: Path) -> Iterator[Workspace]:
 
 
 def test_train_stage_killed_mid_epoch_then_rerun_completes(ws: Workspace) -> None:
-    set_params(ws.project, {"train": {"epochs": EPOCHS}})
+    set_params(ws.project, {"model": {"arch": "resnet18"}, "train": {"epochs": EPOCHS}})
     with spawn([str(VENV_BIN / "greenr"), "run"], ws.project, _logs(ws, "first"), ws.env) as proc:
         _wait_for_log(ws, "first", proc, f"epoch 2/{EPOCHS}")  # so it is inside epoch 3 now
         _kill(proc.pid, "stages.train")

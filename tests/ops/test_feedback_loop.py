@@ -16,6 +16,7 @@ import yaml
 
 from greenr.data.dataset import SPLITS, read_manifest
 from greenr.ops.inbox import data_version
+from greenr.paths import ONNX_MODEL_PATH
 from tests.helpers.images import bad_corpus, encode, jpeg_bytes, scene
 from tests.helpers.project import TINY_PARAMS, git, init_project, point_remote_at, project_env, run
 from tests.helpers.s3 import running_s3
@@ -109,7 +110,8 @@ def test_feedback_becomes_the_next_data_version_and_the_next_model(tmp_path: Pat
                 reloaded = http.post("/model/reload", headers={"Authorization": f"Bearer {RELOAD_TOKEN}"})
                 assert reloaded.status_code == 200, reloaded.text
                 model = http.get("/model").json()
-                candidate = hashlib.sha256((project / "models" / "stage-1.pth").read_bytes()).hexdigest()
+                # The server serves the ONNX export of the retrained checkpoint (its MODEL_PATH default).
+                candidate = hashlib.sha256((project / ONNX_MODEL_PATH).read_bytes()).hexdigest()
                 assert model["sha256"] == candidate != champion
                 assert model["matches_dvc_lock"] is True
         finally:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from markdown_it import MarkdownIt
 from PIL import Image
 
-from tests.helpers.project import VENV_BIN, evaluate_metrics, git, run
+from tests.helpers.project import REPO, VENV_BIN, evaluate_metrics, git, run
 
 
 def _write_plots(root: Path) -> None:
@@ -36,7 +37,8 @@ def test_report_has_right_deltas_and_is_valid_markdown(metrics_repo, env_for) ->
     text = (root / "reports" / "pr.md").read_text()
     assert "| metrics/evaluate.json | accuracy | 0.9000 | 0.9500 | +0.0500 |" in text
     assert "| metrics/evaluate.json | macro.f1 | 0.8800 | 0.9400 | +0.0600 |" in text
-    assert "| params.yaml | train.lr | 0.001 | 0.0003 |" in text
+    base_lr = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["lr"]  # the base commit's
+    assert base_lr != 0.0003 and f"| params.yaml | train.lr | {base_lr} | 0.0003 |" in text
     assert "| accuracy | 0.9000 | [0.820, 0.960] | 0.9500 | [0.880, 0.990] |" in text
     assert "noisy" in text
     tokens = MarkdownIt("commonmark").enable("table").parse(text)

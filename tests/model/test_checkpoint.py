@@ -111,7 +111,7 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("greenr.atomic.os.fsync", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(GreenrError, match="no space left .* as it was before this write"):
         checkpoint.save(path, model, "resnet18", ["x", "y"], SPEC)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]

@@ -86,7 +86,7 @@ def test_mlflow_run_has_params_epoch_metrics_model_and_tags(ws):
     assert runs[0].info.artifact_uri.startswith((ws.state / "mlflow" / "artifacts").as_uri())
     assert not (ws.project / "mlruns").exists(), "artifacts must not land in the working directory"
     data = runs[0].data
-    assert data.params["train.epochs"] == "2" and data.params["model.arch"] == "resnet18"
+    assert data.params["train.epochs"] == "2" and data.params["model.arch"] == "efficientnet_lite0"
     assert {"val_acc", "train_loss", "test_accuracy", "test_macro_f1"} <= set(data.metrics)
     history = client.get_metric_history(runs[0].info.run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]
@@ -137,13 +137,13 @@ def test_forced_repro_gives_byte_identical_metrics_and_model(ws):
 def test_experiments_and_diffs_work(ws):
     run(["git", "add", "-A"], ws.project, ws.env)
     run(["git", "commit", "-qm", "baseline", "--allow-empty"], ws.project, ws.env)
-    dvc(ws, "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01")
+    dvc(ws, "exp", "run", "-n", "lr-high", "-S", "train.lr=0.03")
     table = json.loads(dvc(ws, "exp", "show", "--json").stdout)
     names = [exp.get("name") for rev in table for exp in (rev.get("experiments") or [])]
     assert "lr-high" in json.dumps(table) or "lr-high" in names
     params = json.loads(dvc(ws, "params", "diff", "--json").stdout)
     change = params["params.yaml"]["train.lr"]
-    assert (change["old"], change["new"]) == (0.001, 0.01)
+    assert (change["old"], change["new"]) == (0.003, 0.03)
     metrics = json.loads(dvc(ws, "metrics", "diff", "--json").stdout)
     assert "metrics/evaluate.json" in metrics
     plots = dvc(ws, "plots", "diff", "--json").stdout

@@ -79,7 +79,7 @@ def test_split_fractions_must_sum_to_one(project, tmp_path):
 def test_pretrained_offline_fails_fast_with_advice(project, tmp_path, monkeypatch):
     assert stage(project, "split", tmp_path).returncode == 0
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
-    set_params(project, {"model": {"pretrained": True}})
+    set_params(project, {"model": {"arch": "resnet18", "pretrained": True}})
     result = stage(project, "train", tmp_path)
     assert_clean_failure(result, "ImageNet weights for resnet18", "model.pretrained: false", "efficientnet_lite0")
     assert not (project / "models" / "stage-1.pth").exists()

@@ -36,13 +36,19 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serve_bench import ensure_model, pct
+from bench.serve_bench import ensure_models
 from greenr.processes import free_port, stop
 from tests.helpers.images import bad_corpus, encode, good_corpus
 
 MAX_UPLOAD = 10 * 1024 * 1024  # the server's default MAX_UPLOAD_BYTES
 PHONE_SIZES = ((4032, 3024), (3024, 4032))
 RSS_GOAL_MIB = 50
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nearest rank); NaN when empty."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--window", type=int, default=1_000, help="requests per reported window")
     parser.add_argument("--mix", default="good=0.7,phone=0.1,bad=0.2", help="share of each kind of upload")
-    parser.add_argument("--model", default="models/stage-1.pth")
+    parser.add_argument("--model", default="models/stage-1.onnx", help="what the server serves (its default)")
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "datasets" / "dandelion-grass")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -160,7 +166,12 @@ def main() -> None:
     )
 
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
-    model = ensure_model((REPO / args.model).resolve(), tmp)
+    requested = (REPO / args.model).resolve()
+    if requested.is_file():
+        model = requested
+    else:  # an untrained stand-in of the same format (same cost per request as a trained one)
+        pth, onnx = ensure_models(tmp / "absent.pth", tmp / "absent.onnx", tmp)
+        model = onnx if requested.suffix == ".onnx" else pth
     port = free_port()
     env = {
         **os.environ,
@@ -207,8 +218,9 @@ def main() -> None:
         elapsed = time.perf_counter() - started
     finally:
         stop(server)
-        if model.parent == tmp:  # the untrained stand-in
-            model.unlink()
+        if model.parent == tmp:  # the untrained stand-ins
+            for stand_in in tmp.glob("stage-1.*"):
+                stand_in.unlink()
 
     server_errors = sum(n for status, n in statuses.items() if status >= 500 or status == 0)
     growth = max(rss[1:], default=rss[0]) - rss[0] if rss else float("nan")

@@ -24,7 +24,7 @@ from greenr.data.images import Preprocessing
 from greenr.data.tensors import normalize
 from greenr.errors import GreenrError
 from greenr.model.architectures import get_arch
-from greenr.model.training import EpochStats, FitResult, augment, make_scheduler
+from greenr.model.training import EpochStats, FitResult, augment, make_optimizer, make_scheduler
 from greenr.params import AugmentParams, TrainParams
 
 log = logging.getLogger(__name__)
@@ -129,11 +129,7 @@ def fit_head(
     views, n, _ = train_views.shape
     if n == 0:
         raise GreenrError("no training images to train the head on", "check splits/train.csv (`dvc repro split`)")
-    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if params.optimizer in optimizers:
-        optimizer = optimizers[params.optimizer](head.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(head.parameters(), lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
+    optimizer = make_optimizer(model, arch, params)  # finetune is frozen: the head's parameters only
     scheduler = make_scheduler(optimizer, params, math.ceil(n / params.batch_size))
     generator = torch.Generator().manual_seed(params.seed)
     history: list[EpochStats] = []

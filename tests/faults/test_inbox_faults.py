@@ -15,11 +15,10 @@ import pytest
 
 from greenr.data.dataset import CLASSES
 from greenr.ops.inbox import ACCEPTED, Inbox, S3Backend, data_version, sha256_of
-from greenr.ops.objectstore import Remote
 from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.processes import process_tree
 from tests.helpers.project import init_project, point_remote_at, project_env, run
-from tests.helpers.s3 import ACCESS_KEY, SECRET_KEY, running_s3
+from tests.helpers.s3 import remote_for, running_s3
 
 pytestmark = pytest.mark.e2e
 PER_CLASS = 10  # images in the project's data before the inbox adds its own
@@ -33,7 +32,7 @@ def test_inbox_accept_killed_midway_then_rerun_completes(tmp_path: Path, kill_at
     with running_s3(tmp_path / "s3") as server:
         env |= server.env
         point_remote_at(project, env, int(server.endpoint.rsplit(":", 1)[1]))
-        box = Inbox(S3Backend(Remote("minio", "greenr", "dvc", server.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)))
+        box = Inbox(S3Backend(remote_for(server.endpoint, "greenr")))
         for i, data in enumerate(photos):
             box.submit(data, label=CLASSES[i % 2])
 

@@ -13,6 +13,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from greenr.ops.objectstore import Remote
 from greenr.processes import free_ports
 from tests.helpers.processes import background_server
 from tests.helpers.project import VENV_BIN
@@ -95,3 +96,8 @@ def running_s3(folder: Path, bucket: str = "greenr") -> Iterator[S3Server]:
     with background_server(args, folder / "weed.log", bucket_created) as proc:
         server.proc = proc
         yield server
+
+
+def remote_for(endpoint: str, bucket: str) -> Remote:
+    """The DVC remote `minio` of a project pointed at this test server's `bucket`."""
+    return Remote("minio", bucket, "dvc", endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)

@@ -26,14 +26,9 @@ from greenr.ops.inbox import (
     data_version,
     sha256_of,
 )
-from greenr.ops.objectstore import Remote
 from tests.helpers.images import encode, jpeg_bytes, scene
 from tests.helpers.project import init_project, point_remote_at, project_env, run
-from tests.helpers.s3 import ACCESS_KEY, SECRET_KEY, S3Server, running_s3
-
-
-def remote_for(endpoint: str, bucket: str) -> Remote:
-    return Remote("minio", bucket, "dvc", endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)
+from tests.helpers.s3 import S3Server, remote_for, running_s3
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from greenr.model import checkpoint
 from greenr.ops import objectstore
 from greenr.paths import EVALUATE_METRICS, MODEL_PATH
 from greenr.processes import free_port
-from tests.helpers.processes import port_closed, process_tree, spawn, still_running, wait_for_tree
+from tests.helpers.processes import parent_pid, port_closed, process_tree, spawn, still_running, wait_for_tree
 from tests.helpers.project import TINY_PARAMS, VENV_BIN, init_project, point_remote_at, project_env, run, set_params
 
 pytestmark = pytest.mark.e2e
@@ -239,7 +239,11 @@ def _wait_for_log(ws: Workspace, name: str, proc: subprocess.Popen, text: str, t
 
 
 def _kill(root: int, command: str) -> None:
-    """SIGKILL the one process under `root` whose command line contains `command`."""
-    found = [pid for pid, line in still_running(process_tree(root)).items() if command in line]
-    assert len(found) == 1, found
-    os.kill(found[0], signal.SIGKILL)
+    """SIGKILL the one process under `root` whose command line contains `command`.
+
+    A child it forks to run a tool (git, lscpu) carries the same command line until it execs, so
+    of the matches the one whose parent is not a match is the stage itself."""
+    found = {pid for pid, line in still_running(process_tree(root)).items() if command in line}
+    topmost = [pid for pid in found if parent_pid(pid) not in found]
+    assert len(topmost) == 1, found
+    os.kill(topmost[0], signal.SIGKILL)

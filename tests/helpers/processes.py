@@ -98,6 +98,12 @@ def _stat(pid: int) -> tuple[int, str, str] | None:
     return int(fields[1]), fields[0], fields[19]
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of a process; None when it no longer exists."""
+    stat = _stat(pid)
+    return stat[0] if stat else None
+
+
 def process_tree(root: int) -> dict[int, str]:
     """`root` and all its descendants now, as PID -> start time (a PID may be reused later)."""
     children: dict[int, list[int]] = {}

@@ -85,7 +85,8 @@ fi
 
 wanted="python $chosen
 uv.lock $(sha256sum uv.lock | cut -d' ' -f1)
-pyproject.toml $(sha256sum pyproject.toml | cut -d' ' -f1)"
+pyproject.toml $(sha256sum pyproject.toml | cut -d' ' -f1)
+bytecode compiled"
 if [[ -f $stamp && "$(cat "$stamp")" == "$wanted" ]] && python_probe "$venv/bin/python" >/dev/null; then
     echo "setup: environment is up to date ($venv, Python $python_version)"
     exit 0
@@ -97,8 +98,10 @@ if $dry_run; then
 fi
 ensure_uv
 echo "setup: syncing $venv from uv.lock with Python $python_version ($python_exe)"
-# uv replaces the venv when it was built with another interpreter.
-"$uv" sync --locked --python "$python_exe"
+# uv replaces the venv when it was built with another interpreter. Bytecode is compiled once here
+# (uv does not by default): otherwise every process where PYTHONDONTWRITEBYTECODE is set, or whose
+# venv is read-only, compiles what it imports from source again (torch: seconds per process).
+"$uv" sync --locked --compile-bytecode --python "$python_exe"
 got=$(python_probe "$venv/bin/python") || { echo "setup: $venv/bin/python does not run after uv sync" >&2; exit 1; }
 if [[ ${got%% *} != "$python_version" ]]; then
     echo "setup: $venv has Python ${got%% *}, not $python_version; remove $venv and rerun" >&2

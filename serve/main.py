@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             drift=app.state.drift,
         )
         state.feedback = feedback_ = FeedbackService(settings)
+        store.on_change = state.adopt
         app.state.greenr = state
         loading = asyncio.create_task(_initial_load(state))
         try:

@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,11 @@ def load_model(
     drift_reference: str | None = DRIFT_REFERENCE,
     backend: str = "auto",
     precision: str = "auto",
+    first_agreeing: bool = False,
 ) -> LoadedModel:
     """Read the model file (ONNX export or checkpoint), choose its backend and check it against
-    the reference; raises GreenrError with a fix on any failure.
+    the reference; raises GreenrError with a fix on any failure. `first_agreeing`: as
+    greenr.backends.loading.load_backend (the choice may be unsettled).
 
     Also reads the evaluate metrics and the drift reference of the same revision (workspace
     files, or git at `rev`); `drift_reference=None` leaves drift unmonitored.
@@ -167,7 +170,7 @@ def load_model(
         drift_text = drift_file.read_text(encoding="utf-8") if drift_file and drift_file.is_file() else None
         source = "workspace"
 
-    selection = load_backend(model, backend, precision, threads)
+    selection = load_backend(model, backend, precision, threads, first_agreeing=first_agreeing)
     try:
         metrics = json.loads(metrics_text) if metrics_text else None
     except json.JSONDecodeError:
@@ -226,6 +229,8 @@ class ModelStore:
         self.last_reload_error: str | None = None
         self.loading = False
         self._reload_lock = threading.Lock()
+        # Called with the new current model when a background step replaced it (the backend settled).
+        self.on_change: Callable[[LoadedModel], None] | None = None
 
     def load(self, rev: str | None = None, *, initial: bool = False) -> LoadedModel:
         """Load `rev` (default: the configured one) and swap it in; on failure keep the old model.
@@ -244,6 +249,7 @@ class ModelStore:
                     drift_reference=self.drift_reference,
                     backend=self.backend,
                     precision=self.precision,
+                    first_agreeing=True,  # serve at once; the fastest backend takes over when timed
                 )
             except GreenrError as err:
                 self._failed(str(err))
@@ -259,7 +265,33 @@ class ModelStore:
             self.current = loaded  # one reference assignment: atomic for readers
             self.rev = target
             self.error = self.last_reload_error = None
+            if not loaded.selection.settled:
+                threading.Thread(target=self._settle, args=(loaded,), name="backend-settle", daemon=True).start()
             return loaded
+
+    def _settle(self, loaded: LoadedModel) -> None:
+        """Time every backend candidate of `loaded` (it serves meanwhile) and swap in the fastest."""
+        provisional = loaded.selection
+        assert provisional.settle is not None
+        try:
+            final = provisional.settle()
+        except Exception as exc:  # the provisional backend agrees with the reference: it keeps serving
+            log.warning(
+                "timing the backends failed (%s: %s); %s keeps serving",
+                type(exc).__name__,
+                exc,
+                provisional.backend.name,
+            )
+            final = replace(provisional, settled=True, settle=None)
+        if (final.backend.name, final.backend.precision) == (provisional.backend.name, provisional.backend.precision):
+            final = replace(final, backend=provisional.backend)  # the warm one; the copy built for timing goes
+        with self._reload_lock:
+            if self.current is not loaded:
+                return  # a reload replaced it meanwhile
+            self.current = settled = replace(loaded, selection=final)
+        log.info("backend settled: %s %s serves %s", final.backend.name, final.backend.precision, self.model_path)
+        if self.on_change:
+            self.on_change(settled)
 
     def _failed(self, detail: str) -> None:
         if self.current is None:

@@ -72,6 +72,7 @@ class Inference(BaseModel):
     precision: str
     threads: int
     reference: str
+    settled: bool  # false while the first backend that agreed serves and the others are being timed
     candidates: list[Candidate]
 
 

@@ -60,6 +60,7 @@ def write_stamp(venv: Path, version: str, exe: Path) -> None:
     digest = {name: hashlib.sha256((REPO / name).read_bytes()).hexdigest() for name in ("uv.lock", "pyproject.toml")}
     (venv / ".greenr-setup").write_text(
         f"python {version} {exe}\nuv.lock {digest['uv.lock']}\npyproject.toml {digest['pyproject.toml']}\n"
+        "bytecode compiled\n"
     )
 
 

@@ -51,7 +51,7 @@ refreeze() {
 
 if [[ "${1:-}" == "--refreeze" || ! -f "$constraints" ]]; then refreeze; fi
 
-wanted="$AIRFLOW_VERSION $(sha256sum "$constraints" | cut -d' ' -f1) python $python_version"
+wanted="$AIRFLOW_VERSION $(sha256sum "$constraints" | cut -d' ' -f1) python $python_version bytecode"
 if [[ -x "$venv/bin/airflow" && -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]] \
     && python_probe "$venv/bin/python" >/dev/null; then
     echo "airflow venv up to date: $venv (Python $python_version)"
@@ -65,7 +65,8 @@ if [[ -n "$uv_bin" ]]; then
         rm -rf "$venv"
     fi
     "$uv_bin" venv --quiet --allow-existing --python "$python_exe" "$venv"
-    install() { "$uv_bin" pip install --quiet --python "$venv/bin/python" "$@"; }
+    # Bytecode compiled once (pip does it by default, uv does not): see scripts/setup.sh.
+    install() { "$uv_bin" pip install --quiet --compile-bytecode --python "$venv/bin/python" "$@"; }
 else
     rm -rf "$venv"
     "$python_exe" -m venv "$venv"

@@ -12,12 +12,14 @@ for elsewhere, or disagreeing with the reference, it falls back to fp32 and says
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +68,21 @@ class Candidate:
     detail: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Selection:
     backend: Backend
     candidates: list[Candidate]
     reference: str  # where the reference logits came from
+    # False: `backend` is the first candidate that agreed, and the others are not timed yet;
+    # `settle()` checks and times them all (the full choice), e.g. in the background.
+    settled: bool = True
+    settle: Callable[[], Selection] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
         return {
             **self.backend.describe(),
             "reference": self.reference,
+            "settled": self.settled,
             "candidates": [asdict(c) for c in self.candidates],
         }
 
@@ -174,11 +181,15 @@ def load_backend(
     precision: str = "auto",
     threads: int = 0,
     cpu_flags: frozenset[str] | set[str] | None = None,
+    first_agreeing: bool = False,
 ) -> Selection:
     """Build the backend that serves `model`; GreenrError (with a fix) if none can.
 
     `backend`/`precision` as the BACKEND/PRECISION settings; `threads` 0 = every core available;
-    `cpu_flags` overrides /proc/cpuinfo (tests).
+    `cpu_flags` overrides /proc/cpuinfo (tests). `first_agreeing`: where several candidates
+    could serve, return the first that agrees (bf16 first, then BACKENDS order) without building
+    or timing the rest, as an unsettled Selection whose `settle()` makes the full choice; a server
+    answers sooner that way (cold start) and swaps to the fastest once it is known.
     """
     if backend not in BACKEND_CHOICES:
         raise GreenrError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKEND_CHOICES)}")
@@ -228,6 +239,15 @@ def load_backend(
         log.warning("%s carries no reference logits: backends are compared with %s fp32", model.name, first)
         reference = build(first, model, "fp32", threads).forward(probe)
 
+    if first_agreeing and len(plan) > 1:
+        full_choice = functools.partial(load_backend, model, backend, precision, threads, cpu_flags)
+        for name, prec in sorted(plan, key=lambda item: item[1] != "bf16"):  # native bf16: several times faster
+            built, candidate, _ = _try(name, prec, _build_now(name, model, prec, threads), probe, reference, False)
+            if built is not None:
+                log.info("backend %s %s serves %s while the others are timed", name, prec, model.name)
+                return Selection(built, [*candidates, _chosen(candidate)], source, settled=False, settle=full_choice)
+        # None agrees: the full choice below says why, candidate by candidate.
+
     agreeing: list[tuple[float, Backend, Candidate]] = []
     # Built side by side (loading and compiling a graph is mostly single-threaded), then checked
     # and timed one after the other, so that the timings do not disturb each other.
@@ -261,6 +281,16 @@ def load_backend(
         source,
     )
     return Selection(chosen, candidates, source)
+
+
+def _build_now(name: str, model: ModelFile, precision: str, threads: int) -> Future[Backend]:
+    """`build` in this thread, as the finished Future that `_try` reads."""
+    done: Future[Backend] = Future()
+    try:
+        done.set_result(build(name, model, precision, threads))
+    except Exception as exc:
+        done.set_exception(exc)
+    return done
 
 
 def _chosen(candidate: Candidate) -> Candidate:

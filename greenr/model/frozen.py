@@ -24,7 +24,7 @@ from greenr.data.images import Preprocessing
 from greenr.data.tensors import normalize
 from greenr.errors import GreenrError
 from greenr.model.architectures import get_arch
-from greenr.model.training import EpochStats, FitResult, augment, make_optimizer, make_scheduler
+from greenr.model.training import EpochKeeper, EpochStats, FitResult, augment, make_optimizer, make_scheduler
 from greenr.params import AugmentParams, TrainParams
 
 log = logging.getLogger(__name__)
@@ -132,10 +132,7 @@ def fit_head(
     optimizer = make_optimizer(model, arch, params)  # finetune is frozen: the head's parameters only
     scheduler = make_scheduler(optimizer, params, math.ceil(n / params.batch_size))
     generator = torch.Generator().manual_seed(params.seed)
-    history: list[EpochStats] = []
-    best_key: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] = {}
-    best_epoch = 0
+    keeper = EpochKeeper(head, params.select)
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
         head.train()
@@ -160,16 +157,7 @@ def fit_head(
         val_acc = (val_logits.argmax(1) == val_labels).float().mean().item() if len(val_labels) else math.nan
         seconds = time.perf_counter() - started
         stats = EpochStats(epoch, total_loss / n, correct / n, val_loss, val_acc, seconds, n / max(seconds, 1e-9))
-        history.append(stats)
-        if not math.isfinite(stats.train_loss):
-            raise GreenrError(f"training diverged at epoch {epoch} (loss {stats.train_loss})", "lower train.lr")
-        key = (val_acc, -val_loss)
-        if params.select == "last" or best_key is None or key > best_key:
-            best_key, best_epoch = key, epoch
-            if params.select == "best":
-                best_state = {k: t.clone() for k, t in head.state_dict().items()}
+        keeper.add(stats)
         if on_epoch:
             on_epoch(stats)
-    if best_state:
-        head.load_state_dict(best_state)
-    return FitResult(model=model.eval(), best_epoch=best_epoch, history=history)
+    return keeper.result(model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
@@ -183,6 +182,39 @@ class FitResult:
         return self.history[self.best_epoch - 1]
 
 
+@dataclass
+class EpochKeeper:
+    """Which epoch a training run returns (`fit`, `frozen.fit_head`), fed each epoch's figures.
+
+    `select`: best = highest validation accuracy, ties broken by lower validation loss (a copy of
+    `module`'s weights is kept); last = the final epoch (for schedules that anneal to zero).
+    """
+
+    module: nn.Module  # what is restored to the kept epoch
+    select: str
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    _best_key: tuple[float, float] | None = None
+    _best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, stats: EpochStats) -> None:
+        """Record an epoch; GreenrError when its training loss is not finite."""
+        self.history.append(stats)
+        if not math.isfinite(stats.train_loss):
+            raise GreenrError(f"training diverged at epoch {stats.epoch} (loss {stats.train_loss})", "lower train.lr")
+        key = (stats.val_acc, -stats.val_loss)
+        if self.select == "last" or self._best_key is None or key > self._best_key:
+            self._best_key, self.best_epoch = key, stats.epoch
+            if self.select == "best":
+                self._best_state = {k: t.detach().clone() for k, t in self.module.state_dict().items()}
+
+    def result(self, model: nn.Module) -> FitResult:
+        """`model` (holding `module`) with the kept epoch's weights, in eval mode."""
+        if self._best_state:
+            self.module.load_state_dict(self._best_state)
+        return FitResult(model=model.eval(), best_epoch=self.best_epoch, history=self.history)
+
+
 def train_one_epoch(
     model: nn.Module,
     data: TensorDataset,
@@ -255,11 +287,8 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
-    """Train for `params.epochs`, validating after each; return the kept epoch's model.
-
-    `params.select`: best = highest validation accuracy, ties broken by lower validation loss;
-    last = the final epoch (for schedules that anneal to zero).
-    """
+    """Train for `params.epochs`, validating after each; return the epoch `params.select` keeps
+    (EpochKeeper)."""
     model.to(device)
     optimizer = make_optimizer(model, arch, params)
     rank, world = distributed_context()
@@ -275,10 +304,7 @@ def fit(
         # Same initial weights everywhere (DDP broadcasts rank 0's), own augmentation per rank.
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         aug_generator = torch.Generator().manual_seed(params.seed * 1000 + rank + 1)
-    history: list[EpochStats] = []
-    best_key: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] = {}
-    best_epoch = 0
+    keeper = EpochKeeper(model, params.select)
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
@@ -295,13 +321,7 @@ def fit(
             seconds=time.perf_counter() - started,
             images_per_second=len(train) / train_seconds,
         )
-        history.append(stats)
-        if not math.isfinite(train_loss):
-            raise GreenrError(f"training diverged at epoch {epoch} (loss {train_loss})", "lower train.lr")
-        key = (val_acc, -val_loss)
-        if params.select == "last" or best_key is None or key > best_key:
-            best_key, best_epoch = key, epoch
-            best_state = copy.deepcopy(model.state_dict()) if params.select == "best" else {}
+        keeper.add(stats)
         log.info(
             "epoch %d/%d train_loss=%.4f train_acc=%.3f val_loss=%.4f val_acc=%.3f (%.1fs, %.0f img/s)",
             epoch,
@@ -315,6 +335,4 @@ def fit(
         )
         if on_epoch:
             on_epoch(stats)
-    if best_state:
-        model.load_state_dict(best_state)
-    return FitResult(model=model.eval(), best_epoch=best_epoch, history=history)
+    return keeper.result(model)

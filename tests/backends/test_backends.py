@@ -118,6 +118,25 @@ def test_auto_picks_an_agreeing_backend_and_shows_every_candidate(exported: tupl
     assert "torch" not in tried  # an ONNX file is never run by torch
 
 
+def test_first_agreeing_serves_one_backend_and_settles_to_the_full_choice(exported: tuple[Path, Path]) -> None:
+    """What a server starts with (cold start): one checked backend, the others left for `settle()`."""
+    _, onnx_path = exported
+    model = load_model_file(onnx_path)
+    quick = load_backend(model, "auto", "fp32", threads=2, first_agreeing=True)
+    assert not quick.settled and quick.settle is not None
+    assert [(c.backend, c.status) for c in quick.candidates] == [("onnxruntime", "chosen")]
+    assert quick.candidates[0].agreement["label_agreement"] == 1.0
+    assert quick.describe()["settled"] is False
+    final = quick.settle()
+    assert final.settled and final.settle is None
+    assert {(c.backend, c.status in ("chosen", "agrees")) for c in final.candidates} == {
+        ("onnxruntime", True),
+        ("openvino", True),
+    }
+    # One candidate only: nothing to time later, so the choice is settled at once.
+    assert load_backend(model, "openvino", "fp32", first_agreeing=True).settled
+
+
 def test_explicit_backend_and_precision(exported: tuple[Path, Path]) -> None:
     pth, onnx_path = exported
     model = load_model_file(onnx_path)

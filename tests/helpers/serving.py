@@ -61,7 +61,8 @@ def make_settings(model_path: Path, **overrides: object) -> Settings:
 def wait_ready(
     client: TestClient | httpx.Client, timeout: float = 120, alive: Callable[[], None] = lambda: None
 ) -> dict:
-    """Poll /ready until 200; a load error or `alive()` raising fails at once."""
+    """Poll /ready until 200 and the backend choice has settled (so that the backend does not
+    change under the test); a load error or `alive()` raising fails at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         alive()
@@ -72,7 +73,10 @@ def wait_ready(
             continue
         body = response.json()
         if response.status_code == 200:
-            return body
+            if client.get("/model").json()["inference"]["settled"]:
+                return client.get("/ready").json()
+            time.sleep(0.05)
+            continue
         if body.get("error"):
             raise AssertionError(f"model failed to load: {body['error']}")
         time.sleep(0.05)

@@ -20,6 +20,7 @@ from greenr.hardware import native_bf16
 from greenr.model import checkpoint
 from greenr.model.inference import predict_logits
 from serve.main import create_app
+from serve.model_store import LoadedModel, ModelStore
 from serve.observer import Observer
 from serve.settings import Settings
 from tests.helpers.images import class_image, jpeg_bytes
@@ -138,3 +139,40 @@ def test_the_observer_runs_jobs_in_order_drains_and_drops_when_full() -> None:
     release.set()
     assert full.drain(timeout=10)
     full.close()
+
+
+def test_the_first_backend_that_agrees_serves_until_the_fastest_is_known(exported) -> None:
+    """Cold start: the store serves as soon as one backend agrees, then swaps in the full choice
+    (every candidate timed) and tells the app, which relabels /metrics."""
+    _, onnx_path = exported
+    store = ModelStore(str(onnx_path), None, False, 2, drift_reference=None)
+    changed: list[LoadedModel] = []
+    store.on_change = changed.append
+    first = store.load()
+    assert not first.selection.settled
+    assert [c.status for c in first.selection.candidates if c.status != "no native bf16"] == ["chosen"]
+    deadline = time.monotonic() + 120
+    while not changed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (settled,) = changed
+    assert store.current is settled and settled.selection.settled
+    assert (settled.sha256, settled.loaded_at) == (first.sha256, first.loaded_at)  # the same model
+    chosen = [c for c in settled.selection.candidates if c.status == "chosen"]
+    assert len(chosen) == 1 and chosen[0].ms_batch1 and chosen[0].backend == settled.backend.name
+    if settled.backend.name == first.backend.name:
+        assert settled.backend is first.backend  # the warm backend stays; no second copy serves
+
+
+def test_a_reload_during_settling_is_not_undone(exported) -> None:
+    _, onnx_path = exported
+    store = ModelStore(str(onnx_path), None, False, 2, drift_reference=None)
+    changed: list[LoadedModel] = []
+    store.on_change = changed.append
+    store.load()
+    second = store.load()  # before the first load's backends are timed
+    deadline = time.monotonic() + 120
+    while len(changed) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # the first load's settling, had it not been dropped, would have swapped by now too
+    assert [c.loaded_at for c in changed] == [second.loaded_at]
+    assert store.current is changed[0]

@@ -282,7 +282,7 @@ class ModelStore:
                 exc,
                 provisional.backend.name,
             )
-            final = replace(provisional, settled=True, settle=None)
+            final = replace(provisional, settle=None)
         if (final.backend.name, final.backend.precision) == (provisional.backend.name, provisional.backend.precision):
             final = replace(final, backend=provisional.backend)  # the warm one; the copy built for timing goes
         with self._reload_lock:

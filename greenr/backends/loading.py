@@ -73,10 +73,13 @@ class Selection:
     backend: Backend
     candidates: list[Candidate]
     reference: str  # where the reference logits came from
-    # False: `backend` is the first candidate that agreed, and the others are not timed yet;
+    # Set while `backend` is the first candidate that agreed and the others are not timed yet:
     # `settle()` checks and times them all (the full choice), e.g. in the background.
-    settled: bool = True
     settle: Callable[[], Selection] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def settled(self) -> bool:
+        return self.settle is None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -245,7 +248,7 @@ def load_backend(
             built, candidate, _ = _try(name, prec, _build_now(name, model, prec, threads), probe, reference, False)
             if built is not None:
                 log.info("backend %s %s serves %s while the others are timed", name, prec, model.name)
-                return Selection(built, [*candidates, _chosen(candidate)], source, settled=False, settle=full_choice)
+                return Selection(built, [*candidates, _chosen(candidate)], source, settle=full_choice)
         # None agrees: the full choice below says why, candidate by candidate.
 
     agreeing: list[tuple[float, Backend, Candidate]] = []

@@ -248,7 +248,7 @@ def cmd_cv(args: argparse.Namespace) -> None:
 
     results, pool = cv.cross_validate(args.sets or [], folds=args.folds, seed=args.seed, threads=args.threads)
     json_path, md_path = cv.write(results, args.out, args.folds, args.seed, len(pool))
-    print(cv.markdown(results, args.folds, args.seed, len(pool)))
+    print(md_path.read_text(encoding="utf-8"))
     print(f"wrote {json_path} and {md_path}")
 
 

@@ -56,6 +56,12 @@ class AugmentParams(Section):
     crop_scale_min: float = Field(0.6, gt=0, le=1)
     # Strength of random brightness/contrast/saturation jitter; 0 turns it off.
     color_jitter: float = Field(0.2, ge=0, le=1)
+    # Batch mixing while the backbone trains (finetune full/discriminative; frozen-feature heads
+    # ignore it): the Beta(alpha, alpha) concentration of mixup (blend two images and their
+    # labels) and of CutMix (paste a box of one image into another, labels by area); 0 = off.
+    # With both on, each batch uses one of them at random.
+    mixup: float = Field(0.0, ge=0, le=10)
+    cutmix: float = Field(0.0, ge=0, le=10)
 
 
 class TrainParams(Section):

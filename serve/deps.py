@@ -1,4 +1,8 @@
-"""Dependencies the routes declare: the app's state and the model currently served."""
+"""Dependencies the routes declare: the app's state and the model currently served.
+
+All are `async def` though none awaits: FastAPI runs a plain `def` dependency in its thread pool,
+a thread hop per dependency per request (two on /predict), for functions that only read memory.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from serve.model_store import LoadedModel
 from serve.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The state the lifespan built; 503 when the app was never started (see serve.middleware)."""
     state: AppState | None = getattr(request.app.state, "greenr", None)
     if state is None:
@@ -22,7 +26,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_model(state: StateDep) -> LoadedModel:
+async def get_model(state: StateDep) -> LoadedModel:
     """The current model, or 503 saying why there is none."""
     loaded = state.store.current
     if loaded is None:
@@ -34,7 +38,7 @@ def get_model(state: StateDep) -> LoadedModel:
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 
 
-def get_feedback(state: StateDep) -> FeedbackService:
+async def get_feedback(state: StateDep) -> FeedbackService:
     """The feedback inbox service (what it may do depends on the settings; see routes/feedback.py)."""
     if state.feedback is None:
         raise HTTPException(503, detail="feedback is not set up in this app")
@@ -44,7 +48,7 @@ def get_feedback(state: StateDep) -> FeedbackService:
 FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]
 
 
-def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
+async def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
     """The token of an `Authorization: Bearer <token>` header; None without one."""
     scheme, _, token = (authorization or "").partition(" ")
     return token if scheme.lower() == "bearer" and token else None

@@ -31,10 +31,13 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
 # Largest |logit - reference logit| accepted on the probe batch, as a share of the logits' scale
 # (the largest |reference logit|, at least 1: float rounding grows with the values). fp32 backends
-# differ from torch by rounding (measured: 2e-7 to 6e-6 on logits of a few units); bf16 keeps 8
-# bits of mantissa (measured: 3e-3 for ResNet18, 0.04 for EfficientNet-Lite0), so its bound is
-# wider. The labels must agree in every case.
-TOLERANCE = {"fp32": 1e-3, "bf16": 0.02}
+# differ from torch by rounding (measured: 2e-7 to 6e-6 on logits of a few units). bf16 keeps 8
+# bits of mantissa and EfficientNet's depthwise layers add its rounding up: OpenVINO bf16 on AMX,
+# Lite0 at 224 px, was 0.20 off on the probe batch, whose synthetic images reach logits of only
+# 1.65 (12%), and 0.26 on the 400 data-set images (logits up to 6.8: 4%), every label the same and
+# calibrated probabilities within 0.031 (ResNet18: 3e-3). Its bound sits above that; a broken
+# conversion misses it by far. The labels must agree in every case.
+TOLERANCE = {"fp32": 1e-3, "bf16": 0.15}
 PROBE_COUNT = 8
 SPEC_FORMAT = 1
 

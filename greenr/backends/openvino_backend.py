@@ -40,5 +40,6 @@ class OpenVinoBackend(Backend):
 
     def effective_precision(self) -> str:
         """OpenVINO keeps f32 where the CPU cannot do bf16, whatever the hint said."""
-        hint = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
-        return "bf16" if "bf16" in hint else "fp32"
+        # An ov.Type, whose str() is "<Type: 'bfloat16'>": compare the type, not its spelling.
+        hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        return "bf16" if hint == ov.Type.bf16 else "fp32"

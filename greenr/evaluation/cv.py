@@ -32,6 +32,7 @@ from greenr.atomic import atomic_open, write_json
 from greenr.data.dataset import CLASSES, Example, read_manifest
 from greenr.errors import GreenrError
 from greenr.evaluation.metrics import bootstrap_intervals, classification_metrics, expected_calibration_error
+from greenr.hardware import available_cpus, cpu_model
 from greenr.params import SECTIONS, describe_error, read_params_file
 from greenr.paths import repo_root, split_manifest
 
@@ -166,7 +167,7 @@ def cross_validate(
     from greenr.data.tensors import load_tensors
     from greenr.model import frozen
     from greenr.model.architectures import build_model
-    from greenr.model.device import configure_threads, resolve_device
+    from greenr.model.device import configure_threads, resolve_device, use_bf16
     from greenr.model.inference import predict_logits
     from greenr.model.recipe import FrozenFeatures, frozen_features, resolve, train_classifier
     from greenr.model.training import seed_everything
@@ -240,7 +241,14 @@ def cross_validate(
                 ],
                 temperatures=temperatures,
                 seconds=round(time.perf_counter() - started, 1),
-                resolved={"finetune": recipe.train.finetune, "pretrained": recipe.pretrained},
+                # The same command trains in bf16 on a CPU with AMX and in fp32 elsewhere: the
+                # numbers differ by a few images, so the table says which it was.
+                resolved={
+                    "finetune": recipe.train.finetune,
+                    "pretrained": recipe.pretrained,
+                    "device": device.type,
+                    "precision": "bf16" if use_bf16(recipe.train.precision, device) else "fp32",
+                },
             )
         )
     bar.close()
@@ -269,13 +277,14 @@ def score(labels: np.ndarray, probs: np.ndarray, fold_of: np.ndarray, evaluate: 
 # ---------------------------------------------------------------------------- reporting
 
 
-def markdown(results: Sequence[SettingResult], folds: int, seed: int, pool: int) -> str:
+def markdown(results: Sequence[SettingResult], folds: int, seed: int, pool: int, machine: dict[str, Any]) -> str:
     head = (
         f"{folds}-fold stratified CV (fold seed {seed}) over the {pool} train + val images; test split untouched. "
         "Accuracy and macro F1 over all out-of-fold predictions with bootstrap intervals; log loss and ECE of "
-        "the temperature-scaled probabilities.\n\n"
-        "| setting | accuracy [interval] | macro F1 [interval] | log loss | ECE | per-fold accuracy | seconds |\n"
-        "|---|---|---|---|---|---|---|"
+        f"the temperature-scaled probabilities. {machine['cpu']}, {machine['cpus']} cores.\n\n"
+        "| setting | accuracy [interval] | macro F1 [interval] | log loss | ECE | per-fold accuracy | training "
+        "| seconds |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     rows = []
     for r in sorted(results, key=lambda r: (-r.metrics["accuracy"], r.metrics["log_loss"])):
@@ -284,7 +293,8 @@ def markdown(results: Sequence[SettingResult], folds: int, seed: int, pool: int)
         rows.append(
             f"| {r.name} | {m['accuracy']:.4f} [{acc[0]:.3f}, {acc[1]:.3f}] | {m['macro_f1']:.4f} "
             f"[{f1[0]:.3f}, {f1[1]:.3f}] | {m['log_loss']:.4f} | {m['ece']:.4f} | "
-            f"{', '.join(f'{a:.3f}' for a in r.fold_accuracy)} | {r.seconds:.0f} |"
+            f"{', '.join(f'{a:.3f}' for a in r.fold_accuracy)} | {r.resolved['device']} {r.resolved['precision']} | "
+            f"{r.seconds:.0f} |"
         )
     return "\n".join([head, *rows]) + "\n"
 
@@ -299,7 +309,8 @@ def write(results: Sequence[SettingResult], out: Path, folds: int, seed: int, po
         | {"overrides": r.overrides, "resolved": r.resolved}
         for r in results
     }
-    write_json(json_path, {"folds": folds, "fold_seed": seed, "images": pool, "settings": payload})
+    machine = {"cpu": cpu_model(), "cpus": available_cpus()}
+    write_json(json_path, {"folds": folds, "fold_seed": seed, "images": pool, "machine": machine, "settings": payload})
     with atomic_open(md_path, "w", encoding="utf-8") as handle:
-        handle.write(markdown(results, folds, seed, pool))
+        handle.write(markdown(results, folds, seed, pool, machine))
     return json_path, md_path

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -108,6 +109,34 @@ def augment(images: torch.Tensor, aug: AugmentParams, generator: torch.Generator
         gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         x = (x - gray) * saturation + gray
     return x.clamp(0, 255)
+
+
+def mix_batch(
+    x: torch.Tensor, aug: AugmentParams, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Mixup or CutMix of a batch with a shuffled copy of itself.
+
+    Returns (mixed images, partner index or None when mixing is off, weight of the original
+    labels). The loss is weight * CE(y) + (1 - weight) * CE(y[partner]).
+    """
+    alphas = [("mixup", aug.mixup), ("cutmix", aug.cutmix)]
+    alphas = [(kind, alpha) for kind, alpha in alphas if alpha > 0]
+    if not alphas or x.shape[0] < 2:
+        return x, None, 1.0
+    # numpy's Beta draw seeded from the torch generator, so a run stays reproducible.
+    rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
+    kind, alpha = alphas[int(rng.integers(len(alphas)))]
+    weight = float(rng.beta(alpha, alpha))
+    partner = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    if kind == "mixup":
+        return weight * x + (1 - weight) * x[partner], partner, weight
+    height, width = x.shape[-2:]
+    cut = math.sqrt(1 - weight)
+    box_h, box_w = int(height * cut), int(width * cut)
+    top, left = int(rng.integers(height - box_h + 1)), int(rng.integers(width - box_w + 1))
+    mixed = x.clone()
+    mixed[..., top : top + box_h, left : left + box_w] = x[partner][..., top : top + box_h, left : left + box_w]
+    return mixed, partner, 1 - box_h * box_w / (height * width)
 
 
 def make_optimizer(model: nn.Module, arch: str, params: TrainParams) -> torch.optim.Optimizer:
@@ -247,12 +276,17 @@ def train_one_epoch(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size].to(device)
             x = normalize(augment(images[idx], params.augment, aug_generator or generator), spec)
+            x, partner, weight = mix_batch(x, params.augment, aug_generator or generator)
             if bf16:  # oneDNN's and cuDNN's bf16 convolutions are fastest on NHWC
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=params.label_smoothing)
+                if partner is not None:
+                    loss = weight * loss + (1 - weight) * F.cross_entropy(
+                        logits.float(), y[partner], label_smoothing=params.label_smoothing
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -13,6 +13,7 @@ from greenr.data.dataset import Example, file_md5, list_class_images, read_manif
 from greenr.data.splitting import stratified_split
 from greenr.errors import GreenrError
 from greenr.evaluation import cv
+from greenr.hardware import available_cpus, cpu_model, native_bf16
 from greenr.paths import split_manifest
 from tests.helpers.project import REPO, set_params
 
@@ -101,9 +102,12 @@ def test_cv_scores_each_setting_on_out_of_fold_predictions(project: Path, monkey
         assert m["n"] == 20 and len(result.fold_accuracy) == 4 and len(result.temperatures) == 4
         assert m["accuracy_interval"][0] <= m["accuracy"] <= m["accuracy_interval"][1]
         assert 0 <= m["ece"] <= 1 and m["log_loss"] >= 0
-        assert result.resolved == {"finetune": "frozen", "pretrained": True}
+        # train.precision auto: bf16 autocast where the CPU computes it natively (the table says which)
+        precision = "bf16" if native_bf16() else "fp32"
+        assert result.resolved == {"finetune": "frozen", "pretrained": True, "device": "cpu", "precision": precision}
     json_path, md_path = cv.write(results, Path("reports/cv/test"), 4, 0, len(pool))
     saved = json.loads(json_path.read_text())
     assert set(saved["settings"]) == {r.name for r in results}
     assert saved["settings"][results[0].name]["accuracy"] == results[0].metrics["accuracy"]
+    assert saved["machine"] == {"cpu": cpu_model(), "cpus": available_cpus()}
     assert md_path.read_text().count("\n| model.arch=") == 2

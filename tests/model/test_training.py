@@ -119,3 +119,13 @@ def test_auto_precision_on_a_bf16_cpu_learns_and_is_reproducible(data: dict[str,
         runs.append(fit(build_model(ARCH, 2), ARCH, data["train"], data["val"], SPEC, params, torch.device("cpu")))
     assert runs[0].best.val_acc >= 0.85
     assert [s.row() for s in runs[0].history] == [s.row() for s in runs[1].history]
+
+
+def test_batch_mixing_still_learns_and_changes_the_run(data: dict[str, TensorDataset]) -> None:
+    mixed_augment = PARAMS.augment.model_copy(update={"mixup": 0.2, "cutmix": 1.0})
+    params = PARAMS.model_copy(update={"augment": mixed_augment, "epochs": 6})
+    seed_everything(params.seed)
+    mixed = fit(build_model(ARCH, 2), ARCH, data["train"], data["val"], SPEC, params, torch.device("cpu"))
+    assert mixed.best.val_acc >= 0.85, [round(s.val_acc, 3) for s in mixed.history]
+    plain = train(data)
+    assert mixed.history[0].train_loss != plain.history[0].train_loss

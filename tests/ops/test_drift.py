@@ -14,11 +14,13 @@ from greenr.data.images import Preprocessing, to_uint8_array
 from greenr.errors import GreenrError
 from greenr.ops.drift import (
     CLASS_FEATURE,
+    COLOUR_FEATURES,
     FEATURES,
     DriftMonitor,
     DriftReference,
     FeatureBins,
     build_reference,
+    colour_features,
     image_features,
     psi,
 )
@@ -111,6 +113,25 @@ def test_array_input_matches_pil_colour_features() -> None:
     assert "log10_pixels" not in image_features(tensor)
     with pytest.raises(ValueError):
         image_features(np.zeros((3, 8, 8), dtype=np.float32))
+
+
+def test_colour_features_follow_their_per_pixel_definition() -> None:
+    rng = np.random.default_rng(3)
+    for rgb in (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), np.zeros((4, 4, 3), dtype=np.uint8)):
+        pixels = rgb.reshape(-1, 3).astype(np.float64) / 255
+        high, low = pixels.max(axis=1), pixels.min(axis=1)
+        means = pixels.mean(axis=0)
+        expected = {
+            "brightness": (pixels @ [0.299, 0.587, 0.114]).mean(),
+            "saturation": np.where(high > 0, (high - low) / np.maximum(high, 1e-12), 0).mean(),
+            **{f"{c}_share": means[i] / (means.sum() or 1) for i, c in enumerate(("red", "green", "blue"))},
+        }
+        got = colour_features(rgb)
+        for name in COLOUR_FEATURES:
+            assert got[name] == pytest.approx(expected[name], abs=1e-6), name
+    # The model input (3, S, S) and the same pixels interleaved (S, S, 3) are one image.
+    planar = rng.integers(0, 256, (3, 40, 40), dtype=np.uint8)
+    assert image_features(planar) == image_features(planar.transpose(1, 2, 0).copy())
 
 
 def test_psi_basics() -> None:

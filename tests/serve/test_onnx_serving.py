@@ -53,10 +53,18 @@ def test_a_server_without_torch_serves_the_onnx_export(torch_free_server: Server
     import of them would have failed the model load."""
     pth, onnx_path = exported
     with httpx.Client(base_url=torch_free_server.url, timeout=60) as http:
-        info = http.get("/model").json()
+        deadline = time.monotonic() + 60
+        while not (info := http.get("/model").json())["inference"]["settled"] and time.monotonic() < deadline:
+            time.sleep(0.2)  # serve first, time later: wait for the full choice
         assert info["format"] == "onnx" and info["checkpoint_sha256"] == checkpoint.load(pth).sha256
         inference = info["inference"]
+        assert inference["settled"], inference
         assert inference["name"] in {"onnxruntime", "openvino"} and inference["threads"] == 2
+        # bf16 serves only where the CPU computes it natively; its probabilities are within
+        # bf16's rounding of the reference (greenr.backends.base.TOLERANCE), fp32's within float noise.
+        precision = inference["precision"]
+        assert precision == "fp32" or native_bf16()
+        atol = 0.05 if precision == "bf16" else 1e-4
         assert inference["reference"] == "torch fp32 logits stored at export"
         chosen = [c for c in inference["candidates"] if c["status"] == "chosen"]
         assert len(chosen) == 1 and chosen[0]["agreement"]["label_agreement"] == 1.0
@@ -67,11 +75,11 @@ def test_a_server_without_torch_serves_the_onnx_export(torch_free_server: Server
             body = response.json()
             expected = reference_probs(pth, data)
             got = np.array([body["probabilities"][name] for name in CLASSES])
-            assert np.allclose(got, expected, atol=1e-4), (got, expected)
+            assert np.allclose(got, expected, atol=atol), (got, expected)
             assert body["prediction"] == CLASSES[int(expected.argmax())]
-            assert (body["model"]["backend"], body["model"]["precision"]) == (inference["name"], "fp32")
+            assert (body["model"]["backend"], body["model"]["precision"]) == (inference["name"], precision)
         metrics = http.get("/metrics").text
-        assert f'greenr_inference_backend_info{{backend="{inference["name"]}",precision="fp32"}} 1.0' in metrics
+        assert f'greenr_inference_backend_info{{backend="{inference["name"]}",precision="{precision}"}} 1.0' in metrics
         assert 'greenr_predictions_total{label="' in metrics
 
 

@@ -120,7 +120,7 @@ class _Checked:
 
 
 def _check(backend: Backend, probe: np.ndarray, reference: np.ndarray) -> _Checked:
-    """Agreement on the probe batch, and that one pass's time (all a candidate served untimed shows)."""
+    """Agreement on the probe batch, and that pass's time (one sample of the speed score's batch half)."""
     backend.forward(probe[:1])  # warm-up: first calls allocate and tune
     start = time.perf_counter()
     logits = backend.forward(probe)
@@ -129,14 +129,15 @@ def _check(backend: Backend, probe: np.ndarray, reference: np.ndarray) -> _Check
     return _Checked(compare(logits, reference, TOLERANCE[effective]), effective, elapsed * 1000)
 
 
-def _median_ms(backend: Backend, images: np.ndarray) -> float:
-    """Median ms of a forward pass over `images` (one timing alone swings with the machine's load)."""
-    times = []
-    for _ in range(TIMING_REPEATS):
+def _median_ms(backend: Backend, images: np.ndarray, timed_ms: tuple[float, ...] = ()) -> float:
+    """Median ms of TIMING_REPEATS forward passes over `images`, counting `timed_ms` (passes
+    already timed) among them: one timing alone swings with the machine's load."""
+    times = list(timed_ms)
+    while len(times) < TIMING_REPEATS:
         start = time.perf_counter()
         backend.forward(images)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def _try(
@@ -163,13 +164,11 @@ def _try(
             agreement.label_agreement * 100,
         )
         return None, Candidate(name, precision, "disagrees", agreement.to_dict()), 0.0
-    if not timed:
-        candidate = Candidate(name, precision, "agrees", agreement.to_dict(), None, checked.ms_probe_batch)
-        return built, candidate, checked.ms_probe_batch
     # The speed score: latency (one image) plus throughput (the probe batch), each a median.
-    ms1, ms_batch = _median_ms(built, probe[:1]), _median_ms(built, probe)
+    ms1 = _median_ms(built, probe[:1]) if timed else None
+    ms_batch = _median_ms(built, probe, (checked.ms_probe_batch,)) if timed else checked.ms_probe_batch
     candidate = Candidate(name, precision, "agrees", agreement.to_dict(), ms1, ms_batch)
-    return built, candidate, ms1 + ms_batch
+    return built, candidate, (ms1 or 0.0) + ms_batch
 
 
 def _plan(names: list[str], precision: str, bf16_ok: bool) -> list[tuple[str, str]]:

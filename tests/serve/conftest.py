@@ -21,7 +21,10 @@ def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(ckpt_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(ckpt_path)), raise_server_exceptions=False) as test_client:
+    # fp32: these tests compare served numbers with the shared inference code at float noise; on a
+    # CPU with native bf16, PRECISION=auto may serve bf16 (its bounds are tested in test_onnx_serving).
+    settings = make_settings(ckpt_path, precision="fp32")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         wait_ready(test_client)
         yield test_client
 

@@ -24,7 +24,7 @@ from serve.model_store import LoadedModel, ModelStore
 from serve.observer import Observer
 from serve.settings import Settings
 from tests.helpers.images import class_image, jpeg_bytes
-from tests.helpers.serving import CLASSES, Server, make_settings, wait_ready
+from tests.helpers.serving import CLASSES, PROBABILITY_ATOL, Server, make_settings, wait_ready
 
 
 def reference_probs(pth: Path, data: bytes) -> np.ndarray:
@@ -64,7 +64,7 @@ def test_a_server_without_torch_serves_the_onnx_export(torch_free_server: Server
         # bf16's rounding of the reference (greenr.backends.base.TOLERANCE), fp32's within float noise.
         precision = inference["precision"]
         assert precision == "fp32" or native_bf16()
-        atol = 0.05 if precision == "bf16" else 1e-4
+        atol = PROBABILITY_ATOL[precision]
         assert inference["reference"] == "torch fp32 logits stored at export"
         chosen = [c for c in inference["candidates"] if c["status"] == "chosen"]
         assert len(chosen) == 1 and chosen[0]["agreement"]["label_agreement"] == 1.0

@@ -44,9 +44,11 @@ class ModelParams(Section):
     # weights need a download), efficientnet_lite0 with the ImageNet weights it ships with.
     pretrained: bool | Literal["auto"] = "auto"
     image_size: int = Field(128, ge=32, le=1024)
-    # Test-time flip averaging: the mean of the logits of the image and its mirror. Stored in the
+    # Test-time flip averaging: the mean of the logits of the image and its mirror (flip_average)
+    # and of its vertical flips (vflip_average; with both, the four flips). Stored in the
     # checkpoint, so evaluation and serving (every backend) do the same.
     flip_average: bool = False
+    vflip_average: bool = False
 
 
 class AugmentParams(Section):

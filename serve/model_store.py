@@ -78,6 +78,7 @@ class LoadedModel:
             "preprocessing": self.spec.preprocessing.to_dict(),
             "temperature": self.spec.temperature,
             "flip_average": self.spec.flip_average,
+            "vflip_average": self.spec.vflip_average,
             "meta": self.spec.meta,
             "inference": self.selection.describe(),
             "dvc_lock_md5": self.dvc_lock_md5,

@@ -84,6 +84,7 @@ class ModelInfo(ModelVersion):
     preprocessing: dict[str, Any]
     temperature: float
     flip_average: bool
+    vflip_average: bool
     meta: dict[str, Any]
     inference: Inference
     dvc_lock_md5: str | None

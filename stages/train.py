@@ -104,6 +104,7 @@ def main() -> None:
             meta,
             temperature=trained.temperature,
             flip_average=model_params.flip_average,
+            vflip_average=model_params.vflip_average,
         )
         write_history(root / TRAINING_PLOT, result.history)
         write_json(

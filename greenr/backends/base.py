@@ -3,8 +3,8 @@
 A backend turns uint8 images (N, 3, S, S), already resized by greenr.data.images, into logits
 (N, C); normalisation is part of the model (the ONNX graph carries it, the torch backend applies
 greenr.data.tensors.normalize). Probabilities are softmax(logits / temperature), with the
-temperature the checkpoint carries. When the model file asks for it (`flip_average`), the logits
-of each image and of its horizontal mirror are averaged.
+temperature the checkpoint carries. When the model file asks for it (`flip_average`,
+`vflip_average`), the logits of each image and of its mirror and/or vertical flips are averaged.
 
 Agreement with the reference (torch fp32, the code the model was trained and evaluated with) is
 measured on a small built-in probe batch: every label the same, and logits within `TOLERANCE` of
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from greenr.data.images import Preprocessing
+from greenr.data.images import Preprocessing, flip_view, flip_view_names
 
 if TYPE_CHECKING:
     from greenr.backends.model_file import ModelFile
@@ -50,8 +50,10 @@ class ModelSpec:
     classes: list[str]
     preprocessing: Preprocessing
     temperature: float = 1.0
-    # Test-time augmentation: average the logits of the image and of its horizontal mirror.
+    # Test-time augmentation: average the logits of the image and of its horizontal mirror
+    # and/or vertical flips (greenr.data.images.flip_view_names).
     flip_average: bool = False
+    vflip_average: bool = False
     checkpoint_sha256: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     # The reference's (torch fp32) logits of probe_batch(image_size), stored at export, so a
@@ -70,6 +72,7 @@ class ModelSpec:
             "preprocessing": self.preprocessing.to_dict(),
             "temperature": self.temperature,
             "flip_average": self.flip_average,
+            "vflip_average": self.vflip_average,
             "checkpoint_sha256": self.checkpoint_sha256,
             "meta": self.meta,
             "probe": None
@@ -88,6 +91,7 @@ class ModelSpec:
             preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
             temperature=float(raw.get("temperature", 1.0)),
             flip_average=bool(raw.get("flip_average", False)),
+            vflip_average=bool(raw.get("vflip_average", False)),
             checkpoint_sha256=str(raw.get("checkpoint_sha256", "")),
             meta=dict(raw.get("meta") or {}),
             reference_logits=None if not probe else np.asarray(probe["logits"], dtype=np.float32),
@@ -196,12 +200,13 @@ class Backend(ABC):
             raise ValueError(f"expected uint8 images (N, 3, {size}, {size}), got {images.dtype} {images.shape}")
         outputs = []
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            if self.spec.flip_average:
-                both = self.forward(np.concatenate([batch, np.ascontiguousarray(batch[..., ::-1])]))
-                outputs.append((both[: len(batch)] + both[len(batch) :]) / 2)
-            else:
-                outputs.append(self.forward(np.ascontiguousarray(batch)))
+            batch = np.ascontiguousarray(images[start : start + batch_size])
+            views = flip_view_names(self.spec.flip_average, self.spec.vflip_average)
+            if len(views) == 1:
+                outputs.append(self.forward(batch))
+            else:  # one forward pass over all the views
+                logits = self.forward(np.concatenate([flip_view(batch, view) for view in views]))
+                outputs.append(logits.reshape(len(views), len(batch), -1).mean(0))
         if not outputs:
             return np.empty((0, len(self.spec.classes)), dtype=np.float32)
         return np.concatenate(outputs).astype(np.float32, copy=False)

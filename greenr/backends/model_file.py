@@ -50,6 +50,7 @@ def spec_from_checkpoint(ckpt: Any) -> ModelSpec:
         temperature=float(ckpt.temperature),
         # Optional in the checkpoint format: absent means no test-time flip averaging.
         flip_average=bool(getattr(ckpt, "flip_average", False)),
+        vflip_average=bool(getattr(ckpt, "vflip_average", False)),
         checkpoint_sha256=ckpt.sha256,
         meta=dict(ckpt.meta),
     )

@@ -18,6 +18,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,6 +31,31 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "MPO"})
 DEFAULT_MAX_PIXELS = 50_000_000
 # Reduced-scale JPEG decoding keeps the shorter side at least this many times the model input.
 DRAFT_MARGIN = 2
+
+
+# Test-time flip views by name: the flip axes of a batch (N, C, H, W) each one applies.
+FLIP_AXES = {"centre": (), "hflip": (-1,), "vflip": (-2,), "hvflip": (-1, -2)}
+
+
+def flip_view_names(hflip: bool, vflip: bool) -> list[str]:
+    """The test-time views whose logits are averaged: the image, with `hflip` its mirror, with
+    `vflip` its vertical flip (and, with both, the image flipped both ways): 1, 2 or 4 views."""
+    names = ["centre"]
+    if hflip:
+        names.append("hflip")
+    if vflip:
+        names += ["vflip", "hvflip"] if hflip else ["vflip"]
+    return names
+
+
+def flip_view(images: Any, name: str) -> Any:
+    """One flip view (FLIP_AXES) of a batch (N, C, H, W): a NumPy array (contiguous) or a torch tensor."""
+    axes = FLIP_AXES[name]
+    if not axes:
+        return images
+    if isinstance(images, np.ndarray):
+        return np.ascontiguousarray(np.flip(images, axes))
+    return images.flip(axes)
 
 
 class ImageError(ValueError):

@@ -168,7 +168,7 @@ def cross_validate(
     from greenr.model import frozen
     from greenr.model.architectures import build_model
     from greenr.model.device import configure_threads, resolve_device, use_bf16
-    from greenr.model.inference import predict_logits
+    from greenr.model.inference import predict_flip_averaged_logits
     from greenr.model.recipe import FrozenFeatures, frozen_features, resolve, train_classifier
     from greenr.model.training import seed_everything
 
@@ -222,10 +222,14 @@ def cross_validate(
                     fold_logits = frozen.head_logits(head, bank.val[:, held_out])
                 else:
                     images = data.images[held_out]
-                    fold_logits = predict_logits(trained.model, images, recipe.spec, device)
-                    if recipe.model.flip_average:
-                        mirrored = predict_logits(trained.model, images.flip(-1), recipe.spec, device)
-                        fold_logits = (fold_logits + mirrored) / 2
+                    fold_logits = predict_flip_averaged_logits(
+                        trained.model,
+                        images,
+                        recipe.spec,
+                        recipe.model.flip_average,
+                        recipe.model.vflip_average,
+                        device,
+                    )
             logits[held_out] = fold_logits / trained.temperature
             temperatures.append(trained.temperature)
             bar.update(1)

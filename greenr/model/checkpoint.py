@@ -1,12 +1,13 @@
 """The checkpoint format: weights plus what rebuilds the model, never a pickled module.
 
     {"format": 1, "model": state_dict, "arch": str, "classes": [str], "image_size": int,
-     "preprocessing": {...}, "meta": {...}, "temperature": float, "flip_average": bool}
+     "preprocessing": {...}, "meta": {...}, "temperature": float, "flip_average": bool,
+     "vflip_average": bool}
 
 `temperature` (optional, 1.0 when absent) divides the logits before the softmax, so that the
 probabilities are calibrated (fitted on validation; greenr.model.calibration). `flip_average`
-(optional, false when absent) asks every consumer to average the logits of the image and its
-mirror.
+and `vflip_average` (optional, false when absent) ask every consumer to average the logits of the
+image and its mirror and/or vertical flips (greenr.data.images.flip_view_names).
 
 Loaded with `weights_only=True`, so a checkpoint cannot run code.
 """
@@ -42,6 +43,7 @@ class Checkpoint:
     sha256: str = ""
     temperature: float = 1.0
     flip_average: bool = False
+    vflip_average: bool = False
 
     @property
     def image_size(self) -> int:
@@ -67,6 +69,7 @@ def to_bytes(
     meta: dict[str, Any] | None = None,
     temperature: float = 1.0,
     flip_average: bool = False,
+    vflip_average: bool = False,
 ) -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {
@@ -79,6 +82,7 @@ def to_bytes(
         "meta": dict(meta or {}),
         "temperature": float(temperature),
         "flip_average": bool(flip_average),
+        "vflip_average": bool(vflip_average),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -94,9 +98,10 @@ def save(
     meta: dict[str, Any] | None = None,
     temperature: float = 1.0,
     flip_average: bool = False,
+    vflip_average: bool = False,
 ) -> str:
     """Write the checkpoint atomically; return its SHA-256."""
-    data = to_bytes(model, arch, classes, preprocessing, meta, temperature, flip_average)
+    data = to_bytes(model, arch, classes, preprocessing, meta, temperature, flip_average, vflip_average)
     write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
@@ -120,6 +125,7 @@ def from_bytes(data: bytes, source: str = "checkpoint") -> Checkpoint:
         sha256=hashlib.sha256(data).hexdigest(),
         temperature=float(raw.get("temperature", 1.0)),
         flip_average=bool(raw.get("flip_average", False)),
+        vflip_average=bool(raw.get("vflip_average", False)),
     )
 
 

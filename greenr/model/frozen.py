@@ -5,7 +5,7 @@ epoch repeats the same computation. Instead each training image is embedded once
 centre crop, its mirror, and `train.feature_views` random augmentations drawn with
 greenr.model.training.augment from generators seeded per view), and the head trains for its
 epochs on those features, one view per image per epoch, in seconds. Validation images are
-embedded as they are (and mirrored, for models that average the two).
+embedded as they are (and flipped, for models that average test-time flips).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from greenr.data.images import Preprocessing
+from greenr.data.images import FLIP_AXES, Preprocessing, flip_view, flip_view_names
 from greenr.data.tensors import normalize
 from greenr.errors import GreenrError
 from greenr.model.architectures import get_arch
@@ -29,7 +29,7 @@ from greenr.params import AugmentParams, TrainParams
 
 log = logging.getLogger(__name__)
 
-CENTRE, MIRROR = "centre", "hflip"
+CENTRE, MIRROR = "centre", "hflip"  # names of greenr.data.images.FLIP_AXES
 
 
 def training_views(feature_views: int) -> list[str]:
@@ -37,16 +37,14 @@ def training_views(feature_views: int) -> list[str]:
     return [CENTRE, MIRROR, *(f"aug{i}" for i in range(1, feature_views + 1))]
 
 
-def evaluation_views(flip_average: bool) -> list[str]:
-    return [CENTRE, MIRROR] if flip_average else [CENTRE]
+def evaluation_views(flip_average: bool, vflip_average: bool = False) -> list[str]:
+    return flip_view_names(flip_average, vflip_average)
 
 
 def view_images(images: torch.Tensor, view: str, aug: AugmentParams, seed: int) -> torch.Tensor:
     """float [0, 255] images of one view; `augN` is reproducible (its own seeded generator)."""
-    if view == CENTRE:
-        return images.float()
-    if view == MIRROR:
-        return images.flip(-1).float()
+    if view in FLIP_AXES:
+        return flip_view(images, view).float()
     generator = torch.Generator().manual_seed(seed * 1000 + int(view.removeprefix("aug")))
     return augment(images, aug, generator)
 
@@ -105,7 +103,7 @@ def extract(
 
 
 def head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Mean logits over the views (V, N, F) -> (N, C): one view, or an image and its mirror."""
+    """Mean logits over the views (V, N, F) -> (N, C): one view, or an image and its flips."""
     return torch.stack([head(v) for v in features]).mean(0)
 
 
@@ -122,7 +120,7 @@ def fit_head(
     """Train the model's head on cached features; validation picks the epoch like `fit` does.
 
     `train_views` (V, N, F): every epoch visits the N images in a seeded order, each through one
-    of its V views drawn at random. `val_views` (1 or 2, M, F): the images (and their mirrors).
+    of its V views drawn at random. `val_views` (1, 2 or 4, M, F): the images (and their flips).
     """
     head = getattr(model, head_name(arch))
     head.cpu()

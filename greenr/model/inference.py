@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from greenr.data.images import Preprocessing
+from greenr.data.images import Preprocessing, flip_view, flip_view_names
 from greenr.data.tensors import normalize
 
 
@@ -25,6 +25,21 @@ def predict_logits(
     if not outputs:
         return torch.empty(0, 0)
     return torch.cat(outputs)
+
+
+def predict_flip_averaged_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: Preprocessing,
+    hflip: bool,
+    vflip: bool,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Mean logits over the test-time flip views (greenr.data.images.flip_view_names)."""
+    views = flip_view_names(hflip, vflip)
+    logits = [predict_logits(model, flip_view(images, view), spec, device, batch_size) for view in views]
+    return logits[0] if len(logits) == 1 else torch.stack(logits).mean(0)
 
 
 def predict_proba(

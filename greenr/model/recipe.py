@@ -16,7 +16,7 @@ from greenr.model import frozen
 from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
 from greenr.model.calibration import fit_temperature
 from greenr.model.device import use_bf16
-from greenr.model.inference import predict_logits
+from greenr.model.inference import predict_flip_averaged_logits
 from greenr.model.training import EpochStats, FitResult, fit
 from greenr.params import ModelParams, TrainParams
 
@@ -49,7 +49,7 @@ def resolve(model_params: ModelParams, train_params: TrainParams) -> Recipe:
 
 @dataclass
 class FrozenFeatures:
-    """Backbone features of a training set (V views) and a validation set (1 or 2 views)."""
+    """Backbone features of a training set (V views) and a validation set (its test-time flip views)."""
 
     train: torch.Tensor
     val: torch.Tensor
@@ -76,7 +76,7 @@ def frozen_features(
     )
     return FrozenFeatures(
         train=embed(train_images, frozen.training_views(params.feature_views)),
-        val=embed(val_images, frozen.evaluation_views(recipe.model.flip_average)),
+        val=embed(val_images, frozen.evaluation_views(recipe.model.flip_average, recipe.model.vflip_average)),
     )
 
 
@@ -108,10 +108,15 @@ def train_classifier(
             val_logits = frozen.head_logits(getattr(model, frozen.head_name(recipe.arch)), features.val)
     else:
         fitted = fit(model, recipe.arch, train_set, val_set, recipe.spec, params, device, on_epoch)
-        val_logits = predict_logits(model, val_set.images, recipe.spec, device, params.batch_size)
-        if recipe.model.flip_average:
-            mirrored = predict_logits(model, val_set.images.flip(-1), recipe.spec, device, params.batch_size)
-            val_logits = (val_logits + mirrored) / 2
+        val_logits = predict_flip_averaged_logits(
+            model,
+            val_set.images,
+            recipe.spec,
+            recipe.model.flip_average,
+            recipe.model.vflip_average,
+            device,
+            params.batch_size,
+        )
     temperature = fit_temperature(val_logits, val_set.labels) if params.calibrate else 1.0
     log.info("temperature %.4f (fitted on %d validation images)", temperature, len(val_set))
     return Trained(model=fitted.model.cpu().eval(), fitted=fitted, temperature=temperature)

@@ -22,7 +22,7 @@ from greenr.hardware import native_bf16
 from greenr.model import checkpoint
 from greenr.model.architectures import ARCHS, build_model, get_arch
 from greenr.model.export import export_onnx
-from greenr.model.inference import predict_logits
+from greenr.model.inference import predict_flip_averaged_logits, predict_logits
 from tests.helpers.images import class_image, jpeg_bytes
 from tests.helpers.project import REPO
 from tests.helpers.serving import AS_IN_SERVING_IMAGE, CLASSES
@@ -197,19 +197,54 @@ def test_an_export_without_reference_logits_is_compared_with_onnxruntime(exporte
     assert all(c.status in ("chosen", "agrees") for c in selection.candidates)
 
 
-def test_flip_average_and_temperature_from_the_model_file(exported: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(
+    ("hflip", "vflip", "flips"),
+    [
+        (True, False, [(), (3,)]),
+        (False, True, [(), (2,)]),
+        (True, True, [(), (3,), (2,), (2, 3)]),
+    ],
+)
+def test_flip_average_and_temperature_from_the_model_file(
+    exported: tuple[Path, Path], hflip: bool, vflip: bool, flips: list[tuple[int, ...]]
+) -> None:
     _, onnx_path = exported
     plain = load_model_file(onnx_path)
-    flipped_model = read_model(
-        with_metadata(onnx_path, lambda raw: {**raw, "flip_average": True, "temperature": 2.0}), "tta.onnx"
-    )
-    assert flipped_model.spec.flip_average and flipped_model.spec.temperature == 2.0
+    tta_metadata = {"flip_average": hflip, "vflip_average": vflip, "temperature": 2.0}
+    flipped_model = read_model(with_metadata(onnx_path, lambda raw: {**raw, **tta_metadata}), "tta.onnx")
+    spec = flipped_model.spec
+    assert (spec.flip_average, spec.vflip_average, spec.temperature) == (hflip, vflip, 2.0)
     batch = images(64, 4)
     base = build("onnxruntime", plain, "fp32", 2)
     tta = build("onnxruntime", flipped_model, "fp32", 2)
-    expected = (base.predict_logits(batch) + base.predict_logits(np.ascontiguousarray(batch[..., ::-1]))) / 2
+    # The mean of the logits of the image flipped along each listed set of axes (W = 3, H = 2).
+    expected = np.mean([base.predict_logits(np.ascontiguousarray(np.flip(batch, axes))) for axes in flips], axis=0)
     assert np.allclose(tta.predict_logits(batch), expected, atol=1e-5)
     assert np.allclose(tta.predict_proba(batch), probabilities(expected, 2.0), atol=1e-5)
+    assert not np.allclose(base.predict_logits(batch), expected, atol=1e-3), "the flips must change something"
+
+
+def test_training_evaluation_and_every_backend_average_the_same_flips(tmp_path: Path) -> None:
+    """A checkpoint asking for all four flips: the torch code that fits its temperature
+    (predict_flip_averaged_logits) and every backend, on the checkpoint and on its export, agree."""
+    torch.manual_seed(3)
+    spec = get_arch("resnet18").preprocessing(64)
+    pth = tmp_path / "stage-1.pth"
+    checkpoint.save(pth, build_model("resnet18", 2), "resnet18", CLASSES, spec, flip_average=True, vflip_average=True)
+    ckpt = checkpoint.load(pth)
+    assert (ckpt.flip_average, ckpt.vflip_average) == (True, True)
+    (tmp_path / "stage-1.onnx").write_bytes(export_onnx(ckpt))
+    batch = images(64, 4)
+    expected = predict_flip_averaged_logits(ckpt.build(), torch.from_numpy(batch), spec, True, True).numpy()
+    assert not np.allclose(expected, torch_logits(pth, batch), atol=1e-3), "the flips must change something"
+    for name, path in (
+        ("torch", pth),
+        ("onnxruntime", tmp_path / "stage-1.onnx"),
+        ("openvino", tmp_path / "stage-1.onnx"),
+    ):
+        model_file = load_model_file(path)
+        assert (model_file.spec.flip_average, model_file.spec.vflip_average) == (True, True), name
+        assert np.allclose(build(name, model_file, "fp32", 2).predict_logits(batch), expected, atol=1e-4), name
 
 
 def test_metadata_is_read_without_parsing_the_graph(exported: tuple[Path, Path]) -> None:
@@ -240,6 +275,7 @@ def test_model_spec_round_trips() -> None:
         get_arch("resnet18").preprocessing(64),
         temperature=1.3,
         flip_average=True,
+        vflip_average=True,
         checkpoint_sha256="ab",
         meta={"k": [1]},
         reference_logits=np.ones((8, 2), dtype=np.float32),

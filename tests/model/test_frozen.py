@@ -51,6 +51,10 @@ def test_views_are_the_centre_its_mirror_and_seeded_augmentations(data) -> None:
     images = data["train"].images[:4]
     assert frozen.training_views(2) == ["centre", "hflip", "aug1", "aug2"]
     assert torch.equal(frozen.view_images(images, "hflip", recipe().train.augment, 0), images.flip(-1).float())
+    assert frozen.evaluation_views(True, True) == ["centre", "hflip", "vflip", "hvflip"]
+    assert frozen.evaluation_views(False, True) == ["centre", "vflip"]
+    both = frozen.view_images(images, "hvflip", recipe().train.augment, 0)
+    assert torch.equal(both, images.flip(-1).flip(-2).float())
     one = frozen.view_images(images, "aug1", recipe().train.augment, 0)
     assert torch.equal(one, frozen.view_images(images, "aug1", recipe().train.augment, 0))
     assert not torch.equal(one, frozen.view_images(images, "aug2", recipe().train.augment, 0))

@@ -199,9 +199,9 @@ class Backend(ABC):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, size, size):
             raise ValueError(f"expected uint8 images (N, 3, {size}, {size}), got {images.dtype} {images.shape}")
         outputs = []
+        views = flip_view_names(self.spec.flip_average, self.spec.vflip_average)
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size])
-            views = flip_view_names(self.spec.flip_average, self.spec.vflip_average)
             if len(views) == 1:
                 outputs.append(self.forward(batch))
             else:  # one forward pass over all the views

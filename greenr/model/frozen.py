@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from greenr.data.images import FLIP_AXES, Preprocessing, flip_view, flip_view_names
+from greenr.data.images import FLIP_AXES, Preprocessing, flip_view
 from greenr.data.tensors import normalize
 from greenr.errors import GreenrError
 from greenr.model.architectures import get_arch
@@ -35,10 +35,6 @@ CENTRE, MIRROR = "centre", "hflip"  # names of greenr.data.images.FLIP_AXES
 def training_views(feature_views: int) -> list[str]:
     """The views of each training image: centre, mirror and `feature_views` augmentations."""
     return [CENTRE, MIRROR, *(f"aug{i}" for i in range(1, feature_views + 1))]
-
-
-def evaluation_views(flip_average: bool, vflip_average: bool = False) -> list[str]:
-    return flip_view_names(flip_average, vflip_average)
 
 
 def view_images(images: torch.Tensor, view: str, aug: AugmentParams, seed: int) -> torch.Tensor:

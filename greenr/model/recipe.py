@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from greenr.data.images import Preprocessing
+from greenr.data.images import Preprocessing, flip_view_names
 from greenr.data.tensors import TensorDataset
 from greenr.model import frozen
 from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
@@ -76,7 +76,7 @@ def frozen_features(
     )
     return FrozenFeatures(
         train=embed(train_images, frozen.training_views(params.feature_views)),
-        val=embed(val_images, frozen.evaluation_views(recipe.model.flip_average, recipe.model.vflip_average)),
+        val=embed(val_images, flip_view_names(recipe.model.flip_average, recipe.model.vflip_average)),
     )
 
 

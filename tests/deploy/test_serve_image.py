@@ -25,6 +25,7 @@ from greenr.model.export import export_onnx
 from greenr.model.inference import predict_proba
 from greenr.paths import ONNX_MODEL_PATH
 from greenr.processes import free_port
+from tests.helpers import serving
 from tests.helpers.processes import tool
 from tests.helpers.project import DEPLOY, REPO
 from tests.helpers.serving import CLASSES, PROBABILITY_ATOL, write_checkpoint
@@ -188,9 +189,8 @@ def test_serve_image_labels_real_photos_without_torch(
     assert health.returncode == 0, f"HEALTHCHECK failed: {health.stdout}{health.stderr}"
 
     with httpx.Client(base_url=url, timeout=30) as http:
-        deadline = time.monotonic() + 60
-        while not (inference := http.get("/model").json()["inference"])["settled"] and time.monotonic() < deadline:
-            time.sleep(0.2)  # serve first, time later: wait for the full choice
+        serving.wait_ready(http, timeout=60)  # serve first, time later: wait for the full choice
+        inference = http.get("/model").json()["inference"]
         # The ONNX backend against the torch reference: same labels, probabilities within the
         # served precision's bound (bf16 serves where the CPU has it natively).
         atol = PROBABILITY_ATOL[inference["precision"]]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from greenr.data.dataset import Example, file_md5, list_class_images
+from greenr.data.images import flip_view_names
 from greenr.data.splitting import stratified_split
 from greenr.data.tensors import TensorDataset, load_tensors
 from greenr.model import frozen
@@ -51,8 +52,8 @@ def test_views_are_the_centre_its_mirror_and_seeded_augmentations(data) -> None:
     images = data["train"].images[:4]
     assert frozen.training_views(2) == ["centre", "hflip", "aug1", "aug2"]
     assert torch.equal(frozen.view_images(images, "hflip", recipe().train.augment, 0), images.flip(-1).float())
-    assert frozen.evaluation_views(True, True) == ["centre", "hflip", "vflip", "hvflip"]
-    assert frozen.evaluation_views(False, True) == ["centre", "vflip"]
+    assert flip_view_names(True, True) == ["centre", "hflip", "vflip", "hvflip"]
+    assert flip_view_names(False, True) == ["centre", "vflip"]
     both = frozen.view_images(images, "hvflip", recipe().train.augment, 0)
     assert torch.equal(both, images.flip(-1).flip(-2).float())
     one = frozen.view_images(images, "aug1", recipe().train.augment, 0)

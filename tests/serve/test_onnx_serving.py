@@ -53,9 +53,8 @@ def test_a_server_without_torch_serves_the_onnx_export(torch_free_server: Server
     import of them would have failed the model load."""
     pth, onnx_path = exported
     with httpx.Client(base_url=torch_free_server.url, timeout=60) as http:
-        deadline = time.monotonic() + 60
-        while not (info := http.get("/model").json())["inference"]["settled"] and time.monotonic() < deadline:
-            time.sleep(0.2)  # serve first, time later: wait for the full choice
+        wait_ready(http, timeout=60)  # serve first, time later: wait for the full choice
+        info = http.get("/model").json()
         assert info["format"] == "onnx" and info["checkpoint_sha256"] == checkpoint.load(pth).sha256
         inference = info["inference"]
         assert inference["settled"], inference

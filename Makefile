@@ -7,7 +7,7 @@ export DATA_SOURCE
 # command line (make passes both on); every target runs that venv.
 VENV := $(or $(UV_PROJECT_ENVIRONMENT),.venv)/bin
 
-.PHONY: help setup test-tools run test test-fast lint serve store-start store-stop mlflow-ui bench
+.PHONY: help setup test-tools run test test-fast lint serve store-start store-stop mlflow-ui bench bench-scale
 
 help:
 	@echo "make setup        create/refresh .venv from uv.lock (idempotent; PYTHON=python3.12 picks the interpreter)"
@@ -20,6 +20,7 @@ help:
 	@echo "make store-start  start the local MinIO-compatible object store (make store-stop stops it)"
 	@echo "make mlflow-ui    the MLflow UI on http://127.0.0.1:5000"
 	@echo "make bench        the training-throughput benchmark"
+	@echo "make bench-scale N=20000  the pipeline on N images made from the photos (UNTIL=prepare stops there)"
 
 setup:
 	@scripts/setup.sh
@@ -56,3 +57,6 @@ mlflow-ui: setup
 
 bench: setup
 	$(VENV)/python bench/train_throughput.py --data $${DATA:-../shared/datasets/dandelion-grass}
+
+bench-scale: setup
+	$(VENV)/python bench/scale.py $${N:-2000} --until $${UNTIL:-export}

@@ -3,9 +3,10 @@
     python bench/finetune_compare.py --arch efficientnet_lite0 --image-size 128 --epochs 8 \
         --settings frozen full discriminative
 
-Uses the same code as the train and evaluate stages (greenr.model.training.fit, predict_proba,
-bootstrap_intervals) on splits/{train,val,test}.csv, and prints one row per setting. Run
-`python -m stages.split` first. The winner on validation is what `finetune: auto` should mean
+Uses the same code as the train and evaluate stages (greenr.model.training.fit, predict_samples,
+bootstrap_intervals) on the prepared shards, and prints one row per setting. Run `dvc repro prepare`
+first (the shards hold images at model.image_size; other sizes are resized from them). The winner
+on validation is what `finetune: auto` should mean
 for the arch (greenr/model/architectures.py ARCHS).
 """
 
@@ -17,15 +18,14 @@ import time
 import numpy as np
 import torch
 
-from greenr.data.dataset import CLASSES, read_manifest
-from greenr.data.tensors import load_tensors
+from greenr.data.dataset import read_classes
+from greenr.data.loader import load_samples
 from greenr.evaluation.metrics import bootstrap_intervals
 from greenr.model.architectures import build_model, get_arch, resolve_pretrained
 from greenr.model.device import configure_threads
-from greenr.model.inference import predict_proba
-from greenr.model.training import fit, seed_everything
+from greenr.model.training import fit, predict_samples, seed_everything
 from greenr.params import load_section
-from greenr.paths import SPLITS_DIR, repo_root
+from greenr.paths import CLASSES_FILE, repo_root
 
 
 def main() -> None:
@@ -47,10 +47,8 @@ def main() -> None:
         arch.name, "auto" if args.pretrained == "auto" else args.pretrained.lower() == "true"
     )
     spec = arch.preprocessing(args.image_size)
-    sets = {
-        name: load_tensors(read_manifest(root / SPLITS_DIR / f"{name}.csv"), root, spec)
-        for name in ("train", "val", "test")
-    }
+    classes = read_classes(root / CLASSES_FILE)
+    sets = {name: load_samples(root, [name], classes) for name in ("train", "val", "test")}
     print(
         f"# {arch.name} pretrained={pretrained} {args.image_size}px {args.epochs} epochs, "
         f"{threads} threads, CPU; train/val/test = "
@@ -65,12 +63,13 @@ def main() -> None:
             update={"finetune": setting, "epochs": args.epochs, "device": "cpu", "lr": args.lr or base.lr}
         )
         seed_everything(params.seed)
-        model = build_model(arch.name, len(CLASSES), pretrained=pretrained)
+        model = build_model(arch.name, len(classes), pretrained=pretrained)
         started = time.perf_counter()
         result = fit(model, arch.name, sets["train"], sets["val"], spec, params, torch.device("cpu"))
         seconds = time.perf_counter() - started
-        probs = predict_proba(result.model, sets["test"].images, spec).numpy()
-        labels = sets["test"].labels.numpy()
+        logits = predict_samples(result.model, sets["test"], spec, torch.device("cpu"), params.batch_size)
+        probs = logits.softmax(1).numpy()
+        labels = sets["test"].labels
         acc = float((probs.argmax(1) == labels).mean())
         ci = bootstrap_intervals(labels, probs, 1000, 0.95, 0)["accuracy"]
         print(

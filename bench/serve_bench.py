@@ -9,13 +9,19 @@ Servers (each a process on 127.0.0.1, a free port):
   openvino-bf16     `python -m serve`, BACKEND=openvino PRECISION=bf16 (only where the CPU has bf16)
   default           `python -m serve` as shipped: the ONNX export, BACKEND=auto PRECISION=auto
 
+  openvino-int8     `python -m serve`, BACKEND=openvino PRECISION=int8 (only with an INT8 export
+                    certified for OpenVINO beside the export)
+
 Each server is started alone and timed from process start to its first answered POST /predict
 (cold start). Then `hey` (a Go load generator: little client CPU) sends, round after round and
-server after server (so background load hits all alike), a small training photo and a
-phone-size photo (4032x3024 JPEG, the training photo upscaled) at concurrency 1 and 16. Prints
-throughput, p50, p99, CPU time per request, non-200 answers, cold start and RSS per server, the done-when targets for
-`default` against `original`, the CPU (model, bf16 flags) and the load average before and after:
-quote only runs that started below load 1.
+server after server (so background load hits all alike), a small training photo (multipart, and
+as the raw body with `Content-Type: image/jpeg` to our servers) and a phone-size photo (4032x3024
+JPEG, the training photo upscaled) at concurrency 1 and 16. In each round, while the servers
+idle, the model alone runs in this process on each backend and precision our servers settled on (its
+threads, batch 16 of the decoded small photo): each server's c=16 throughput is printed as a share
+of it. Prints throughput, p50, p99, CPU time per request, non-200 answers, cold start and RSS per
+server, the done-when targets for `default` against `original`, the CPU (model, SIMD flags) and
+the load average before and after: quote only runs that started below load 1.
 
     .venv/bin/python bench/serve_bench.py [--rounds 3] [--servers original,default,...]
 """
@@ -40,11 +46,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.photos import training_photos, upscaled
-from greenr.hardware import BF16_FLAGS, available_cpus, cpu_flags, cpu_model, native_bf16
+from greenr.hardware import BF16_FLAGS, INT8_FLAGS, available_cpus, cpu_flags, cpu_model, native_bf16
 from greenr.processes import free_port, stop
 
 BOUNDARY = "greenr-bench"
 CONCURRENCY = (1, 16)
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+MODEL_BATCH = 16
 
 
 def multipart(data: bytes) -> bytes:
@@ -118,10 +126,16 @@ class Server:
                 time.sleep(0.02)
         raise SystemExit(f"{self.name} did not answer in {timeout}s; see {self.log.name}")
 
-    def backend(self) -> str:
+    def backend(self, timeout: float = 120) -> str:
+        """The backend and precision serving once the choice has settled (serve first, time later)."""
+        deadline = time.monotonic() + timeout
         try:
-            version = httpx.get(f"{self.url}/ready", timeout=10).json()["model"]
-            return f"{version['backend']} {version['precision']}"
+            while time.monotonic() < deadline:
+                info = httpx.get(f"{self.url}/model", timeout=10).json()
+                if info["inference"]["settled"]:
+                    return f"{info['backend']} {info['precision']}"
+                time.sleep(0.2)
+            raise SystemExit(f"{self.name}: the backend choice did not settle in {timeout}s")
         except (httpx.HTTPError, KeyError, ValueError):
             return "torch fp32 (its own code)"
 
@@ -141,11 +155,13 @@ class Server:
         self.log.close()
 
 
-def hey(binary: str, url: str, body: Path, n: int, c: int) -> tuple[float, list[float], dict[str, int]]:
+def hey(
+    binary: str, url: str, body: Path, n: int, c: int, content_type: str = MULTIPART
+) -> tuple[float, list[float], dict[str, int]]:
     """(seconds from the first request to the last answer, latencies in s, status counts)."""
     done = subprocess.run(
         [binary, "-n", str(n), "-c", str(c), "-m", "POST", "-t", "120", "-o", "csv"]
-        + ["-T", f"multipart/form-data; boundary={BOUNDARY}", "-D", str(body), f"{url}/predict"],
+        + ["-T", content_type, "-D", str(body), f"{url}/predict"],
         capture_output=True,
         text=True,
         check=True,
@@ -177,7 +193,54 @@ def server_specs(pth: Path, onnx: Path) -> dict[str, tuple[list[str], dict[str, 
     }
     if not native_bf16():
         del specs["openvino-bf16"]
+    if _int8_backends(onnx) and "openvino" in _int8_backends(onnx):
+        specs["openvino-int8"] = (
+            ours,
+            {**common, "MODEL_PATH": str(onnx), "BACKEND": "openvino", "PRECISION": "int8"},
+        )
     return specs
+
+
+def _int8_backends(onnx: Path) -> list[str]:
+    """The backends the INT8 export beside `onnx` is certified for ([] without one)."""
+    from greenr.backends.model_file import load_model_file, read_int8_companion
+
+    int8, _ = read_int8_companion(load_model_file(onnx), onnx, str(onnx))
+    return list((int8.spec.quantization or {}).get("backends") or []) if int8 else []
+
+
+class ModelAlone:
+    """The model without the server: the backend and precision a server serves, in this process,
+    on MODEL_BATCH copies of the decoded photo (the server's batcher caps batches at 16 too)."""
+
+    def __init__(self, onnx: Path, backend_precision: str, photo: bytes) -> None:
+        import numpy as np
+
+        from greenr.backends.loading import open_backend
+        from greenr.data.images import load_model_input
+
+        backend, precision = backend_precision.split()
+        _, selection = open_backend(onnx, backend, precision)
+        self.backend = selection.backend
+        self.label = (
+            f"{self.backend.name} {self.backend.precision}, batch {MODEL_BATCH}, {self.backend.threads} threads"
+        )
+        image = load_model_input(photo, self.backend.spec.preprocessing)
+        self.batch = np.ascontiguousarray(np.repeat(image[None], MODEL_BATCH, axis=0))
+        self.seconds = 0.0
+        self.images = 0
+        self.backend.predict_proba(self.batch, MODEL_BATCH)  # warm-up
+
+    def measure(self, passes: int = 10) -> None:
+        start = time.perf_counter()
+        for _ in range(passes):
+            self.backend.predict_proba(self.batch, MODEL_BATCH)
+        self.seconds += time.perf_counter() - start
+        self.images += passes * MODEL_BATCH
+
+    @property
+    def throughput(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
 
 
 def ensure_models(pth: Path, onnx: Path, tmp: Path) -> tuple[Path, Path]:
@@ -214,8 +277,8 @@ def targets(results: dict, cold: dict[str, float], images: list[str]) -> list[tu
     ours_non_200 = sum(r.non_200 for (name, _, _), r in results.items() if name != "original")
     return [
         (
-            "c16 throughput >= 5x original",
-            d16.throughput >= 5 * o16.throughput,
+            "c16 throughput >= 6x original",
+            d16.throughput >= 6 * o16.throughput,
             f"{d16.throughput / o16.throughput:.2f}x",
         ),
         (
@@ -261,8 +324,11 @@ def main() -> None:
     for name, data in raw.items():
         bodies[name] = tmp / f"{name.split()[0]}.body"
         bodies[name].write_bytes(multipart(data))
-    flags = sorted(cpu_flags() & BF16_FLAGS) or ["none"]
-    print(f"CPU {lscpu_model()}, {available_cpus()} cores available, bf16 flags: {', '.join(flags)}")
+    raw_small = f"small {photo.name}, raw body"
+    bodies[raw_small] = tmp / "small.jpg"
+    bodies[raw_small].write_bytes(raw[images[0]])
+    flags = sorted(cpu_flags() & (BF16_FLAGS | INT8_FLAGS | {"avx2", "avx512f"})) or ["none"]
+    print(f"CPU {lscpu_model()}, {available_cpus()} cores available, flags: {', '.join(flags)}")
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     print(f"bodies: {', '.join(f'{k} {len(v) / 1e3:.0f} kB' for k, v in raw.items())}; model {pth.name}/{onnx.name}")
 
@@ -276,13 +342,28 @@ def main() -> None:
             cold[name] = servers[name].cold_start(bodies[images[0]].read_bytes())
             backends[name] = servers[name].backend()
             hey(binary, servers[name].url, bodies[images[0]], 32, 16)  # warm-up
-        sizes = {images[0]: (args.n1, args.n16), images[1]: (args.phone_n1, args.phone_n16)}
+        # The model alone for every backend and precision one of our servers settled on.
+        alone = {
+            chosen: ModelAlone(onnx, chosen, raw[images[0]])
+            for name, chosen in backends.items()
+            if name not in ("original", "torch")
+        }
+        sizes = {
+            images[0]: (args.n1, args.n16),
+            raw_small: (args.n1, args.n16),
+            images[1]: (args.phone_n1, args.phone_n16),
+        }
         for _ in range(args.rounds):
-            for image in images:
+            for model in alone.values():
+                model.measure()
+            for image in (images[0], raw_small, images[1]):
+                kind = "image/jpeg" if image == raw_small else MULTIPART
                 for c, n in zip(CONCURRENCY, sizes[image]):
                     for name, server in servers.items():
+                        if name == "original" and image == raw_small:
+                            continue  # it takes multipart only
                         before = server.cpu_seconds()
-                        span, latencies, statuses = hey(binary, server.url, bodies[image], n, c)
+                        span, latencies, statuses = hey(binary, server.url, bodies[image], n, c, kind)
                         cpu = server.cpu_seconds() - before
                         results.setdefault((name, image, c), Result()).add(span, latencies, statuses, cpu)
         rss = {name: server.rss_mib() for name, server in servers.items()}
@@ -294,17 +375,25 @@ def main() -> None:
     print(f"\n{'server':15}{'backend':22}{'cold start':>11}{'RSS MiB':>9}")
     for name in servers:
         print(f"{name:15}{backends[name]:22}{cold[name]:>10.2f}s{rss[name]:>9.0f}")
-    for image in images:
+    for image in (images[0], raw_small, images[1]):
         for c in CONCURRENCY:
             print(
                 f"\n{image}, concurrency {c}:  {'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>11}{'non-200':>9}"
             )
             for name in servers:
+                if (name, image, c) not in results:
+                    continue
                 r = results[(name, image, c)]
                 print(
                     f"  {name:30}{r.throughput:>8.1f}{r.pct(0.5):>9.1f}{r.pct(0.99):>9.1f}"
                     f"{r.cpu_ms_per_request:>11.1f}{r.non_200:>9}"
                 )
+    for chosen, model in alone.items():
+        print(f"\nthe model alone ({model.label}): {model.throughput:.1f} images/s")
+        for name in (n for n, b in backends.items() if b == chosen):
+            for image in (images[0], raw_small):
+                served = results[(name, image, 16)].throughput
+                print(f"  {name} at c=16, {image}: {served:.1f} req/s = {served / model.throughput:.2f} of it")
     if {"original", "default"} <= set(servers):
         print("\ndone-when targets, `default` against `original`:")
         for label, ok, value in targets(results, cold, images):

@@ -1,8 +1,9 @@
 """Training throughput (images/s), side by side in one process:
 
   (a) pure compute  - forward + backward + optimizer step on in-memory float tensors
-  (b) train stage   - `greenr.model.training.train_one_epoch` on the decoded-once uint8 cache
-                      (`greenr.data.dataset.load_tensors`), with the augmentation from params.yaml
+  (b) train stage   - `greenr.model.training.train_one_epoch` streaming the prepared shards
+                      (`greenr.data.loader`, decoding in worker processes), with the augmentation
+                      from params.yaml
   (c) original      - torchvision ImageFolder + Resize/ToTensor/Normalize + DataLoader,
                       decoding every image every epoch (num_workers 0 and 2)
   (p) prep only     - augment + normalize of (b) without the model: where (b) loses to (a)
@@ -16,10 +17,13 @@ reported, because other processes on a shared machine make any single figure noi
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from greenr.data.dataset import Example as Row
-from greenr.data.dataset import list_class_images
-from greenr.data.tensors import TensorDataset, load_tensors, normalize
+from greenr.data.dataset import discover_classes, list_class_images
+from greenr.data.loader import batches, load_samples
+from greenr.data.shards import Recipe, prepare_split
+from greenr.data.tensors import normalize
 from greenr.hardware import cpu_flags, cpu_model, native_bf16
 from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
 from greenr.model.device import configure_threads, resolve_device
@@ -115,18 +121,24 @@ def main() -> None:
         f"augment {train_params.augment.model_dump()}"
     )
 
-    # The train stage's one-time cost: decode and resize every image once.
+    # The pipeline's one-time cost (stage `prepare`): decode, resize and pack every image once.
+    classes = discover_classes(args.data)
     rows = [
         Row(p.relative_to(args.data).as_posix(), label, "")
-        for label, files in list_class_images(args.data).items()
+        for label, files in list_class_images(args.data, classes).items()
         for p in files
     ]
+    (ROOT / ".state").mkdir(exist_ok=True)
+    prepared = Path(tempfile.mkdtemp(prefix="bench-shards-", dir=ROOT / ".state"))
+    atexit.register(shutil.rmtree, prepared, True)
     started = time.perf_counter()
-    cache = load_tensors(rows, args.data, spec)
+    prepare_split(prepared / "shards", "train", rows, args.data, Recipe(image_size, 95), 1000)
     decode_seconds = time.perf_counter() - started
+    cache = load_samples(prepared, ["train"], classes)
     print(
-        f"decoded {len(cache)} images once in {decode_seconds:.1f}s ({len(cache) / decode_seconds:.0f} img/s) for (b)"
+        f"prepared {len(cache)} images once in {decode_seconds:.1f}s ({len(cache) / decode_seconds:.0f} img/s) for (b)"
     )
+    first = next(iter(batches(cache, image_size, batch_size)))
     generator = torch.Generator().manual_seed(0)
 
     def fresh_model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -135,8 +147,8 @@ def main() -> None:
 
     # (a) one fixed normalised batch, already on the device, channels_last as in training.
     compute_model, compute_opt = fresh_model()
-    fixed_x = normalize(cache.images[:batch_size].to(device), spec)
-    fixed_y = cache.labels[:batch_size].to(device)
+    fixed_x = normalize(first.images.to(device), spec)
+    fixed_y = first.labels.to(device)
 
     def step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
         loss = F.cross_entropy(model(x), y)
@@ -169,8 +181,8 @@ def main() -> None:
 
     def run_b(batches: int = args.steps) -> int:
         pick = torch.randperm(len(cache), generator=generator)[: batches * batch_size]
-        subset = TensorDataset(cache.images[pick], cache.labels[pick], [cache.paths[i] for i in pick])
-        train_one_epoch(stage_model, subset, spec, train_params, arch.name, stage_opt, device, generator)
+        subset = cache.subset(pick.numpy())
+        train_one_epoch(stage_model, subset, spec, train_params, arch.name, stage_opt, device, 1, generator)
         return len(subset)
 
     # (c) the original approach: decode + resize + normalise every image, every epoch.
@@ -199,12 +211,11 @@ def main() -> None:
                 break
         return done
 
+    # (p) the prep of (b) on one decoded batch, repeated: augment + normalize only.
     def run_p(batches: int = args.steps) -> int:
-        pick = torch.randperm(len(cache), generator=generator)[: batches * batch_size]
-        for start in range(0, len(pick), batch_size):
-            batch = cache.images[pick[start : start + batch_size]].to(device)
-            normalize(augment(batch, train_params.augment, generator), spec)
-        return len(pick)
+        for _ in range(batches):
+            normalize(augment(first.images.to(device), train_params.augment, generator), spec)
+        return batches * len(first.images)
 
     runners: dict[str, Callable[..., int]] = {
         "a": run_a,

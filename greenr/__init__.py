@@ -1,1 +1,1 @@
-"""greenr: shared code for the dandelion-vs-grass pipeline and server."""
+"""greenr: shared code for the reproducible image-classification pipeline and its server."""

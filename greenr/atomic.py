@@ -6,12 +6,13 @@ was; only a SIGKILL can leave the hidden temporary file `.NAME.XXXX.tmp` beside 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +50,14 @@ def write_json(path: str | Path, obj: Any) -> None:
     with atomic_open(path, "w", encoding="utf-8") as handle:
         json.dump(obj, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> None:
+    """Write a CSV with a header row atomically (Unix line ends, so reruns give identical bytes)."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fields), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -11,10 +11,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from greenr import processes, scm
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
 from greenr.paths import DATA_DIR, DATA_DVC, EVALUATE_METRICS, main_checkout, repo_root
+
+if TYPE_CHECKING:
+    from greenr.ops.inbox import TrustPolicy
+    from serve.settings import Settings
 
 log = logging.getLogger("greenr")
 
@@ -61,12 +66,16 @@ def print_metrics(root: Path) -> None:
         f"  log loss   {report['log_loss']:.4f}",
         *([f"  ECE        {report['ece']:.4f}  (calibration error of the confidences)"] if "ece" in report else []),
     ]
+    width = max([10, *(len(name) for name in report["per_class"])])
     for name, row in report["per_class"].items():
         lines.append(
-            f"  {name:<10} precision {row['precision']:.3f} recall {row['recall']:.3f} "
+            f"  {name:<{width}} precision {row['precision']:.3f} recall {row['recall']:.3f} "
             f"f1 {row['f1']:.3f} (n={row['support']})"
         )
-    lines.append(f"  confusion matrix (rows actual, cols predicted): {report['confusion_matrix']}")
+    matrix = report["confusion_matrix"]
+    width = max(len(name) for name in matrix)
+    lines.append("  confusion matrix (rows actual, columns predicted, in this order):")
+    lines += [f"    {actual:<{width}} {' '.join(f'{n:>5}' for n in row.values())}" for actual, row in matrix.items()]
     if boot:
         lines.append(
             f"  intervals: {boot['confidence']:.0%} bootstrap over {boot['samples']} resamples; "
@@ -107,7 +116,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     report = ingest.ingest(
         args.source or ingest.default_source(),
         args.dest or repo_root() / DATA_DIR,
-        classes=[c.strip() for c in args.classes.split(",") if c.strip()],
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
         count=args.count,
         workers=args.workers,
         timeout=args.timeout,
@@ -180,39 +189,58 @@ def cmd_metrics(args: argparse.Namespace) -> None:
     print_metrics(repo_root())
 
 
+def _server_settings() -> Settings:
+    """The server's settings (environment, .env): the inbox commands apply its trust and image limits."""
+    from pydantic import ValidationError
+
+    from serve.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise GreenrError(f"bad server setting: {exc}", "fix the environment variable (or .env entry) named") from None
+
+
 def cmd_inbox(args: argparse.Namespace) -> None:
-    from greenr.data.dataset import CLASSES
     from greenr.ops import inbox, objectstore
 
     root = repo_root()
+    settings = _server_settings()
+    given = getattr(args, "min_agreeing", None)
+    min_agreeing = settings.feedback_min_agreeing if given is None else given
+    policy = inbox.TrustPolicy(min_agreeing, trust_feedback=getattr(args, "trust_feedback", False))
     if args.action == "accept":
+        limits = inbox.ImageLimits(settings.max_upload_bytes, settings.max_pixels)
         # Like `greenr push`: the local store is started for the duration if nothing answers.
         with objectstore.store_available(root):
-            print(inbox.accept(inbox.all_inboxes(root), CLASSES, root).summary())
+            boxes = inbox.all_inboxes(root, min_agreeing)
+            print(inbox.accept(boxes, root, policy, new_classes=args.new_class or (), limits=limits).summary())
         return
-    inboxes = inbox.all_inboxes(root)
     if args.action == "label":
-        if args.label not in CLASSES:
-            raise GreenrError(f"{args.label!r} is not a class", f"use one of {', '.join(CLASSES)}")
-        for box in inboxes:
+        label = inbox.check_label(args.label, inbox.data_classes(root), new_class=args.new_class)
+        prefix = inbox.item_prefix(args.item)  # a malformed id is said so, not "no such item"
+        for box in inbox.all_inboxes(root, min_agreeing):
             try:
-                record = box.set_label(args.item, args.label)
+                record = box.set_label(prefix, label)
             except inbox.InboxUnavailable:
                 raise
             except GreenrError:  # not in this inbox: try the next
                 continue
             print(f"{record.sha256[:12]} labeled {record.label} in {box.where}")
             return
-        raise GreenrError(f"no pending inbox item {args.item}", "`greenr inbox status --items` lists them")
-    statuses = [box.status() for box in inboxes]
+        raise GreenrError(f"no pending inbox item {prefix}", "`greenr inbox status --items` lists them")
+    inboxes = inbox.all_inboxes(root, min_agreeing)
+    statuses = [box.status(policy) for box in inboxes]
     if args.json:
+        totals = {key: sum(s[key] for s in statuses) for key in ("acceptable", "to_review", "pending")}
         labeled = sum(sum(s["labeled"].values()) for s in statuses)
-        print(json.dumps({"labeled": labeled, "inboxes": statuses}, indent=2))
+        print(json.dumps({"labeled": labeled, **totals, "inboxes": statuses}, indent=2))
         return
     for box, status in zip(inboxes, statuses):
         labeled = ", ".join(f"{k} {v}" for k, v in status["labeled"].items()) or "none"
         print(
             f"inbox {status['where']}: {status['pending']} pending (labeled: {labeled}; "
+            f"{status['acceptable']} acceptable as they stand ({_policy_text(policy)}); "
             f"{status['to_review']} to review, {status['conflicts']} with conflicting labels, "
             f"{status['uncertain']} captured as uncertain); {status['accepted']} accepted, "
             f"{status['rejected']} rejected"
@@ -220,11 +248,19 @@ def cmd_inbox(args: argparse.Namespace) -> None:
         if args.items:
             for record in sorted(box.records(), key=lambda r: r.received):
                 guess = f" predicted {record.predicted} ({record.confidence:.2f})" if record.confidence else ""
+                votes = ", ".join(f"{label} {n}" for label, n in record.vote_counts().items())
                 print(
                     f"  {record.sha256[:12]}  {record.label or '(review)':<10} {record.source:<9} "
                     f"{record.received}{guess}"
-                    + (f"  labels given: {', '.join(record.labels_given)}" if len(record.labels_given) > 1 else "")
+                    + (f"  votes: {votes}" if votes else "")
+                    + ("  reviewed" if record.reviewed else "")
                 )
+
+
+def _policy_text(policy: TrustPolicy) -> str:
+    if policy.trust_feedback:
+        return "a reviewer's label or one vote, --trust-feedback"
+    return f"a reviewer's label or {policy.min_agreeing} agreeing votes"
 
 
 # ---------------------------------------------------------------------------- experiments
@@ -337,7 +373,6 @@ def _add_base(parser: argparse.ArgumentParser) -> None:
 
 
 def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    from greenr.data.dataset import CLASSES
     from greenr.data.ingest import DEFAULT_COUNT
 
     parser.add_argument(
@@ -347,7 +382,12 @@ def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
         "{class} and {index} (default: $DATA_SOURCE, else the public URL template)",
     )
     parser.add_argument("--dest", type=Path, default=None, help="the data folder (default: data/)")
-    parser.add_argument("--classes", default=",".join(CLASSES), help="comma-separated class names")
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class folders to take (default: every class folder of a local source; "
+        "the default classes for the default URL template)",
+    )
     parser.add_argument(
         "--count", type=int, default=DEFAULT_COUNT, help="URL template only: indices per class, 0..COUNT-1"
     )
@@ -392,6 +432,7 @@ def _grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    from greenr.backends.loading import BACKEND_CHOICES, PRECISION_CHOICES
     from greenr.paths import ONNX_MODEL_PATH
 
     parser.add_argument("source", help="a folder of images (searched recursively), one image, or s3://BUCKET/PREFIX")
@@ -401,11 +442,16 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, help=f"model file: an ONNX export or a checkpoint (default: {ONNX_MODEL_PATH}, pulled)"
     )
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "torch"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--backend", default="auto", choices=list(BACKEND_CHOICES))
+    parser.add_argument("--precision", default="auto", choices=list(PRECISION_CHOICES))
     parser.add_argument("--threads", type=int, default=0, help="inference threads (default: every core available)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=0, help="threads reading and decoding (default: cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="threads decoding (default: cores); reads run ahead in threads of their own",
+    )
     parser.add_argument("--shard", default="0/1", metavar="I/N", help="score only shard I of N (0-based)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -440,10 +486,34 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable counts")
     label = inbox_sub.add_parser("label", help="give a pending item its label (a reviewer's decision)")
     label.add_argument("item", help="the item's SHA-256, or its first 6+ hex digits")
-    label.add_argument("label", help="the class")
-    inbox_sub.add_parser(
-        "accept", help="labeled items into data/<class>/, dvc add data, dvc push, then mark them accepted"
+    label.add_argument("label", help="the class: a class folder of data/")
+    label.add_argument(
+        "--new-class", action="store_true", help="the label may be a class data/ does not have yet (accept adds it)"
     )
+    accept = inbox_sub.add_parser(
+        "accept",
+        help="trusted items into data/<class>/, dvc add data, dvc push, then mark them accepted "
+        "(trusted: a reviewer's label, or FEEDBACK_MIN_AGREEING agreeing votes and none against)",
+    )
+    accept.add_argument(
+        "--new-class",
+        action="append",
+        metavar="NAME",
+        help="accept items labeled NAME though data/ has no such class yet: creates data/NAME/ (repeatable)",
+    )
+    for command in (status, accept):
+        command.add_argument(
+            "--trust-feedback",
+            action="store_true",
+            help="one vote is enough (no reviewer, no agreeing votes): only for feedback from trusted clients",
+        )
+        command.add_argument(
+            "--min-agreeing",
+            type=int,
+            default=None,
+            metavar="N",
+            help="agreeing votes that make a label trusted (default: FEEDBACK_MIN_AGREEING, else 3)",
+        )
     inbox.set_defaults(func=cmd_inbox)
 
     params = sub.add_parser("params", help="validate params.yaml")

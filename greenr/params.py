@@ -21,6 +21,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DataParams(Section):
+    # The class names in the order of the model's outputs. Unset: the sorted sub-folders of data/
+    # that hold images (torchvision's ImageFolder rule). Set: it must name exactly those folders.
+    classes: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> DataParams:
+        if self.classes is not None:
+            if len(self.classes) < 2:
+                raise ValueError("list 2 or more classes (or leave classes unset)")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"class names repeat: {self.classes}")
+            bad = [c for c in self.classes if not c or c.startswith(".") or "/" in c or "\\" in c]
+            if bad:
+                raise ValueError(f"{bad} cannot be folder names of data/")
+        return self
+
+
 class SplitParams(Section):
     seed: int = 42
     train: float = Field(0.70, gt=0, lt=1)
@@ -36,6 +54,14 @@ class SplitParams(Section):
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must sum to 1, got {total:g}")
         return self
+
+
+class PrepareParams(Section):
+    # JPEG quality of the prepared images (the model's input square): 95 keeps them within a few
+    # grey levels of what the server computes from the original, at a fifth of the raw size.
+    quality: int = Field(95, ge=50, le=100)
+    # Images per tar shard: DVC tracks one file per shard instead of one per image.
+    shard_images: int = Field(1000, ge=1, le=1_000_000)
 
 
 class ModelParams(Section):
@@ -87,12 +113,18 @@ class TrainParams(Section):
     # finetune frozen: backbone features are computed once per view of each training image, the
     # centre and mirror views plus this many randomly augmented ones, and the head trains on them.
     feature_views: int = Field(8, ge=0, le=64)
+    # Images per backbone pass when features are extracted (a multiple of 64; 0: 256 on a GPU, 64
+    # on a CPU, where larger batches only cost memory). The features do not depend on it.
+    feature_batch_size: int = Field(0, ge=0, le=4096, multiple_of=64)
     # Fit a temperature on the validation logits (stored in the checkpoint) so that the
     # probabilities are calibrated.
     calibrate: bool = True
     # bf16 autocast (+ channels_last) where the hardware computes bf16 natively (CPUs with AMX or
     # AVX512-BF16, CUDA GPUs); auto = there, fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Decode the prepared JPEGs on the GPU (nvJPEG) when training on CUDA; CPU worker processes
+    # otherwise. nvJPEG's pixels differ from libjpeg's by a grey level here and there.
+    gpu_decode: bool = False
     augment: AugmentParams = AugmentParams()
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -102,10 +134,26 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     batch_size: int = Field(64, ge=1, le=4096)
-    positive_class: str = "dandelion"
+    # The class whose ROC and PR curves are drawn for a 2-class model (None: the first class);
+    # with more classes every class gets its one-vs-rest curves and this is not used.
+    positive_class: str | None = None
     bootstrap_samples: int = Field(1000, ge=0, le=100_000)
     confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
+
+
+class ExportParams(Section):
+    """Stage `export`: the INT8 model beside the fp32 export (greenr.model.quantize)."""
+
+    # Quantize to INT8 and offer it to the backends that keep the answers on the test split; false
+    # skips quantization (the INT8 output is written empty and never served).
+    int8: bool = True
+    # Training images that calibrate the activation ranges (evenly spaced over splits/train.csv).
+    calibration_images: int = Field(300, ge=1, le=100_000)
+    # The INT8 model may change at most this share of test labels (against the fp32 reference), and its
+    # test accuracy must stay inside the reference's bootstrap interval (evaluate.*), on a backend
+    # for it to be offered there; the stage fails when no backend passes.
+    max_label_changes: float = Field(0.01, ge=0, le=1)
 
 
 class PromoteParams(Section):
@@ -117,15 +165,18 @@ class PromoteParams(Section):
     max_accuracy_drop: float = Field(0.02, ge=0, le=1)
     max_macro_f1_drop: float = Field(0.02, ge=0, le=1)
     # Name and alias in the MLflow Model Registry for a promoted model (`--register`).
-    registered_model: str = "greenr-dandelion-grass"
+    registered_model: str = "greenr"
     alias: str = "champion"
 
 
 SECTIONS: dict[str, type[Section]] = {
+    "data": DataParams,
     "split": SplitParams,
+    "prepare": PrepareParams,
     "model": ModelParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "export": ExportParams,
     "promote": PromoteParams,
 }
 

@@ -16,6 +16,8 @@ MODELS_DIR = "models"
 MODEL_PATH = "models/stage-1.pth"
 # The checkpoint exported to ONNX (stage `export`): what the server and `greenr predict` run.
 ONNX_MODEL_PATH = "models/stage-1.onnx"
+# Its INT8 quantization (stage `export`, `export.int8`), beside it: greenr.backends.model_file.int8_path.
+INT8_MODEL_PATH = "models/stage-1.int8.onnx"
 METRICS_DIR = "metrics"
 TRAIN_METRICS = "metrics/train.json"
 EVALUATE_METRICS = "metrics/evaluate.json"
@@ -26,17 +28,24 @@ DRIFT_REFERENCE = "metrics/drift_reference.json"
 # Feedback and uncertain inputs waiting to become data: this prefix in the DVC remote's bucket, or
 # this folder under the state folder when no store answers (greenr/ops/inbox.py).
 INBOX_PREFIX = "inbox"
+# Each split's images decoded, resized and packed once into tar shards (stage `prepare`,
+# greenr/data/shards.py): what train, evaluate, export and `greenr cv` read.
+SHARDS_DIR = "shards"
 PLOTS_DIR = "plots"
 TRAINING_PLOT = "plots/training.csv"
 EVALUATE_PLOTS_DIR = "plots/evaluate"
 CONFUSION_PLOT = "plots/evaluate/confusion.csv"
-ROC_PLOT = "plots/evaluate/roc.csv"
-PRC_PLOT = "plots/evaluate/prc.csv"
+# One CSV per class: `<class>.csv` (2 classes: the positive class only; more: each class against the rest).
+ROC_PLOT = "plots/evaluate/roc"
+PRC_PLOT = "plots/evaluate/prc"
 RELIABILITY_PLOT = "plots/evaluate/reliability.csv"
 
 
 # The split params the manifests were made with: images keep their split while these stay the same.
 SPLIT_RULE = "splits/rule.json"
+# The class names, in the order of the model's outputs: the split stage finds them in data/ and
+# every later step (train, evaluate, cv, prepare) reads them from here.
+CLASSES_FILE = "splits/classes.json"
 
 
 def split_manifest(name: str) -> str:

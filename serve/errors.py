@@ -4,6 +4,9 @@ Error answers carry a short message a client can act on and the request's id (al
 `X-Request-ID` header); they never carry the server's absolute paths, host names or a stack trace.
 The full detail goes to the log under the same request id. The handlers are registered in
 serve/main.py.
+
+Client input is quoted, in answers and in the log, by a short prefix only (`clip`): a client must
+not be able to make the server send or write megabytes by sending them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 import socket
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any, overload
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
@@ -25,6 +29,14 @@ from greenr.errors import GreenrError
 
 log = logging.getLogger("serve.errors")
 MAX_MESSAGE = 300
+# Characters of a client's value quoted in an answer, and in a log line (route paths, methods).
+ECHO_CHARS = 64
+LOG_CHARS = 200
+# A logged detail (the server's own words, client values in it already clipped), and how many
+# errors / list items / levels of a validation error's structure an answer keeps.
+LOG_DETAIL_CHARS = 2000
+MAX_ITEMS = 10
+MAX_DEPTH = 4
 # Top-level folders a path may start with, beyond those of this machine's own root.
 COMMON_ROOTS = ("home", "root", "tmp", "var", "usr", "opt", "srv", "mnt", "etc", "Users", "private", "app", "work")
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\]]*")
@@ -68,6 +80,50 @@ def public_message(detail: str | None) -> str | None:
     return f"{text[:head]}…{text[-(MAX_MESSAGE - head - 1) :]}"
 
 
+@overload
+def clip(value: str, limit: int = ECHO_CHARS) -> str: ...
+@overload
+def clip(value: None, limit: int = ECHO_CHARS) -> None: ...
+def clip(value: str | None, limit: int = ECHO_CHARS) -> str | None:
+    """A client's value as the server quotes it: its first `limit` characters, and `…(N chars)` for the rest."""
+    if value is None or len(value) <= limit:
+        return value
+    return f"{value[:limit]}…({len(value)} chars)"
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
+    """A JSON structure from client input, cut down: short strings, few items, shallow."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth >= MAX_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        return {clip(str(k)): _bounded(v, depth + 1) for k, v in list(value.items())[:MAX_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        return [_bounded(v, depth + 1) for v in list(value)[:MAX_ITEMS]]
+    return clip(value if isinstance(value, str) else str(value))
+
+
+def bounded_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FastAPI's 422 list with every client value (input, field names) cut to a short prefix."""
+    return [
+        {
+            key: clip(str(value), LOG_CHARS) if key == "msg" else _bounded(value)
+            for key, value in error.items()
+            if key != "url"  # pydantic's documentation link: noise
+        }
+        for error in errors[:MAX_ITEMS]
+    ]
+
+
+def log_line(text: str) -> str:
+    """A detail as it is logged: whole when short, else both ends (what failed, and the fix)."""
+    if len(text) <= LOG_DETAIL_CHARS:
+        return text
+    head = LOG_DETAIL_CHARS * 2 // 3
+    return f"{text[:head]} …({len(text) - LOG_DETAIL_CHARS} chars)… {text[-(LOG_DETAIL_CHARS - head) :]}"
+
+
 def request_id(request: Request) -> str:
     """The id serve.middleware.RequestId gave this request."""
     return getattr(request.state, "request_id", None) or "-"
@@ -80,10 +136,23 @@ def _answer(request: Request, status: int, body: dict, headers: Mapping[str, str
     )
 
 
-def _log(request: Request, status: int, detail: object) -> None:
+def log_error(rid: str, method: str, path: str, status: int, detail: object) -> None:
+    """One bounded log line per error answer, under its request id."""
     # Bad uploads are the client's business (info); refused tokens, failed reloads and 5xx are ours.
     level = logging.INFO if status < 500 and status not in (401, 403, 409) else logging.WARNING
-    log.log(level, "request %s: %s %s -> %d: %s", request_id(request), request.method, request.url.path, status, detail)
+    log.log(
+        level,
+        "request %s: %s %s -> %d: %s",
+        rid,
+        clip(method, LOG_CHARS),
+        clip(path, LOG_CHARS),
+        status,
+        log_line(str(detail)),
+    )
+
+
+def _log(request: Request, status: int, detail: object) -> None:
+    log_error(request_id(request), request.method, request.url.path, status, detail)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -99,7 +168,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def validation_error(request: Request, exc: Exception) -> Response:
     """422: which field is missing or malformed (FastAPI's list of errors)."""
     assert isinstance(exc, RequestValidationError)
-    errors = jsonable_encoder(exc.errors())
+    errors = bounded_validation_errors(jsonable_encoder(exc.errors()))
     _log(request, 422, errors)
     return _answer(request, 422, {"detail": errors})
 
@@ -116,8 +185,8 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.error(
         "request %s: %s %s -> 500: unhandled %s",
         request_id(request),
-        request.method,
-        request.url.path,
+        clip(request.method, LOG_CHARS),
+        clip(request.url.path, LOG_CHARS),
         type(exc).__name__,
         exc_info=exc,
     )

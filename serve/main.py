@@ -21,7 +21,7 @@ from serve import errors
 from serve.batching import MicroBatcher
 from serve.feedback import FeedbackService
 from serve.metrics import Metrics
-from serve.middleware import RequestId, RequestMetricsMiddleware, RequireStarted
+from serve.middleware import JsonErrors, RequestId, RequestMetricsMiddleware, RequireStarted
 from serve.model_store import ModelStore
 from serve.observer import Observer
 from serve.routes import feedback, health, metrics, model, page, predict
@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="greenr",
         version="0.1.0",
         lifespan=lifespan,
-        description="Dandelion-vs-grass classifier serving the DVC-tracked model (ONNX export or checkpoint).",
+        description="Image classifier serving the DVC-tracked model (ONNX export or checkpoint); "
+        "its classes are those the model was trained on (GET /model).",
     )
     app.state.metrics = Metrics()
     # Registered once per app; it reports nothing until a model with a drift reference loads.
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drift.register_gauges(app.state.metrics.registry)
     app.add_middleware(RequireStarted)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(JsonErrors)  # inside RequestId: the id is known, and its header is added after
     app.add_middleware(RequestId)  # outermost: every answer, even the 503 before start-up, has an id
     # Error answers: a short public message and the request id; the detail goes to the log.
     app.add_exception_handler(HTTPException, errors.http_error)

@@ -60,7 +60,11 @@ class Metrics:
             registry=self.registry,
         )
 
-    def set_model(self, version: dict) -> None:
+    def set_model(self, version: dict, classes: list[str]) -> None:
+        """The served model's identity; its classes' prediction series exist from the start (at 0),
+        so a dashboard lists every class, also one never predicted yet."""
+        for name in classes:
+            self.predictions.labels(name)
         self.model_info.clear()
         self.model_info.labels(version["arch"], version["sha256"], version["git_rev"], version["source"]).set(1)
         self.model_ready.set(1)

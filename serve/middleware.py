@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, request metrics, and a clear 503 for an app whose lifespan never ran."""
+"""ASGI middleware: request ids, request metrics, JSON bodies for every error answer, and a clear 503
+for an app whose lifespan never ran."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve.errors import log_error, public_message
 from serve.metrics import Metrics
 
 
@@ -96,3 +98,50 @@ class RequestId:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class JsonErrors:
+    """Every error answer is JSON with `detail` and `request_id`, as the README promises: this
+    rewrites the plain-text ones that arise below the exception handlers, such as the 413 of
+    Starlette's body-size limit (a route's `max_body_size`), which answers before the route runs."""
+
+    # What a client can do about them, where the plain text says less.
+    DETAILS = {413: "request body too large: over this endpoint's limit (MAX_UPLOAD_BYTES per file)"}
+    # Of the plain-text body, what is read to quote it (it is a short reason phrase in practice).
+    KEEP = 1024
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None  # the start of a plain-text error answer, sent once its body is in
+        text = b""
+
+        async def send_json_errors(message: Message) -> None:
+            nonlocal held, text
+            if message["type"] == "http.response.start":
+                content_type = Headers(raw=message.get("headers", [])).get("content-type", "")
+                if message["status"] >= 400 and not content_type.startswith("application/json"):
+                    held = message
+                    return
+            elif message["type"] == "http.response.body" and held is not None:
+                text = (text + message.get("body", b""))[: self.KEEP]
+                if message.get("more_body"):
+                    return
+                status = held["status"]
+                rid = scope.get("state", {}).get("request_id") or "-"
+                detail = self.DETAILS.get(status) or public_message(text.decode(errors="replace")) or "error"
+                log_error(rid, scope["method"], scope["path"], status, detail)
+                body = json.dumps({"detail": detail, "request_id": rid}).encode()
+                headers = MutableHeaders(raw=list(held.get("headers", [])))
+                headers["content-type"] = "application/json"
+                headers["content-length"] = str(len(body))
+                await send({**held, "headers": headers.raw})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_json_errors)

@@ -25,7 +25,17 @@ import yaml
 from greenr import scm
 from greenr.backends.base import Backend, ModelSpec
 from greenr.backends.loading import Selection, load_backend
-from greenr.backends.model_file import load_model_file, pull_model_file, read_model
+from greenr.backends.model_file import (
+    ModelFile,
+    int8_companion,
+    int8_path,
+    load_model_file,
+    model_format,
+    pull_int8_file,
+    pull_model_file,
+    read_int8_companion,
+    read_model,
+)
 from greenr.errors import GreenrError
 from greenr.ops.drift import DriftReference
 from greenr.paths import DRIFT_REFERENCE, DVC_LOCK, EVALUATE_METRICS, repo_root
@@ -46,6 +56,8 @@ class LoadedModel:
     dvc_lock_md5: str | None
     # Statistics of the images this model was trained on (None: drift is not monitored).
     drift_reference: DriftReference | None = None
+    # The INT8 export offered beside it (its sha256 and how it was made), or why there is none.
+    int8: dict[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -80,7 +92,7 @@ class LoadedModel:
             "flip_average": self.spec.flip_average,
             "vflip_average": self.spec.vflip_average,
             "meta": self.spec.meta,
-            "inference": self.selection.describe(),
+            "inference": {**self.selection.describe(), "int8": self.int8},
             "dvc_lock_md5": self.dvc_lock_md5,
             "matches_dvc_lock": None if self.dvc_lock_md5 is None else self.dvc_lock_md5 == self.md5,
             "evaluate_metrics": self.metrics,
@@ -114,6 +126,22 @@ def _drift_reference(text: str | None, where: str) -> DriftReference | None:
         return None
 
 
+def _int8_at_rev(model: ModelFile, root: Path, rel: str, rev: str) -> tuple[ModelFile | None, str]:
+    """The INT8 export beside `rel` at `rev`, from the DVC remote (absent at older revisions)."""
+    import dvc.api
+
+    name = int8_path(rel).as_posix()
+    if model.format != "onnx":
+        return int8_companion(model, None, name)
+    try:
+        with dvc.api.open(name, repo=str(root), rev=rev, mode="rb") as handle:
+            data: bytes | None = handle.read()
+    except Exception as exc:  # not tracked at that revision, or not pushed: fp32 serves
+        log.info("no INT8 export at %s (%s): fp32 only", rev, type(exc).__name__)
+        data = None
+    return int8_companion(model, data, f"{name} at revision {rev!r}")
+
+
 def load_model(
     model_path: str,
     rev: str | None = None,
@@ -124,11 +152,14 @@ def load_model(
     backend: str = "auto",
     precision: str = "auto",
     first_agreeing: bool = False,
+    rev_name: str = "MODEL_REV",
 ) -> LoadedModel:
     """Read the model file (ONNX export or checkpoint), choose its backend and check it against
     the reference; raises GreenrError with a fix on any failure. `first_agreeing`: as
-    greenr.backends.loading.load_backend (the choice may be unsettled).
+    greenr.backends.loading.load_backend (the choice may be unsettled). `rev_name`: what errors
+    call `rev` (the setting, or the reload body's field).
 
+    At a revision the file keeps its real name and format (from its bytes, else its suffix).
     Also reads the evaluate metrics and the drift reference of the same revision (workspace
     files, or git at `rev`); `drift_reference=None` leaves drift unmonitored.
     """
@@ -138,20 +169,22 @@ def load_model(
     if rev:
         import dvc.api  # slow import; only needed for revisions
 
-        git_rev = scm.resolve(rev, cwd=root)
+        git_rev = None if rev.startswith("-") else scm.resolve(rev, cwd=root)  # never an option for git
         if git_rev is None:
             raise GreenrError(
-                f"MODEL_REV {rev!r} is not a git revision of {root}",
+                f"{rev_name} {rev[:100]!r} is not a git revision of {root}",
                 "use a commit, tag, branch or experiment name from `git log`/`dvc exp list`",
             )
         try:
             with dvc.api.open(rel, repo=str(root), rev=rev, mode="rb") as handle:
-                model = read_model(handle.read(), f"{rel}@{rev}")
+                data = handle.read()
         except Exception as exc:
             raise GreenrError(
                 f"could not read {rel} at revision {rev!r} from DVC: {type(exc).__name__}: {exc}",
                 "push it with `dvc push` from where it was trained and check the remote (`greenr store status`)",
             ) from None
+        model = read_model(data, f"{rel} at revision {rev!r}", model_format(rel, data))
+        int8, int8_note = _int8_at_rev(model, root, rel, rev)
         metrics_text = scm.show(git_rev, EVALUATE_METRICS, cwd=root)
         lock_text = scm.show(git_rev, DVC_LOCK, cwd=root)
         drift_text = scm.show(git_rev, drift_reference, cwd=root) if drift_reference else None
@@ -160,7 +193,10 @@ def load_model(
         full = path if path.is_absolute() else root / path
         if not full.is_file() and pull:
             pull_model_file(root, rel)
+            if model_format(rel) == "onnx":
+                pull_int8_file(root, rel)
         model = load_model_file(full, name=rel)
+        int8, int8_note = read_int8_companion(model, full, rel)
         commit, dirty = scm.head(cwd=root)
         git_rev = f"{commit}-dirty" if dirty else commit
         metrics_file = root / EVALUATE_METRICS
@@ -171,7 +207,9 @@ def load_model(
         drift_text = drift_file.read_text(encoding="utf-8") if drift_file and drift_file.is_file() else None
         source = "workspace"
 
-    selection = load_backend(model, backend, precision, threads, first_agreeing=first_agreeing)
+    selection = load_backend(
+        model, backend, precision, threads, first_agreeing=first_agreeing, int8=int8, int8_note=int8_note
+    )
     try:
         metrics = json.loads(metrics_text) if metrics_text else None
     except json.JSONDecodeError:
@@ -188,6 +226,7 @@ def load_model(
         metrics=metrics,
         dvc_lock_md5=_lock_md5(lock_text, rel),
         drift_reference=_drift_reference(drift_text, f"{drift_reference}@{git_rev[:12]}") if drift_reference else None,
+        int8={"sha256": int8.sha256, **(int8.spec.quantization or {})} if int8 else {"absent": int8_note},
     )
     log.info(
         "loaded %s (%s, %d classes, %d px) sha256 %s at %s: %s %s",
@@ -251,6 +290,7 @@ class ModelStore:
                     backend=self.backend,
                     precision=self.precision,
                     first_agreeing=True,  # serve at once; the fastest backend takes over when timed
+                    rev_name="MODEL_REV" if rev is None else "rev",
                 )
             except GreenrError as err:
                 self._failed(str(err))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ModelVersion(BaseModel):
@@ -74,6 +74,9 @@ class Inference(BaseModel):
     reference: str
     settled: bool  # false while the first backend that agreed serves and the others are being timed
     candidates: list[Candidate]
+    # The INT8 export beside the model: its sha256, scheme, tool, calibration images and the backends
+    # it passed the export check on; or `absent` saying why there is none.
+    int8: dict[str, Any] = {}
 
 
 class ModelInfo(ModelVersion):
@@ -96,7 +99,9 @@ class ModelInfo(ModelVersion):
 
 
 class ReloadRequest(BaseModel):
-    rev: str | None = None
+    # A git revision: a name or `HEAD~1`-like expression, never an option (`-...`) for git; empty
+    # or absent: the configured one.
+    rev: str | None = Field(None, max_length=256, pattern=r"^([A-Za-z0-9_.@{}~^/+=][A-Za-z0-9_.@{}~^/+=-]*)?$")
 
 
 class Error(BaseModel):
@@ -108,7 +113,7 @@ class Error(BaseModel):
 class FeedbackResult(BaseModel):
     id: str  # SHA-256 of the image: the same photo is always the same item
     status: str  # new, updated, unchanged, or accepted (already in a data version)
-    label: str | None  # what `greenr inbox accept` files it under; None: waits for a reviewer
+    label: str | None  # the label every vote agrees on (or a reviewer's); None: waits for a reviewer
 
 
 class FeedbackConfig(BaseModel):
@@ -124,6 +129,7 @@ class ReviewItem(BaseModel):
     predicted: str | None
     confidence: float | None
     labels_given: list[str]
+    votes: dict[str, int]  # label -> how many clients gave it
 
 
 class ReviewList(BaseModel):

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from greenr.data.images import DEFAULT_MAX_PIXELS
 from greenr.ops.drift import DEFAULT_THRESHOLD
+from greenr.ops.inbox import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MIN_AGREEING
 from greenr.paths import DRIFT_REFERENCE, ONNX_MODEL_PATH
 
 
@@ -30,9 +31,11 @@ class Settings(BaseSettings):
     # Inference backend (greenr/backends): auto = the fastest installed one that agrees with the
     # reference on the probe batch; torch runs the checkpoint, onnxruntime and openvino the export.
     backend: Literal["auto", "onnxruntime", "openvino", "torch"] = "auto"
-    # auto = bf16 where the CPU has it natively (AMX / AVX512-BF16) and it agrees, else fp32.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    # auto = the fastest that agrees: bf16 where the CPU has it natively (AMX / AVX512-BF16), the INT8
+    # export where the export stage certified it for the backend, fp32. A named one is preferred
+    # (fp32 when it cannot serve; /model says why).
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, ge=1024)
     max_batch_files: int = Field(16, ge=1, le=256)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024)
     # Empty: POST /model/reload is disabled.
@@ -57,20 +60,34 @@ class Settings(BaseSettings):
     # --- Feedback and uncertain inputs: POST /feedback, /review, into the inbox (greenr inbox ...) ---
     # Off unless enabled: POST /feedback answers 503 until FEEDBACK=on.
     feedback: bool = False
-    # Bearer token POST /feedback requires; unset: anyone who can reach the server may send feedback.
+    # Bearer token(s) POST /feedback requires, comma-separated: give each client its own, since a
+    # token is its holder's identity (votes and rate limits); unset: anyone who can reach the server
+    # may send feedback, identified by client address.
     feedback_token: str | None = None
-    # Bearer token of /review (list and label the items without a label); unset: review is disabled.
+    # Bearer token of /review (list and label the items that need a reviewer); unset: review is disabled.
     review_token: str | None = None
     # auto: the DVC remote's object store if it answers at first use, else .state/inbox;
     # store: only the object store (503 while it is down); local: only .state/inbox.
     feedback_inbox: Literal["auto", "store", "local"] = "auto"
-    # Items stored per hour by this process (feedback), and pending items the inbox may hold.
+    # Independent agreeing votes (and none against) that let `greenr inbox accept` take a label
+    # without a reviewer; items with fewer wait on /review. The inbox CLI reads it too.
+    feedback_min_agreeing: int = Field(DEFAULT_MIN_AGREEING, ge=1)
+    # Rate limits of this process (token buckets, refilled continuously): per client (token identity,
+    # else address) and for everyone together; re-sending what a client already sent costs nothing.
+    feedback_client_max_per_hour: int = Field(60, ge=1)
     feedback_max_per_hour: int = Field(600, ge=1)
+    # Pending items the inbox may hold.
     feedback_max_items: int = Field(5000, ge=1)
     # Store the image of a prediction below this confidence, unlabeled, for review (unset: off),
-    # at most capture_max_per_hour per hour.
+    # at most capture_client_max_per_hour per client and capture_max_per_hour in all.
     capture_below_confidence: float | None = Field(None, gt=0, le=1)
+    capture_client_max_per_hour: int = Field(10, ge=1)
     capture_max_per_hour: int = Field(60, ge=1)
+
+    @property
+    def feedback_tokens(self) -> list[str]:
+        """FEEDBACK_TOKEN's tokens ([]: no token required)."""
+        return [token.strip() for token in (self.feedback_token or "").split(",") if token.strip()]
 
     @model_validator(mode="after")
     def _check_drift_window(self) -> Settings:

@@ -31,7 +31,7 @@ class AppState:
 
     def adopt(self, loaded: LoadedModel) -> None:
         """Point metrics and drift monitoring at a model that was just loaded."""
-        self.metrics.set_model(loaded.version())
+        self.metrics.set_model(loaded.version(), loaded.classes)
         self.metrics.set_backend(loaded.backend.name, loaded.backend.precision)
         if self.drift.use_reference(loaded.drift_reference):
             log.info(

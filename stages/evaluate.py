@@ -1,31 +1,30 @@
 """Stage `evaluate`: the trained model on the held-out test split.
 
-Reads params `evaluate.*`. Writes metrics/evaluate.json (committed, for `dvc metrics diff`)
-and plots/evaluate/{confusion,roc,prc,reliability}.csv (declared under `plots:`), and logs them to MLflow
-in the run that trained the checkpoint.
+Reads params `evaluate.*` and the test split's shards. Writes metrics/evaluate.json (committed, for
+`dvc metrics diff`), plots/evaluate/confusion.csv and reliability.csv, and per class
+plots/evaluate/{roc,prc}/<class>.csv (declared as plots), and logs them to MLflow in the run that
+trained the checkpoint. Any number of classes: per-class figures are keyed by the class's name.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from greenr.atomic import atomic_open, write_json
+from greenr.atomic import write_csv, write_json
 from greenr.backends.base import Backend
 from greenr.backends.model_file import load_model_file
 from greenr.backends.torch_backend import TorchBackend
-from greenr.data.dataset import read_manifest
-from greenr.data.tensors import TensorDataset, load_tensors
-from greenr.errors import GreenrError, exits_cleanly, setup_logging
+from greenr.data.loader import Samples, batches, load_samples
+from greenr.errors import exits_cleanly, setup_logging
 from greenr.evaluation.metrics import (
     bootstrap_intervals,
     classification_metrics,
     curves,
     expected_calibration_error,
+    positive_index,
     reliability_bins,
 )
 from greenr.model.device import configure_threads
@@ -40,38 +39,38 @@ from greenr.paths import (
     RELIABILITY_PLOT,
     ROC_PLOT,
     repo_root,
-    split_manifest,
 )
 
 log = logging.getLogger("stages.evaluate")
 
 
-def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        handle.write(buffer.getvalue())
+def predict(backend: Backend, test_set: Samples, batch_size: int) -> np.ndarray:
+    """The probabilities (N, C) of `backend` on every test image, streamed from the shards."""
+    probs = np.zeros((len(test_set), len(backend.spec.classes)))
+    for batch in batches(test_set, backend.spec.preprocessing.image_size, batch_size):
+        probs[batch.index.numpy()] = backend.predict_proba(batch.images.numpy(), batch_size)
+    return probs
 
 
-def score(backend: Backend, test_set: TensorDataset, params: EvaluateParams) -> tuple[dict, np.ndarray]:
-    """The metrics report and the probabilities (N, C) of `backend` on the test split."""
+def score(probs: np.ndarray, labels: np.ndarray, backend: Backend, params: EvaluateParams) -> dict:
+    """The metrics report of `probs` against `labels`."""
     classes = backend.spec.classes
-    if params.positive_class not in classes:
-        raise GreenrError(
-            f"evaluate.positive_class {params.positive_class!r} is not one of {classes}",
-            "set it to one of the model's classes",
-        )
-    positive = classes.index(params.positive_class)
-    probs = backend.predict_proba(test_set.images.numpy(), params.batch_size)
-    labels = test_set.labels.numpy()
-    report = classification_metrics(labels, probs, classes, positive)
+    report = classification_metrics(labels, probs, classes, positive_index(classes, params.positive_class))
     # Of the calibrated probabilities (the checkpoint's temperature), as /predict answers them.
     report["ece"] = expected_calibration_error(labels, probs)
     report["temperature"] = backend.spec.temperature
     report["bootstrap"] = bootstrap_intervals(labels, probs, params.bootstrap_samples, params.confidence, params.seed)
-    return report, probs
+    return report
+
+
+def write_curves(folder: Path, per_class: dict[str, list[dict]], fields: list[str]) -> None:
+    """One CSV per class in `folder`; files of classes no longer shown are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in per_class.items():
+        write_csv(folder / f"{name}.csv", rows, fields)
+    for stale in folder.glob("*.csv"):
+        if stale.stem not in per_class:
+            stale.unlink()
 
 
 @exits_cleanly
@@ -85,23 +84,26 @@ def main() -> None:
     # The reference backend: the code the model was trained with (the export stage checks the
     # ONNX backends against it).
     backend = TorchBackend(model, "fp32", threads)
-    test_set = load_tensors(read_manifest(root / split_manifest("test")), root, ckpt.preprocessing, ckpt.classes)
-    report, probs = score(backend, test_set, params)
-    labels = test_set.labels.numpy()
-    positive = ckpt.classes.index(params.positive_class)
+    test_set = load_samples(root, ["test"], ckpt.classes)
+    probs = predict(backend, test_set, params.batch_size)
+    labels = test_set.labels
+    report = score(probs, labels, backend, params)
     write_json(root / EVALUATE_METRICS, report)
     names = ckpt.classes
     write_csv(
         root / CONFUSION_PLOT,
-        [
-            {"path": p, "actual": names[a], "predicted": names[b]}
-            for p, a, b in zip(test_set.paths, labels, probs.argmax(1))
-        ],
+        sorted(
+            (
+                {"path": p, "actual": names[a], "predicted": names[b]}
+                for p, a, b in zip(test_set.paths, labels, probs.argmax(1))
+            ),
+            key=lambda row: row["path"],
+        ),
         ["path", "actual", "predicted"],
     )
-    lines = curves(labels, probs, positive)
-    write_csv(root / ROC_PLOT, lines["roc"], ["fpr", "tpr", "threshold"])
-    write_csv(root / PRC_PLOT, lines["prc"], ["recall", "precision", "threshold"])
+    lines = curves(labels, probs, names, positive_index(names, params.positive_class))
+    write_curves(root / ROC_PLOT, {name: c["roc"] for name, c in lines.items()}, ["fpr", "tpr", "threshold"])
+    write_curves(root / PRC_PLOT, {name: c["prc"] for name, c in lines.items()}, ["recall", "precision", "threshold"])
     write_csv(
         root / RELIABILITY_PLOT,
         reliability_bins(labels, probs),
@@ -123,11 +125,12 @@ def main() -> None:
         tracking.mlflow.log_artifact(str(root / EVALUATE_METRICS), "evaluate")
         tracking.mlflow.log_artifacts(str(root / EVALUATE_PLOTS_DIR), "evaluate/plots")
     log.info(
-        "test accuracy %.4f, macro F1 %.4f, ROC AUC %s on %d images",
+        "test accuracy %.4f, macro F1 %.4f, ROC AUC %s on %d images of %d classes",
         report["accuracy"],
         report["macro"]["f1"],
         report["roc_auc"],
         report["n"],
+        len(names),
     )
 
 

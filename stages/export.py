@@ -4,26 +4,131 @@ Writes models/stage-1.onnx (a DVC output, pushed to the remote like the checkpoi
 and `greenr predict` run it) and metrics/export.json (committed): for every ONNX backend
 installed, the largest logit difference from the torch reference and the share of equal labels
 on the test images. Fails (after writing the metrics) when an fp32 backend disagrees.
+
+With `export.int8` it also writes models/stage-1.int8.onnx, the INT8 quantization calibrated on
+training images (`export_int8`), and its parity per backend under `int8` in the metrics; it fails
+when no backend keeps the test answers (params `export.*`). Switched off, that file is empty.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from greenr.atomic import write_bytes, write_json
-from greenr.backends.base import TOLERANCE, compare
+from greenr.backends.base import TOLERANCE, compare, probabilities
 from greenr.backends.loading import BACKENDS, build, installed
-from greenr.backends.model_file import load_model_file, read_model
-from greenr.data.dataset import read_manifest
-from greenr.data.tensors import load_tensors
+from greenr.backends.model_file import ModelFile, load_model_file, read_model
+from greenr.data.loader import Samples, batches, load_samples
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
+from greenr.evaluation.metrics import bootstrap_intervals
 from greenr.hardware import native_bf16
 from greenr.model.device import configure_threads
 from greenr.model.export import OPSET, export_onnx
-from greenr.paths import EXPORT_METRICS, MODEL_PATH, ONNX_MODEL_PATH, repo_root, split_manifest
+from greenr.params import EvaluateParams, ExportParams, load_section
+from greenr.paths import EXPORT_METRICS, INT8_MODEL_PATH, MODEL_PATH, ONNX_MODEL_PATH, repo_root
 
 log = logging.getLogger("stages.export")
+
+
+@dataclass(frozen=True)
+class Int8Export:
+    metrics: dict[str, Any]  # the `int8` section of metrics/export.json
+    data: bytes  # the INT8 model file; empty when switched off
+    failure: str | None = None  # why the stage must fail
+
+
+def export_int8(
+    train_set: Samples,
+    exported: ModelFile,
+    test_batches: Callable[[], Iterable[np.ndarray]],
+    reference: np.ndarray,
+    labels: np.ndarray,
+    threads: int,
+) -> Int8Export:
+    """Quantize the fp32 export to INT8 (greenr.model.quantize), calibrated on training images, and
+    check it on the test split against the torch reference (`reference`: its logits of the images
+    `test_batches()` yields, in order; `labels`: their classes) on every ONNX backend installed.
+
+    A backend passes when at most `export.max_label_changes` of the test labels change and the INT8
+    accuracy stays inside the reference's bootstrap interval; the INT8 file lists those backends, and
+    only they are offered INT8 at load."""
+    from greenr.model.quantize import nncf_version, quantize_int8, spread, with_quantization
+
+    params: ExportParams = load_section("export")
+    if not params.int8:
+        log.info("export.int8 is false: no INT8 model (%s is written empty)", INT8_MODEL_PATH)
+        return Int8Export({"enabled": False}, b"")
+    evaluation: EvaluateParams = load_section("evaluate")
+    spec = exported.spec
+    calibration = train_set.subset(spread(len(train_set), params.calibration_images))
+    started = time.perf_counter()
+    images = (batch.images.numpy() for batch in batches(calibration, spec.preprocessing.image_size, 16))
+    quantized = quantize_int8(exported.data, images, len(calibration))
+    log.info("quantized to INT8 on %d training images in %.0f s", len(calibration), time.perf_counter() - started)
+
+    def accuracy(logits: np.ndarray) -> tuple[float, list[float]]:
+        probs = probabilities(logits, spec.temperature)
+        interval = bootstrap_intervals(
+            labels, probs, evaluation.bootstrap_samples, evaluation.confidence, evaluation.seed
+        ).get("accuracy", [])
+        return round(float(np.mean(probs.argmax(1) == labels)), 6), interval
+
+    reference_accuracy, reference_interval = accuracy(reference)
+    reference_probs = probabilities(reference, spec.temperature)
+    candidate = read_model(with_quantization(quantized, INT8_MODEL_PATH, {"scheme": "int8"}), INT8_MODEL_PATH)
+    parity: dict[str, dict[str, Any]] = {}
+    for name, info in BACKENDS.items():
+        if "onnx" not in info.formats or not installed(name):
+            continue
+        backend = build(name, candidate, "int8", threads)
+        logits = np.concatenate([backend.predict_logits(batch) for batch in test_batches()])
+        acc, interval = accuracy(logits)
+        changed = float(np.mean(logits.argmax(1) != reference.argmax(1)))
+        inside = not reference_interval or reference_interval[0] <= acc <= reference_interval[1]
+        parity[name] = {
+            "label_agreement": round(1 - changed, 6),
+            "max_abs_prob_diff": round(
+                float(np.abs(probabilities(logits, spec.temperature) - reference_probs).max()), 6
+            ),
+            "max_abs_logit_diff": round(float(np.abs(logits - reference).max()), 6),
+            "accuracy": acc,
+            "accuracy_interval": interval,
+            "passes": changed <= params.max_label_changes and inside,
+        }
+        log.info("INT8 on %s: %s", name, parity[name])
+    passed = [name for name, result in parity.items() if result["passes"]]
+    quantization = {
+        "scheme": "int8",
+        "tool": nncf_version(),
+        "calibration_images": len(calibration),
+        "backends": passed,
+    }
+    data = with_quantization(quantized, INT8_MODEL_PATH, quantization)
+    metrics = {
+        "enabled": True,
+        **quantization,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "reference": "torch fp32",
+        "reference_accuracy": reference_accuracy,
+        "reference_accuracy_interval": reference_interval,
+        "max_label_changes": params.max_label_changes,
+        "parity": parity,
+    }
+    failure = None
+    if not passed:
+        failure = (
+            f"the INT8 model changes the test answers on every backend (over {params.max_label_changes:.0%} of "
+            f"the labels, or accuracy outside the fp32 interval; see {EXPORT_METRICS})"
+        )
+    return Int8Export(metrics, data, failure)
 
 
 @exits_cleanly
@@ -35,33 +140,50 @@ def main() -> None:
     ckpt = checkpoint_file.checkpoint
     data = export_onnx(ckpt)
     exported = read_model(data, ONNX_MODEL_PATH)
-    test_set = load_tensors(read_manifest(root / split_manifest("test")), root, ckpt.preprocessing, ckpt.classes)
-    images = test_set.images.numpy()
-    reference = build("torch", checkpoint_file, "fp32", threads).predict_logits(images)
-
-    parity = {}
+    test_set = load_samples(root, ["test"], ckpt.classes)
+    candidates = {}
     for name, info in BACKENDS.items():
         if "onnx" not in info.formats or not installed(name):
             continue
         for precision in ("bf16", "fp32") if info.bf16 and native_bf16() else ("fp32",):
-            backend = build(name, exported, precision, threads)
-            agreement = compare(backend.predict_logits(images), reference, TOLERANCE[precision])
-            parity[f"{name}_{precision}"] = agreement.to_dict()
-            log.info(
-                "%s %s on %d test images: max |logit diff| %.2e, labels %.1f%% the same",
-                name,
-                precision,
-                len(images),
-                agreement.max_abs_diff,
-                agreement.label_agreement * 100,
-            )
+            candidates[f"{name}_{precision}"] = build(name, exported, precision, threads)
+    reference_backend = build("torch", checkpoint_file, "fp32", threads)
+    size = ckpt.preprocessing.image_size
+
+    def test_batches() -> Iterable[np.ndarray]:
+        return (batch.images.numpy() for batch in batches(test_set, size, 64))
+
+    # Streamed: every backend scores each test batch once; only the logits are kept.
+    logits: dict[str, list[np.ndarray]] = {key: [] for key in ["reference", *candidates]}
+    for images in test_batches():
+        logits["reference"].append(reference_backend.predict_logits(images))
+        for key, backend in candidates.items():
+            logits[key].append(backend.predict_logits(images))
+    joined = {
+        key: np.concatenate(parts) if parts else np.empty((0, len(ckpt.classes))) for key, parts in logits.items()
+    }
+    reference = joined.pop("reference")
+    parity = {}
+    for key, values in joined.items():
+        agreement = compare(values, reference, TOLERANCE[key.rsplit("_", 1)[1]])
+        parity[key] = agreement.to_dict()
+        log.info(
+            "%s on %d test images: max |logit diff| %.2e, labels %.1f%% the same",
+            key,
+            len(reference),
+            agreement.max_abs_diff,
+            agreement.label_agreement * 100,
+        )
+    train_set = load_samples(root, ["train"], ckpt.classes)
+    int8 = export_int8(train_set, exported, test_batches, reference, test_set.labels, threads)
     report = {
         "checkpoint_sha256": ckpt.sha256,
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
         "onnx_bytes": len(data),
         "opset": OPSET,
-        "test_images": len(images),
+        "test_images": len(reference),
         "parity": parity,
+        "int8": int8.metrics,
     }
     write_json(root / EXPORT_METRICS, report)
     failed = [key for key, result in parity.items() if key.endswith("_fp32") and not result["agrees"]]
@@ -73,8 +195,15 @@ def main() -> None:
             f"{EXPORT_METRICS})",
             "check the exporter's warnings; an operator the exporter translates wrongly needs another opset",
         )
+    if int8.failure:
+        raise GreenrError(
+            int8.failure, "set export.int8: false in params.yaml to serve fp32 only, or calibrate on more images"
+        )
     write_bytes(root / ONNX_MODEL_PATH, data)
     log.info("wrote %s (%.1f MB, opset %d)", ONNX_MODEL_PATH, len(data) / 1e6, OPSET)
+    write_bytes(root / INT8_MODEL_PATH, int8.data)
+    if int8.data:
+        log.info("wrote %s (%.1f MB; INT8 on %s)", INT8_MODEL_PATH, len(int8.data) / 1e6, int8.metrics["backends"])
 
 
 if __name__ == "__main__":

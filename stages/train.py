@@ -6,13 +6,12 @@ the model), metrics/train.json and plots/training.csv, and logs the run to MLflo
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
+from pathlib import Path
 
-from greenr.atomic import atomic_open, write_json
-from greenr.data.dataset import CLASSES, read_manifest
-from greenr.data.tensors import load_tensors
+from greenr.atomic import write_csv, write_json
+from greenr.data.dataset import read_classes
+from greenr.data.loader import load_samples
 from greenr.errors import exits_cleanly, setup_logging
 from greenr.model import checkpoint
 from greenr.model.device import configure_threads, resolve_device, use_bf16
@@ -20,18 +19,13 @@ from greenr.model.recipe import resolve, train_classifier
 from greenr.model.training import EpochStats, init_distributed, seed_everything
 from greenr.ops import tracking
 from greenr.params import load_section
-from greenr.paths import MODEL_PATH, TRAIN_METRICS, TRAINING_PLOT, repo_root, split_manifest
+from greenr.paths import CLASSES_FILE, MODEL_PATH, TRAIN_METRICS, TRAINING_PLOT, repo_root
 
 log = logging.getLogger("stages.train")
 
 
-def write_history(path, history: list[EpochStats]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0].row()), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(stats.row() for stats in history)
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        handle.write(buffer.getvalue())
+def write_history(path: Path, history: list[EpochStats]) -> None:
+    write_csv(path, (stats.row() for stats in history), list(history[0].row()))
 
 
 @exits_cleanly
@@ -47,10 +41,11 @@ def main() -> None:
     # `auto` becomes the arch's winning setting here, once; MLflow and train.json record it.
     recipe = resolve(model_params, params)
     params, spec = recipe.train, recipe.spec
-    train_set = load_tensors(read_manifest(root / split_manifest("train")), root, spec)
-    val_set = load_tensors(read_manifest(root / split_manifest("val")), root, spec)
+    classes = read_classes(root / CLASSES_FILE)
+    train_set = load_samples(root, ["train"], classes)
+    val_set = load_samples(root, ["val"], classes)
     log.info(
-        "training %s (%s, finetune %s) on %s (%d threads, %s): %d train / %d val images at %d px",
+        "training %s (%s, finetune %s) on %s (%d threads, %s): %d train / %d val images of %d classes at %d px",
         recipe.arch,
         "ImageNet weights" if recipe.pretrained else "from scratch",
         params.finetune,
@@ -59,11 +54,12 @@ def main() -> None:
         "bf16" if use_bf16(params.precision, device) else "fp32",
         len(train_set),
         len(val_set),
+        len(classes),
         spec.image_size,
     )
 
     if rank != 0:
-        train_classifier(recipe, len(CLASSES), train_set, val_set, device)
+        train_classifier(recipe, len(classes), train_set, val_set, device)
         return
     if world > 1:
         log.info("data-parallel over %d processes", world)
@@ -75,7 +71,13 @@ def main() -> None:
         )
         tracking.mlflow.log_params({f"train.{k}": v for k, v in params.model_dump().items()})
         tracking.mlflow.log_params(
-            {"device": str(device), "threads": threads, "train_images": len(train_set), "val_images": len(val_set)}
+            {
+                "device": str(device),
+                "threads": threads,
+                "train_images": len(train_set),
+                "val_images": len(val_set),
+                "classes": ",".join(classes),
+            }
         )
 
         def log_epoch(stats: EpochStats) -> None:
@@ -87,7 +89,7 @@ def main() -> None:
             metrics.pop("epoch")
             tracking.mlflow.log_metrics(metrics, step=stats.epoch)
 
-        trained = train_classifier(recipe, len(CLASSES), train_set, val_set, device, on_epoch=log_epoch)
+        trained = train_classifier(recipe, len(classes), train_set, val_set, device, on_epoch=log_epoch)
         result = trained.fitted
         meta = {
             "best_epoch": result.best_epoch,
@@ -99,7 +101,7 @@ def main() -> None:
             root / MODEL_PATH,
             trained.model,
             recipe.arch,
-            list(CLASSES),
+            classes,
             spec,
             meta,
             temperature=trained.temperature,

@@ -33,10 +33,13 @@ def test_every_stage_lists_every_project_module_it_imports() -> None:
 def test_the_check_catches_a_missing_dep() -> None:
     planted = copy.deepcopy(_dvc_yaml())
     deps = planted["stages"]["evaluate"]["deps"]
-    deps.remove("greenr/evaluation/metrics.py")
+    deps.remove("greenr/evaluation")
     problems = stage_dep_problems(REPO, planted)
     assert problems["evaluate"] == ["imports greenr/evaluation/metrics.py but does not list it in deps"]
     assert problems["train"] == []
+    # A module listed on its own instead of its package covers that module only.
+    deps.append("greenr/evaluation/metrics.py")
+    assert stage_dep_problems(REPO, planted)["evaluate"] == []
 
 
 def test_the_check_catches_a_dep_that_does_not_exist() -> None:
@@ -54,6 +57,7 @@ def test_stage_outputs_are_the_paths_the_code_writes() -> None:
         paths.TRAINING_PLOT,
         paths.EVALUATE_METRICS,
         paths.ONNX_MODEL_PATH,
+        paths.INT8_MODEL_PATH,
         paths.EXPORT_METRICS,
         paths.CONFUSION_PLOT,
         paths.ROC_PLOT,
@@ -61,6 +65,8 @@ def test_stage_outputs_are_the_paths_the_code_writes() -> None:
         paths.RELIABILITY_PLOT,
         paths.DRIFT_REFERENCE,
         paths.SPLIT_RULE,
+        paths.CLASSES_FILE,
+        paths.SHARDS_DIR,
         *(paths.split_manifest(name) for name in ("train", "val", "test")),
     }
     assert _declared_outputs(_dvc_yaml()) == written
@@ -73,3 +79,10 @@ def test_top_level_plots_read_declared_outputs() -> None:
         (spec,) = plot.values()
         sources = spec["y"] if isinstance(spec["y"], dict) else {}
         assert set(sources) <= outputs, plot
+
+
+def test_directory_deps_ignore_bytecode() -> None:
+    """A package listed as a dep is hashed by DVC as a folder: compiled bytecode in it must not
+    count, or every Python version and every import would invalidate the stages."""
+    ignored = (REPO / ".dvcignore").read_text(encoding="utf-8").split()
+    assert "__pycache__/" in ignored and "*.pyc" in ignored

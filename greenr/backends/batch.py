@@ -40,7 +40,7 @@ import numpy as np
 from greenr.atomic import atomic_open
 from greenr.backends.base import Backend
 from greenr.backends.loading import open_backend
-from greenr.backends.model_file import pull_model_file
+from greenr.backends.model_file import pull_int8_file, pull_model_file
 from greenr.data.images import IMAGE_SUFFIXES, ImageError, ModelInput, prepare
 from greenr.errors import GreenrError
 from greenr.hardware import available_cpus
@@ -52,6 +52,7 @@ OK, BAD_IMAGE, READ_ERROR = "ok", "bad_image", "read_error"
 # Rows with these statuses are final; others are scored again by the next run.
 FINAL = frozenset({OK, BAD_IMAGE})
 SYNC_SECONDS = 30.0
+READERS = 8  # threads reading files or S3 objects ahead
 
 
 @dataclass(frozen=True)
@@ -215,31 +216,57 @@ class Summary:
     listed: int = 0  # images in this shard
     skipped: int = 0  # already in the output
     counts: dict[str, int] = field(default_factory=lambda: {OK: 0, BAD_IMAGE: 0, READ_ERROR: 0})
+    seconds: float = 0.0  # reading, decoding, scoring and writing, model load excluded
+    # The model alone on one full batch of this run's images (same backend, precision, threads,
+    # batch size): the most images/s scoring could reach. 0: not measured.
+    ceiling_per_s: float = 0.0
+    backend: str = ""
+
+    @property
+    def per_s(self) -> float:
+        done = sum(self.counts.values())
+        return done / self.seconds if self.seconds else 0.0
 
     def line(self, out: str) -> str:
         c = self.counts
-        return (
+        text = (
             f"{self.listed} images in this shard: {self.skipped} already in {out}, {c[OK]} scored, "
             f"{c[BAD_IMAGE]} not usable images, {c[READ_ERROR]} unreadable (retried by the next run)"
         )
+        if self.ceiling_per_s:
+            text += (
+                f"\n{self.per_s:.1f} images/s in {self.seconds:.1f} s; the model alone ({self.backend}) "
+                f"{self.ceiling_per_s:.1f} images/s: {self.per_s / self.ceiling_per_s:.2f} of its ceiling"
+            )
+        return text
 
 
-def _load(source: LocalSource | S3Source, key: str, backend: Backend) -> ModelInput | tuple[str, str]:
-    """The model input for `key`, or (status, reason)."""
+def _read(source: LocalSource | S3Source, key: str) -> bytes | tuple[str, str]:
+    """The bytes of `key`, or (READ_ERROR, reason)."""
     try:
-        data = source.read(key)
+        return source.read(key)
     except Exception as exc:
         return READ_ERROR, f"{type(exc).__name__}: {exc}"
+
+
+def _decode(read: bytes | tuple[str, str], backend: Backend) -> ModelInput | tuple[str, str]:
+    """The model input made from what `_read` returned, or (status, reason)."""
+    if isinstance(read, tuple):
+        return read
     try:
-        return prepare(data, backend.spec.preprocessing)
+        return prepare(read, backend.spec.preprocessing)
     except ImageError as err:
         return BAD_IMAGE, err.reason
 
 
-def _rows(keys: list[str], loaded: list[ModelInput | tuple[str, str]], backend: Backend) -> list[dict[str, Any]]:
-    """One CSV row per key: the good images classified in one batch, the others with their reason."""
-    inputs = [item.array for item in loaded if isinstance(item, ModelInput)]
-    probs = iter(backend.predict_proba(np.stack(inputs), batch_size=len(inputs)) if inputs else [])
+def _rows(
+    keys: list[str], loaded: list[ModelInput | tuple[str, str]], backend: Backend
+) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """One CSV row per key: the good images classified in one batch, the others with their reason;
+    and that batch (None: no good image)."""
+    arrays = [item.array for item in loaded if isinstance(item, ModelInput)]
+    inputs = np.stack(arrays) if arrays else None
+    probs = iter(backend.predict_proba(inputs, batch_size=len(inputs)) if inputs is not None else [])
     classes = backend.spec.classes
     rows: list[dict[str, Any]] = []
     for key, item in zip(keys, loaded):
@@ -251,7 +278,20 @@ def _rows(keys: list[str], loaded: list[ModelInput | tuple[str, str]], backend: 
         else:
             status, reason = item
             rows.append({"path": key, "status": status, "error": reason})
-    return rows
+    return rows, inputs
+
+
+def model_ceiling(backend: Backend, batch: np.ndarray, repeats: int = 5) -> float:
+    """Images/s of the model alone on `batch`: the fastest of `repeats` forward passes after a
+    warm-up (the fastest, not the median: a pass slowed by another process would flatter the
+    ratio scoring reports against it). What scoring would reach if reading and decoding cost nothing."""
+    backend.predict_proba(batch, batch_size=len(batch))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        backend.predict_proba(batch, batch_size=len(batch))
+        times.append(time.perf_counter() - start)
+    return len(batch) / min(times)
 
 
 def _batches(keys: list[str], size: int) -> Iterator[list[str]]:
@@ -277,6 +317,7 @@ def score(
     model_path = Path(model) if model else root / ONNX_MODEL_PATH
     if not model_path.is_file() and pull and model is None:
         pull_model_file(root, ONNX_MODEL_PATH)
+        pull_int8_file(root, ONNX_MODEL_PATH)
     model_file, selection = open_backend(model_path, backend, precision, threads)
     chosen = selection.backend
     images = S3Source(source, s3_client()) if source.startswith("s3://") else LocalSource(Path(source))
@@ -315,24 +356,42 @@ def _run(
     progress: bool,
     summary: Summary,
 ) -> None:
-    """Score `todo` batch by batch, reading and decoding the next batch while one is classified."""
+    """Score `todo` batch by batch: the next batch is read (I/O: files, S3) while one is decoded
+    and classified; decoding (in `workers` threads) and the forward pass take turns.
+
+    Why not decode during the forward pass: the backend splits each layer across all cores and
+    waits for the slowest part, so a decoding thread on one core stalls every layer; on 2 cores
+    decoding beside the model reached 0.66-0.83 of the model-alone throughput, taking turns
+    more (docs/serving.md)."""
     from tqdm import tqdm
 
     with (
-        ThreadPoolExecutor(workers, thread_name_prefix="read") as pool,
+        # Reads wait on disks and networks: more of them than cores, in their own pool so that
+        # decoding never queues behind the next batch's reads.
+        ThreadPoolExecutor(max(READERS, workers), thread_name_prefix="read") as readers,
+        ThreadPoolExecutor(workers, thread_name_prefix="decode") as decoders,
         tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, mininterval=1.0) as bar,
     ):
 
         def submit(batch: list[str]) -> list[Future]:
-            return [pool.submit(_load, images, key, chosen) for key in batch]
+            return [readers.submit(_read, images, key) for key in batch]
 
+        started = time.perf_counter()
+        sample: np.ndarray | None = None  # the fullest batch, for the model-alone ceiling
         batches = list(_batches(todo, batch_size))
         pending = submit(batches[0]) if batches else []
         for number, batch in enumerate(batches):
-            current = pending
+            read = [f.result() for f in pending]
             pending = submit(batches[number + 1]) if number + 1 < len(batches) else []
-            rows = _rows(batch, [f.result() for f in current], chosen)
+            loaded = list(decoders.map(_decode, read, [chosen] * len(read)))
+            rows, inputs = _rows(batch, loaded, chosen)
             output.write(rows)
             for row in rows:
                 summary.counts[row["status"]] += 1
             bar.update(len(rows))
+            if inputs is not None and (sample is None or len(inputs) > len(sample)):
+                sample = inputs
+        summary.seconds = time.perf_counter() - started
+    if sample is not None:
+        summary.ceiling_per_s = model_ceiling(chosen, sample)
+        summary.backend = f"{chosen.name} {chosen.precision}, batch {len(sample)}, {chosen.threads} threads"

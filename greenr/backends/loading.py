@@ -8,6 +8,9 @@ candidates that agree, `auto` picks the fastest on the probe batch (one image, t
 
 bf16 is a candidate only where the CPU computes it natively (greenr.hardware.native_bf16); asked
 for elsewhere, or disagreeing with the reference, it falls back to fp32 and says so in the log.
+int8 runs the INT8 export beside the fp32 one (greenr.model.quantize), on the backends that passed
+the export stage's test-split check (its `quantization.backends`), and is checked on the probe batch
+with its own bound (greenr.backends.base.TOLERANCE); asked for where none agrees, likewise fp32.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from greenr.backends.base import PRECISIONS, TOLERANCE, Agreement, Backend, compare, probe_batch
-from greenr.backends.model_file import ModelFile, load_model_file
+from greenr.backends.base import FLIP_MARGIN, PRECISIONS, TOLERANCE, Agreement, Backend, compare, probe_batch
+from greenr.backends.model_file import ModelFile, load_model_file, read_int8_companion
 from greenr.errors import GreenrError
-from greenr.hardware import available_cpus, native_bf16
+from greenr.hardware import available_cpus, native_bf16, native_int8
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ class Candidate:
 
     backend: str
     precision: str
-    status: str  # chosen | agrees | disagrees | failed | not installed | no native bf16
+    # chosen | agrees | disagrees | failed | not installed | no native bf16 | runs as <precision> |
+    # (int8) no INT8 export ... | not certified at export
+    status: str
     agreement: dict[str, Any] | None = None
     ms_batch1: float | None = None
     ms_probe_batch: float | None = None
@@ -126,7 +131,8 @@ def _check(backend: Backend, probe: np.ndarray, reference: np.ndarray) -> _Check
     logits = backend.forward(probe)
     elapsed = time.perf_counter() - start
     effective = backend.effective_precision()
-    return _Checked(compare(logits, reference, TOLERANCE[effective]), effective, elapsed * 1000)
+    agreement = compare(logits, reference, TOLERANCE[effective], FLIP_MARGIN[effective])
+    return _Checked(agreement, effective, elapsed * 1000)
 
 
 def _median_ms(backend: Backend, images: np.ndarray, timed_ms: tuple[float, ...] = ()) -> float:
@@ -171,14 +177,48 @@ def _try(
     return built, candidate, (ms1 or 0.0) + ms_batch
 
 
-def _plan(names: list[str], precision: str, bf16_ok: bool) -> list[tuple[str, str]]:
-    """(backend, precision) pairs to try, bf16 first where it may serve."""
+def _plan(names: list[str], precision: str, bf16_ok: bool, int8_names: list[str]) -> list[tuple[str, str]]:
+    """(backend, precision) pairs to try, bf16 first where it may serve, int8 where it is certified."""
     plan = []
     for name in names:
         if precision in ("auto", "bf16") and bf16_ok and BACKENDS[name].bf16:
             plan.append((name, "bf16"))
+        if precision in ("auto", "int8") and name in int8_names:
+            plan.append((name, "int8"))
         plan.append((name, "fp32"))
     return plan
+
+
+def _int8_offer(
+    usable: list[str], precision: str, int8: ModelFile | None, int8_note: str
+) -> tuple[list[str], list[Candidate]]:
+    """The backends that may run the INT8 export, and a candidate saying why for each that may not."""
+    if precision not in ("auto", "int8"):
+        return [], []
+    onnx_backends = [n for n in usable if "onnx" in BACKENDS[n].formats]
+    if int8 is None or int8.spec.quantization is None:
+        if precision == "int8":
+            log.warning("PRECISION=int8, but %s: using fp32", int8_note)
+        return [], [Candidate(n, "int8", int8_note) for n in onnx_backends]
+    certified = set(int8.spec.quantization.get("backends") or [])
+    names = [n for n in onnx_backends if n in certified]
+    refused = [Candidate(n, "int8", "not certified at export") for n in onnx_backends if n not in certified]
+    if precision == "int8" and not names:
+        log.warning("PRECISION=int8, but no installed backend passed the export's INT8 check: using fp32")
+    return names, refused
+
+
+def _first_order(item: tuple[str, str], asked: str, int8_fast: bool) -> int:
+    """Which candidate a cold start tries first: the precision asked for, else native bf16 (several
+    times faster), then int8 where the CPU has int8 dot products, then fp32 (BACKENDS order within each)."""
+    precision = item[1]
+    if precision == asked:
+        return -1
+    if precision == "bf16":
+        return 0
+    if precision == "int8":
+        return 1 if int8_fast else 3
+    return 2
 
 
 def load_backend(
@@ -188,14 +228,18 @@ def load_backend(
     threads: int = 0,
     cpu_flags: frozenset[str] | set[str] | None = None,
     first_agreeing: bool = False,
+    int8: ModelFile | None = None,
+    int8_note: str = "no INT8 export",
 ) -> Selection:
     """Build the backend that serves `model`; GreenrError (with a fix) if none can.
 
     `backend`/`precision` as the BACKEND/PRECISION settings; `threads` 0 = every core available;
-    `cpu_flags` overrides /proc/cpuinfo (tests). `first_agreeing`: where several candidates
-    could serve, return the first that agrees (bf16 first, then BACKENDS order) without building
-    or timing the rest, as an unsettled Selection whose `settle()` makes the full choice; a server
-    answers sooner that way (cold start) and swaps to the fastest once it is known.
+    `cpu_flags` overrides /proc/cpuinfo (tests); `int8`: the INT8 export that goes with `model`
+    (greenr.backends.model_file.int8_companion), or None and `int8_note` saying why there is none.
+    `first_agreeing`: where several candidates could serve, return the first that agrees (in
+    `_first_order`) without building or timing the rest, as an unsettled Selection whose
+    `settle()` makes the full choice; a server answers sooner that way (cold start) and swaps to
+    the fastest once it is known.
     """
     if backend not in BACKEND_CHOICES:
         raise GreenrError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKEND_CHOICES)}")
@@ -226,7 +270,10 @@ def load_backend(
         log.warning("PRECISION=bf16, but this CPU has no native bf16 (amx_bf16/avx512_bf16): using fp32")
     if not bf16_ok and precision != "fp32":
         candidates += [Candidate(n, "bf16", "no native bf16") for n in usable if BACKENDS[n].bf16]
-    plan = _plan(usable, precision, bf16_ok)
+    int8_names, refused = _int8_offer(usable, precision, int8, int8_note)
+    candidates += refused
+    plan = _plan(usable, precision, bf16_ok, int8_names)
+    files = {"int8": int8} if int8 is not None else {}
 
     probe = probe_batch(model.spec.image_size)
     reference = model.spec.reference_logits
@@ -246,9 +293,13 @@ def load_backend(
         reference = build(first, model, "fp32", threads).forward(probe)
 
     if first_agreeing and len(plan) > 1:
-        full_choice = functools.partial(load_backend, model, backend, precision, threads, cpu_flags)
-        for name, prec in sorted(plan, key=lambda item: item[1] != "bf16"):  # native bf16: several times faster
-            built, candidate, _ = _try(name, prec, _build_now(name, model, prec, threads), probe, reference, False)
+        full_choice = functools.partial(
+            load_backend, model, backend, precision, threads, cpu_flags, int8=int8, int8_note=int8_note
+        )
+        int8_fast = native_int8(cpu_flags)
+        for name, prec in sorted(plan, key=lambda item: _first_order(item, precision, int8_fast)):
+            runs = files.get(prec, model)
+            built, candidate, _ = _try(name, prec, _build_now(name, runs, prec, threads), probe, reference, False)
             if built is not None:
                 log.info("backend %s %s serves %s while the others are timed", name, prec, model.name)
                 return Selection(built, [*candidates, _chosen(candidate)], source, settle=full_choice)
@@ -258,10 +309,12 @@ def load_backend(
     # Built side by side (loading and compiling a graph is mostly single-threaded), then checked
     # and timed one after the other, so that the timings do not disturb each other.
     with ThreadPoolExecutor(len(plan), thread_name_prefix="backend-build") as pool:
-        building = {(name, prec): pool.submit(build, name, model, prec, threads) for name, prec in plan}
+        building = {
+            (name, prec): pool.submit(build, name, files.get(prec, model), prec, threads) for name, prec in plan
+        }
         for name, prec in plan:
-            if precision == "bf16" and prec == "fp32" and any(b.name == name for _, b, _ in agreeing):
-                continue  # bf16 asked for and it agrees: fp32 is only its fallback
+            if precision in ("bf16", "int8") and prec == "fp32" and any(b.name == name for _, b, _ in agreeing):
+                continue  # bf16/int8 asked for and it agrees: fp32 is only its fallback
             built, candidate, score = _try(name, prec, building[name, prec], probe, reference, len(plan) > 1)
             if built is None:
                 candidates.append(candidate)
@@ -272,8 +325,8 @@ def load_backend(
             f"no backend agrees with the reference on {model.name}: {candidates}",
             "export the model again (`dvc repro export`), or choose BACKEND=torch with the checkpoint",
         )
-    if precision == "bf16" and any(b.precision == "bf16" for _, b, _ in agreeing):
-        agreeing = [a for a in agreeing if a[1].precision == "bf16"]
+    if precision in ("bf16", "int8") and any(b.precision == precision for _, b, _ in agreeing):
+        agreeing = [a for a in agreeing if a[1].precision == precision]
     best = min(agreeing, key=lambda item: item[0])
     for _, built, candidate in agreeing:
         candidates.append(candidate if built is not best[1] else _chosen(candidate))
@@ -306,6 +359,8 @@ def _chosen(candidate: Candidate) -> Candidate:
 def open_backend(
     path: str | Path, backend: str = "auto", precision: str = "auto", threads: int = 0
 ) -> tuple[ModelFile, Selection]:
-    """Read a model file and choose its backend (evaluate, `greenr predict`, benchmarks)."""
+    """Read a model file (and the INT8 export beside an ONNX one) and choose its backend (evaluate,
+    `greenr predict`, benchmarks)."""
     model = load_model_file(path)
-    return model, load_backend(model, backend, precision, threads)
+    int8, note = read_int8_companion(model, Path(path), str(path))
+    return model, load_backend(model, backend, precision, threads, int8=int8, int8_note=note)

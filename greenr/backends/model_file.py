@@ -36,9 +36,23 @@ class ModelFile:
     checkpoint: Any = None  # the parsed greenr.model.checkpoint.Checkpoint of a torch file
 
 
-def model_format(name: str | Path) -> str:
-    """ "onnx" for a .onnx file, else "torch" (a checkpoint, whatever its suffix)."""
+def model_format(name: str | Path, data: bytes | None = None) -> str:
+    """ "torch" or "onnx": from the file's first bytes when they tell (a checkpoint is a zip archive
+    or a pickle; an ONNX model starts with its `ir_version` field), else from the suffix of its real
+    name: "onnx" for .onnx, else "torch" (a checkpoint, whatever its suffix)."""
+    if data:
+        if data.startswith(ZIP_MAGIC) or data[:1] == PICKLE_PROTO:
+            return "torch"
+        if data[:1] == ONNX_FIRST_BYTE:
+            return "onnx"
     return "onnx" if Path(name).suffix.lower() == ".onnx" else "torch"
+
+
+# First bytes: torch.save's zip archive, a legacy pickle's PROTO opcode, and the key of ModelProto
+# field 1 (`ir_version`, a varint) that every ONNX writer puts first.
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = b"\x80"
+ONNX_FIRST_BYTE = b"\x08"
 
 
 def spec_from_checkpoint(ckpt: Any) -> ModelSpec:
@@ -56,10 +70,13 @@ def spec_from_checkpoint(ckpt: Any) -> ModelSpec:
     )
 
 
-def read_model(data: bytes, name: str) -> ModelFile:
-    """Parse a model file's bytes; GreenrError (with a fix) when they are not a usable model."""
+def read_model(data: bytes, name: str, fmt: str | None = None) -> ModelFile:
+    """Parse a model file's bytes; GreenrError (with a fix) when they are not a usable model.
+
+    `name` is for messages; the format is `fmt`, else model_format(name, data).
+    """
     sha256 = hashlib.sha256(data).hexdigest()
-    if model_format(name) == "onnx":
+    if (fmt or model_format(name, data)) == "onnx":
         return ModelFile(name, "onnx", _onnx_spec(data, name), sha256, data)
     try:
         from greenr.model import checkpoint
@@ -177,6 +194,51 @@ def _onnx_spec(data: bytes, name: str) -> ModelSpec:
         ) from None
 
 
+INT8_SUFFIX = ".int8.onnx"
+
+
+def int8_path(onnx_path: str | Path) -> Path:
+    """Where the INT8 export of an fp32 export lives: models/stage-1.onnx -> models/stage-1.int8.onnx."""
+    path = Path(onnx_path)
+    return path.with_name(path.name.removesuffix(".onnx") + INT8_SUFFIX)
+
+
+def int8_companion(fp32: ModelFile, data: bytes | None, name: str) -> tuple[ModelFile | None, str]:
+    """The INT8 export (`data`, read from `name`) that goes with the fp32 export `fp32`, and why not when
+    it does not: absent (None), switched off (the stage writes it empty with `export.int8: false`),
+    unreadable, not quantized, or made from another checkpoint (a stale file)."""
+    if fp32.format != "onnx":
+        return None, "the INT8 export goes with the ONNX export only"
+    if data is None:
+        return None, f"no INT8 export ({name} is absent)"
+    if not data:
+        return None, f"the INT8 export is switched off ({name} is empty: export.int8 false)"
+    try:
+        model = read_model(data, name, "onnx")
+    except GreenrError as err:
+        log.warning("%s: INT8 is not offered", err)
+        return None, f"{name} is not a readable INT8 export"
+    if model.spec.quantization is None:
+        return None, f"{name} is not quantized"
+    if model.spec.checkpoint_sha256 != fp32.spec.checkpoint_sha256:
+        log.warning("%s was made from another checkpoint than %s: INT8 is not offered", name, fp32.name)
+        return None, f"{name} was made from another checkpoint (stale: run `dvc repro export`)"
+    return model, "ok"
+
+
+def read_int8_companion(fp32: ModelFile, path: Path, name: str) -> tuple[ModelFile | None, str]:
+    """int8_companion of the file beside `path` on disk."""
+    companion = int8_path(path)
+    try:
+        data: bytes | None = companion.read_bytes()
+    except FileNotFoundError:
+        data = None
+    except OSError as exc:
+        log.warning("cannot read %s (%s): INT8 is not offered", companion, exc)
+        data = None
+    return int8_companion(fp32, data, str(int8_path(name)))
+
+
 def pull_model_file(root: Path, rel: str) -> None:
     """`dvc pull` one model file that is missing from the workspace; GreenrError with dvc's last lines."""
     log.info("%s is missing: pulling it with `dvc pull %s`", rel, rel)
@@ -188,3 +250,15 @@ def pull_model_file(root: Path, rel: str) -> None:
         timeout=300,
         fix="start the object store (`greenr store start`) and check credentials, or make it with `dvc repro`",
     )
+
+
+def pull_int8_file(root: Path, onnx_rel: str) -> None:
+    """`dvc pull` the INT8 export beside a pulled ONNX export, if it is missing; a revision
+    without one (older than the INT8 stage, or not pushed) leaves fp32 alone serving."""
+    rel = int8_path(onnx_rel).as_posix()
+    if (root / rel).is_file():
+        return
+    try:
+        pull_model_file(root, rel)
+    except GreenrError as err:
+        log.info("no INT8 export pulled (%s): fp32 only", str(err).splitlines()[0][:200])

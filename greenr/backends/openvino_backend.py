@@ -1,7 +1,8 @@
-"""OpenVINO on the CPU: reads the ONNX export directly; fp32, or bf16 where the CPU has it.
+"""OpenVINO on the CPU: reads the ONNX export directly; fp32, bf16 where the CPU has it, or the INT8 export.
 
 OpenVINO would pick bf16 by itself on CPUs with AMX; the precision is always set explicitly so
-that what serves is what was checked against the reference.
+that what serves is what was checked against the reference. The INT8 export carries its own
+quantize/dequantize pairs, which OpenVINO runs as int8 kernels; what is left between them runs f32.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import openvino as ov
 from greenr.backends.base import Backend
 from greenr.backends.model_file import ModelFile
 
-HINTS = {"fp32": "f32", "bf16": "bf16"}
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 class OpenVinoBackend(Backend):
@@ -34,12 +35,15 @@ class OpenVinoBackend(Backend):
         self._output = self._compiled.output(0)
 
     def forward(self, images: np.ndarray) -> np.ndarray:
-        result = self._request.infer({0: images})
+        # share_inputs: the request reads the caller's array instead of copying it first.
+        result = self._request.infer({0: images}, share_inputs=True)
         # The request reuses its output buffer: copy before the next call overwrites it.
         return np.array(result[self._output], dtype=np.float32, copy=True)
 
     def effective_precision(self) -> str:
         """OpenVINO keeps f32 where the CPU cannot do bf16, whatever the hint said."""
+        if self.precision == "int8":  # set by the file's quantize/dequantize pairs, not by a hint
+            return "int8"
         # An ov.Type, whose str() is "<Type: 'bfloat16'>": compare the type, not its spelling.
         hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         return "bf16" if hint == ov.Type.bf16 else "fp32"

@@ -6,20 +6,21 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import json
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from greenr.atomic import atomic_open
-from greenr.data.images import IMAGE_SUFFIXES, ImageError
+from greenr.atomic import atomic_open, write_json
+from greenr.data.images import IMAGE_SUFFIXES
 from greenr.errors import GreenrError
 
-CLASSES: tuple[str, ...] = ("dandelion", "grass")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-MANIFEST_FIELDS = ("path", "label", "md5")
+MANIFEST_FIELDS = ("path", "label", "md5", "phash")
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Example:
     path: str  # relative to the repo root, POSIX separators
     label: str
     md5: str
+    # The 64-bit perceptual hash as 16 hex digits (greenr.data.splitting), "" where unknown: the
+    # manifests keep it so that the split stage never decodes an image it has hashed before.
+    phash: str = ""
 
 
 def file_md5(path: Path) -> str:
@@ -34,13 +38,83 @@ def file_md5(path: Path) -> str:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
 
-def list_class_images(data_dir: Path, classes: Sequence[str] = CLASSES) -> dict[str, list[Path]]:
-    """Image files per class folder; a missing or empty class folder is an error."""
+def _visible(folder: Path) -> Iterator[Path]:
+    """Files under `folder`, nested folders included, hidden files and folders left out."""
+    return (
+        p
+        for p in folder.rglob("*")
+        if not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()
+    )
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Files under `folder`, nested folders included, hidden files and folders left out, sorted."""
+    return sorted(_visible(folder))
+
+
+def _iter_images(folder: Path) -> Iterator[Path]:
+    return (p for p in _visible(folder) if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files under a class folder, nested folders included, hidden ones left out, sorted."""
+    return sorted(_iter_images(folder))
+
+
+def class_folders(data_dir: Path) -> list[str]:
+    """The sorted sub-folders of `data_dir` that hold images (hidden and empty ones left out, with a warning)."""
     if not data_dir.is_dir():
         raise GreenrError(
             f"data folder {data_dir} does not exist",
             "run `make run` (it pulls or ingests the images) or `greenr ingest`",
         )
+    classes = []
+    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        if folder.name.startswith("."):
+            log.warning("ignoring hidden folder %s", folder)
+        elif next(_iter_images(folder), None) is None:
+            log.warning("ignoring folder %s: no images (.jpg/.jpeg/.png/.webp) in it", folder)
+        else:
+            classes.append(folder.name)
+    return classes
+
+
+def discover_classes(data_dir: Path) -> list[str]:
+    """The class names: the sub-folders of `data_dir` that hold images, sorted (torchvision's
+    ImageFolder rule). Hidden folders and folders without images are left out, with a warning."""
+    classes = class_folders(data_dir)
+    if len(classes) < 2:
+        raise GreenrError(
+            f"{data_dir} has {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); "
+            "a classifier needs at least 2",
+            f"put each class's images in a folder of its own: {data_dir}/<class>/*.jpg",
+        )
+    return classes
+
+
+def resolve_classes(data_dir: Path, wanted: Sequence[str] | None = None) -> list[str]:
+    """The classes of `data_dir` (discover_classes), or `wanted` (params `data.classes`, in its
+    order) when it names exactly the folders that hold images."""
+    if not wanted:
+        return discover_classes(data_dir)
+    found = class_folders(data_dir)
+    missing = sorted(set(wanted) - set(found))
+    extra = sorted(set(found) - set(wanted))
+    if missing or extra:
+        parts = [
+            f"no images for {', '.join(missing)}" if missing else "",
+            f"folders not listed: {', '.join(extra)}" if extra else "",
+        ]
+        raise GreenrError(
+            f"params.yaml data.classes does not match the class folders of {data_dir}: "
+            + "; ".join(p for p in parts if p),
+            "make data.classes list exactly the folders (or remove it: the folders are the classes)",
+        )
+    return list(wanted)
+
+
+def list_class_images(data_dir: Path, classes: Sequence[str]) -> dict[str, list[Path]]:
+    """Image files per class folder (nested folders included); a missing or empty class folder is an error."""
     found: dict[str, list[Path]] = {}
     for name in classes:
         folder = data_dir / name
@@ -48,62 +122,56 @@ def list_class_images(data_dir: Path, classes: Sequence[str] = CLASSES) -> dict[
             raise GreenrError(
                 f"class folder {folder} is missing", f"put the {name} images in {folder}/ (or run `greenr ingest`)"
             )
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = folder_images(folder)
         if not files:
             raise GreenrError(
                 f"class folder {folder} has no images (.jpg/.jpeg/.png/.webp)",
                 f"add {name} images to {folder}/ (or run `greenr ingest`)",
             )
         found[name] = files
-    extra = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and p.name not in classes)
-    if extra:
-        raise GreenrError(
-            f"unexpected class folder(s) in {data_dir}: {', '.join(extra)}",
-            f"the classes are {', '.join(classes)}; move the other folders out",
-        )
     return found
+
+
+def write_classes(path: Path, classes: Sequence[str]) -> None:
+    """The class list the split was made with (`splits/classes.json`): every later step reads it."""
+    write_json(path, {"classes": list(classes)})
+
+
+def read_classes(path: Path) -> list[str]:
+    """The class list `write_classes` wrote; GreenrError when it is missing or malformed."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GreenrError(f"{path} is missing", "run `dvc repro split` (it writes the class list)") from None
+    except ValueError as err:
+        raise GreenrError(f"{path} is not valid JSON ({err})", "regenerate it with `dvc repro -f split`") from None
+    classes = raw.get("classes") if isinstance(raw, dict) else None
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
+        raise GreenrError(
+            f"{path} does not hold a list of 2 or more class names", "regenerate it with `dvc repro -f split`"
+        )
+    return classes
 
 
 def write_manifest(path: Path, rows: Sequence[Example]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(MANIFEST_FIELDS)
-    writer.writerows((r.path, r.label, r.md5) for r in rows)
+    writer.writerows((r.path, r.label, r.md5, r.phash) for r in rows)
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(buffer.getvalue())
 
 
 def read_manifest(path: Path) -> list[Example]:
+    """The rows of a split manifest (manifests from before the phash column read with phash "")."""
     if not path.is_file():
         raise GreenrError(f"split manifest {path} is missing", "run `dvc repro split`")
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
+        fields = tuple(reader.fieldnames or ())
+        if fields not in (MANIFEST_FIELDS, MANIFEST_FIELDS[:3]):
             raise GreenrError(
                 f"{path} has columns {reader.fieldnames}, expected {list(MANIFEST_FIELDS)}",
                 "regenerate it with `dvc repro -f split`",
             )
-        return [Example(r["path"], r["label"], r["md5"]) for r in reader]
-
-
-def read_listed(rows: Sequence[Example], root: Path, read: Callable[[Path], T], workers: int = 4) -> list[T]:
-    """`read` every image a manifest lists, in parallel (PIL releases the GIL), in manifest order.
-
-    A missing or unreadable file is a GreenrError that names it and says how to fix it.
-    """
-
-    def one(row: Example) -> T:
-        try:
-            return read(root / row.path)
-        except FileNotFoundError:
-            raise GreenrError(
-                f"{row.path} is listed in the split but missing on disk",
-                "run `dvc pull` or `dvc repro` to restore data and splits",
-            ) from None
-        except ImageError as err:
-            raise GreenrError(
-                f"{row.path}: {err.reason}", "remove or replace the file, then `dvc add data` and `dvc repro`"
-            ) from None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, rows))
+        return [Example(r["path"], r["label"], r["md5"], r.get("phash") or "") for r in reader]

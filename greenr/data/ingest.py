@@ -29,7 +29,7 @@ from pathlib import Path
 
 from greenr import scm
 from greenr.atomic import write_bytes
-from greenr.data.dataset import CLASSES
+from greenr.data.dataset import visible_files
 from greenr.data.images import IMAGE_SUFFIXES, ImageError, decode_image
 from greenr.errors import GreenrError
 from greenr.network import offline
@@ -37,6 +37,8 @@ from greenr.network import offline
 log = logging.getLogger(__name__)
 
 DEFAULT_URL_TEMPLATE = "https://raw.githubusercontent.com/btphan95/greenr-airflow/master/data/{class}/{index:08d}.jpg"
+# The classes behind the default URL template. A local folder brings its own: its class folders.
+DEFAULT_URL_CLASSES = ("dandelion", "grass")
 # How many skipped files the summary names one by one; the rest are counted by reason.
 SHOWN_SKIPS = 10
 DEFAULT_COUNT = 200  # images per class at the URL template (indices 0..199)
@@ -62,6 +64,7 @@ class IngestReport:
     skipped: list[Skipped] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # stale temp files, and extras with prune
     extra: list[str] = field(default_factory=list)  # in dest but not in the source (kept)
+    not_images: int = 0  # files in a local source without an image suffix, left out
     dvc_updated: bool = False
 
     @property
@@ -77,6 +80,10 @@ class IngestReport:
             )
         ]
         shown = sorted(self.skipped, key=lambda s: s.file)
+        per_class = Counter(key.split("/", 1)[0] for key in self.written + self.unchanged)
+        lines.append("  per class: " + ", ".join(f"{label} {n}" for label, n in sorted(per_class.items())))
+        if self.not_images:
+            lines.append(f"  left out {self.not_images} file(s) that are not images (.jpg/.jpeg/.png/.webp)")
         lines += [f"  skipped {s.file}: {s.reason}" for s in shown[:SHOWN_SKIPS]]
         if len(shown) > SHOWN_SKIPS:
             by_reason = Counter(_reason_kind(s.reason) for s in shown)
@@ -221,32 +228,43 @@ def download(url: str, timeout: float, retries: int, backoff: float) -> bytes:
     raise OSError(f"{failure} (after {attempts} tries, timeout {timeout:g}s each)")
 
 
-def _local_items(source: Path, classes: Sequence[str]) -> list[_Item]:
+def _local_items(source: Path, classes: Sequence[str] | None) -> tuple[list[_Item], int]:
+    """The images of every class folder of `source` (or of `classes`), and how many other files were left out."""
     if not source.is_dir():
         raise GreenrError(
             f"data source folder {source} does not exist",
-            "set DATA_SOURCE (or --source) to a folder with one sub-folder per class "
-            f"({', '.join(classes)}), or unset it to download from the public URL template",
+            "set DATA_SOURCE (or --source) to a folder with one sub-folder per class, "
+            "or unset it to download the default images from the public URL template",
         )
-    items = []
-    for label in classes:
+    folders = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    wanted = list(classes) if classes else folders
+    if len(wanted) < 2:
+        raise GreenrError(
+            f"data source {source} has {len(wanted)} class folder(s) ({', '.join(wanted) or 'none'}); "
+            "a classifier needs 2 or more",
+            f"put each class's images in a folder of its own: {source}/<class>/*.jpg",
+        )
+    items, not_images = [], 0
+    for label in wanted:
         folder = source / label
         if not folder.is_dir():
             raise GreenrError(
                 f"class folder {folder} is missing in the data source",
-                f"the source needs one sub-folder per class: {', '.join(classes)}",
+                f"the source needs one sub-folder per class: {', '.join(wanted)}",
             )
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
+        files = visible_files(folder)
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        not_images += len(files) - len(images)
+        if not images:
             raise GreenrError(
-                f"class folder {folder} in the data source is empty",
-                f"put the {label} images (.jpg/.jpeg/.png/.webp) in {folder}/",
+                f"class folder {folder} in the data source has no images",
+                f"put the {label} images (.jpg/.jpeg/.png/.webp) in {folder}/ (or remove the folder)",
             )
-        items += [_Item(label, p.name, p.read_bytes, str(p)) for p in files]
-    others = sorted(p.name for p in source.iterdir() if p.is_dir() and p.name not in classes)
+        items += [_Item(label, p.relative_to(folder).as_posix(), p.read_bytes, str(p)) for p in images]
+    others = sorted(set(folders) - set(wanted))
     if others:
-        log.info("ignoring folder(s) in %s that are not classes: %s", source, ", ".join(others))
-    return items
+        log.info("ignoring folder(s) in %s that are not among the classes: %s", source, ", ".join(others))
+    return items, not_images
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -297,7 +315,7 @@ def _clean_stale_temp_files(dest: Path, classes: Sequence[str]) -> list[str]:
     for label in classes:
         folder = dest / label
         if folder.is_dir():
-            for path in folder.glob(".*.tmp"):
+            for path in folder.rglob(".*.tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 removed.append(f"{label}/{path.name}")
@@ -308,7 +326,7 @@ def ingest(
     source: str,
     dest: Path,
     *,
-    classes: Sequence[str] = CLASSES,
+    classes: Sequence[str] | None = None,
     count: int = DEFAULT_COUNT,
     workers: int = 8,
     timeout: float = 20.0,
@@ -323,7 +341,8 @@ def ingest(
     URL sources: files already present that decode are kept without downloading them again,
     unless `refresh` (then they are downloaded and compared). `count` is the number of indices
     per class in the template (0..count-1). `prune` removes files in `dest` that the source
-    lacks, so `dest` mirrors the source exactly.
+    lacks, so `dest` mirrors the source exactly. `classes`: the class folders to take (default:
+    every class folder of a local source; the default classes for the URL template).
     """
     dest = Path(dest).resolve()
     if workers < 1 or retries < 0 or timeout <= 0 or count < 1:
@@ -331,7 +350,9 @@ def ingest(
             f"bad ingest settings: workers={workers}, retries={retries}, timeout={timeout}, count={count}",
             "use workers >= 1, retries >= 0, timeout > 0, count >= 1",
         )
+    not_images = 0
     if is_url(source):
+        classes = list(classes or DEFAULT_URL_CLASSES)
         items = _url_items(source, classes, count, timeout, retries, backoff)
         trust_present = not refresh
         shown_source = source
@@ -339,14 +360,15 @@ def ingest(
             _check_host_resolves(source)
     else:
         src = Path(source).expanduser().resolve()
-        items = _local_items(src, classes)
+        items, not_images = _local_items(src, classes)
+        classes = sorted({item.label for item in items})
         trust_present = False  # reading a local file costs no more than checking the copy
         shown_source = str(src)
         if src == dest:
             raise GreenrError(
                 f"the data source {src} is the destination itself", "point --source at a different folder"
             )
-    report = IngestReport(source=shown_source, dest=dest)
+    report = IngestReport(source=shown_source, dest=dest, not_images=not_images)
     report.removed += _clean_stale_temp_files(dest, classes)
     log.info("ingesting %d file(s) from %s into %s (%d workers)", len(items), shown_source, dest, workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -372,9 +394,9 @@ def ingest(
 
     wanted = {item.key for item in items}
     for label in classes:
-        for path in sorted((dest / label).iterdir()):
-            key = f"{label}/{path.name}"
-            if path.is_file() and key not in wanted:
+        for path in visible_files(dest / label):
+            key = f"{label}/{path.relative_to(dest / label).as_posix()}"
+            if key not in wanted:
                 if prune:
                     path.unlink()
                     report.removed.append(key)

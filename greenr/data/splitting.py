@@ -20,9 +20,11 @@ they were. The rule:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from PIL import Image
 
 from greenr.atomic import write_json
 from greenr.data.dataset import SPLITS, Example, read_manifest
+from greenr.data.images import ImageError, decode_image
 from greenr.errors import GreenrError
 from greenr.paths import SPLIT_RULE, split_manifest
 
@@ -64,6 +67,31 @@ def perceptual_hash(img: Image.Image) -> int:
     return int(str(imagehash.phash(img)), 16)
 
 
+def file_phash(path: Path) -> tuple[str, str]:
+    """(the perceptual hash as 16 hex digits, "") of an image file, or ("", why it is unusable).
+
+    Module-level, so that worker processes can run it (greenr.data.parallel.ordered_map)."""
+    try:
+        return f"{perceptual_hash(decode_image(path)):016x}", ""
+    except ImageError as err:
+        return "", err.reason
+
+
+def candidate(example: Example) -> Candidate:
+    """The example with its manifest phash (16 hex digits) as a number."""
+    return Candidate(example, int(example.phash, 16) if example.phash else None)
+
+
+def known_phashes(root: Path) -> dict[str, str]:
+    """Content md5 -> perceptual hash of every image the committed manifests list with one."""
+    found: dict[str, str] = {}
+    for name in SPLITS:
+        path = root / split_manifest(name)
+        if path.is_file():
+            found.update((row.md5, row.phash) for row in read_manifest(path) if row.phash)
+    return found
+
+
 def hash_position(md5: str, seed: int) -> float:
     """Where the content hash puts an image in [0, 1): the same for the same bytes and seed, always."""
     digest = hashlib.sha256(f"{seed}:{md5}".encode()).digest()
@@ -78,6 +106,77 @@ def split_by_position(position: float, fractions: Mapping[str, float]) -> str:
     return "test"
 
 
+def _popcount(values: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(values)
+
+
+def _chunking(n: int, max_distance: int) -> tuple[list[tuple[int, int]], int]:
+    """Bit ranges (shift, width) of the 64-bit hash and the bits `r` a chunk may differ in.
+
+    Pigeonhole: two hashes at most d bits apart differ in at most r = d // m bits in at least one
+    of m chunks. Few chunks mean many probes per chunk (all values within r bits), many chunks mean
+    crowded buckets; m is picked to minimise probes plus expected candidate pairs for n hashes.
+    """
+    best: tuple[float, int] | None = None
+    for m in range(1, min(max_distance + 1, 64) + 1):
+        r = max_distance // m
+        widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
+        probes = [sum(math.comb(w, k) for k in range(r + 1)) for w in widths]
+        # Each probe is one pass over the n hashes; each candidate pair costs about a fifth of a
+        # pass's per-hash work (measured with NumPy on 100,000 clustered hashes: m = 5 wins there).
+        cost = n * sum(probes) + 0.2 * sum(p * n * n / 2.0**w for p, w in zip(probes, widths))
+        if best is None or cost < best[0]:
+            best = (cost, m)
+    assert best is not None
+    m = best[1]
+    widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
+    shifts = [sum(widths[:i]) for i in range(m)]
+    return list(zip(shifts, widths)), max_distance // m
+
+
+def near_duplicate_pairs(values: np.ndarray, max_distance: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every pair (i < j) of 64-bit hashes at most `max_distance` bits apart, in batches of index arrays.
+
+    Exact and sub-quadratic (multi-index hashing: see `_chunking`): each chunk's values are sorted
+    once, and every probe (a chunk value with up to r bits flipped) is a vectorised binary search.
+    Small inputs are compared pairwise, which is cheaper there.
+    """
+    n = len(values)
+    if n < 2:
+        return
+    if n <= 4096:
+        for start in range(0, n, 1024):
+            block = values[start : start + 1024]
+            rows, cols = np.nonzero(_popcount(block[:, None] ^ values[None, :]) <= max_distance)
+            rows = rows + start
+            keep = rows < cols
+            yield rows[keep], cols[keep]
+        return
+    chunks, r = _chunking(n, max_distance)
+    for shift, width in chunks:
+        mask = np.uint64((1 << width) - 1)
+        keys = (values >> np.uint64(shift)) & mask
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        for k in range(r + 1):
+            for bits in itertools.combinations(range(width), k):
+                flip = np.uint64(sum(1 << b for b in bits))
+                probe = keys ^ flip
+                lo = np.searchsorted(sorted_keys, probe, side="left")
+                hi = np.searchsorted(sorted_keys, probe, side="right")
+                counts = hi - lo
+                if not counts.any():
+                    continue
+                rows = np.repeat(np.arange(n), counts)
+                # The j-th candidate of row i sits at lo[i] + j in the sorted order.
+                offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+                cols = order[np.repeat(lo, counts) + offsets]
+                keep = rows < cols
+                rows, cols = rows[keep], cols[keep]
+                close = _popcount(values[rows] ^ values[cols]) <= max_distance
+                yield rows[close], cols[close]
+
+
 def near_duplicate_groups(hashes: Sequence[int | None], max_distance: int) -> list[int]:
     """A group id per image: images whose hashes are within `max_distance` bits, transitively, share one."""
     parent = list(range(len(hashes)))
@@ -89,16 +188,13 @@ def near_duplicate_groups(hashes: Sequence[int | None], max_distance: int) -> li
         return i
 
     index = [i for i, h in enumerate(hashes) if h is not None]
-    if len(index) > 1:
-        values = np.array([hashes[i] for i in index], dtype=np.uint64)
-        # Pairwise Hamming distances in blocks of rows: about n * n / 2 popcounts, fine for tens of thousands.
-        for start in range(0, len(values), 1024):
-            block = values[start : start + 1024]
-            distances = np.bitwise_count(block[:, None] ^ values[None, :])
-            for row, col in zip(*np.nonzero(distances <= max_distance)):
-                a, b = index[start + int(row)], index[int(col)]
-                if a < b:
-                    parent[find(b)] = find(a)
+    values = np.array([hashes[i] for i in index], dtype=np.uint64)
+    for rows, cols in near_duplicate_pairs(values, max_distance):
+        for row, col in zip(rows.tolist(), cols.tolist()):
+            a, b = index[row], index[col]
+            root_a, root_b = find(a), find(b)
+            if root_a != root_b:
+                parent[max(root_a, root_b)] = min(root_a, root_b)
     return [find(i) for i in range(len(hashes))]
 
 
@@ -184,7 +280,7 @@ def stratified_split(
     examples: Iterable[Example], fractions: Mapping[str, float], seed: int
 ) -> dict[str, list[Example]]:
     """A fresh split of `examples` (no history, no near-duplicate grouping): exact per-class quotas."""
-    return assign_splits((Candidate(e) for e in examples), fractions, seed).splits
+    return assign_splits((candidate(e) for e in examples), fractions, seed).splits
 
 
 def rule_of(fractions: Mapping[str, float], seed: int) -> dict[str, float | int]:

@@ -1,52 +1,10 @@
-"""A split decoded once into uint8 tensors, and the normalisation every model input gets."""
+"""The normalisation every model input gets (uint8 batches from greenr.data.loader or a request)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 import torch
 
-from greenr.data.dataset import CLASSES, Example, read_listed
-from greenr.data.images import Preprocessing, load_model_input
-from greenr.errors import GreenrError
-
-
-@dataclass
-class TensorDataset:
-    """A split decoded once: uint8 images (N, 3, S, S) and integer labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    paths: list[str]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, indices: Sequence[int]) -> TensorDataset:
-        """The images at `indices`, in that order."""
-        pick = torch.as_tensor(list(indices), dtype=torch.long)
-        return TensorDataset(self.images[pick], self.labels[pick], [self.paths[i] for i in pick.tolist()])
-
-
-def load_tensors(
-    rows: Sequence[Example], root: Path, spec: Preprocessing, classes: Sequence[str] = CLASSES, workers: int = 4
-) -> TensorDataset:
-    """Decode and resize every image of a split once, in parallel (PIL releases the GIL)."""
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted({r.label for r in rows} - set(index))
-    if unknown:
-        raise GreenrError(
-            f"labels {unknown} are not among the classes {list(classes)}",
-            "regenerate the split with `dvc repro -f split`",
-        )
-    images = read_listed(rows, root, lambda path: load_model_input(path, spec), workers)
-    shape = (0, 3, spec.image_size, spec.image_size)
-    stacked = torch.from_numpy(np.stack(images) if images else np.empty(shape, dtype=np.uint8))
-    labels = torch.tensor([index[r.label] for r in rows], dtype=torch.long)
-    return TensorDataset(stacked, labels, [r.path for r in rows])
+from greenr.data.images import Preprocessing
 
 
 def normalize(batch: torch.Tensor, spec: Preprocessing) -> torch.Tensor:

@@ -29,12 +29,17 @@ import numpy as np
 import yaml
 
 from greenr.atomic import atomic_open, write_json
-from greenr.data.dataset import CLASSES, Example, read_manifest
+from greenr.data.dataset import Example, read_classes
 from greenr.errors import GreenrError
-from greenr.evaluation.metrics import bootstrap_intervals, classification_metrics, expected_calibration_error
+from greenr.evaluation.metrics import (
+    bootstrap_intervals,
+    classification_metrics,
+    expected_calibration_error,
+    positive_index,
+)
 from greenr.hardware import available_cpus, cpu_model
 from greenr.params import SECTIONS, describe_error, read_params_file
-from greenr.paths import repo_root, split_manifest
+from greenr.paths import CLASSES_FILE, repo_root
 
 log = logging.getLogger(__name__)
 # Sections a setting may override: what the train stage reads (the split only sets proportions).
@@ -150,7 +155,7 @@ def feature_key(recipe: Any) -> str:
             train.augment.model_dump(),
             train.seed,
             train.precision,
-            train.batch_size,
+            train.gpu_decode,
             train.device,
         ],
         sort_keys=True,
@@ -161,108 +166,117 @@ def cross_validate(
     sets: Sequence[str], folds: int = 5, seed: int = 42, threads: int = 0, progress: bool = True
 ) -> tuple[list[SettingResult], list[Example]]:
     """Run every setting through `folds`-fold CV over train + val; return the results and the pool."""
+    import contextlib
+
     import torch
     from tqdm import tqdm
 
-    from greenr.data.tensors import load_tensors
+    from greenr.data.loader import load_samples
     from greenr.model import frozen
     from greenr.model.architectures import build_model
     from greenr.model.device import configure_threads, resolve_device, use_bf16
-    from greenr.model.inference import predict_flip_averaged_logits
     from greenr.model.recipe import FrozenFeatures, frozen_features, resolve, train_classifier
-    from greenr.model.training import seed_everything
+    from greenr.model.training import predict_samples, seed_everything, shared_temp_dir
 
     root = repo_root()
     raw = read_params_file()
     settings = parse_overrides(sets)
     all_sections = [load_sections(apply(raw, o), setting_name(o)) for o in settings]  # fail before any work
-    pool = read_manifest(root / split_manifest("train")) + read_manifest(root / split_manifest("val"))
-    pool.sort(key=lambda row: row.path)
-    labels = np.array([CLASSES.index(row.label) for row in pool])
+    classes = read_classes(root / CLASSES_FILE)
+    everything = load_samples(root, ["train", "val"], classes)
+    data = everything.subset(sorted(range(len(everything)), key=everything.paths.__getitem__))
+    pool = [Example(path, classes[label], "") for path, label in zip(data.paths, data.labels.tolist())]
+    labels = data.labels
     fold_of = stratified_folds(pool, folds, seed)
     configure_threads(threads)
     results = []
     banks: dict[str, FrozenFeatures] = {}
     bar = tqdm(total=len(settings) * folds, desc="cv", unit="fold", disable=not progress)
-    for overrides, sections in zip(settings, all_sections):
-        started = time.perf_counter()
-        split = sections["split"]
-        val_fraction = split.val / (split.train + split.val)
-        recipe = resolve(sections["model"], sections["train"])
-        device = resolve_device(recipe.train.device)
-        seed_everything(recipe.train.seed)
-        data = load_tensors(pool, root, recipe.spec)
-        bank: FrozenFeatures | None = None
-        if recipe.train.finetune == "frozen":
-            key = feature_key(recipe)
-            if key not in banks:
-                model = build_model(recipe.arch, len(CLASSES), pretrained=recipe.pretrained)
-                # Every image's training views and evaluation views, once, for all folds.
-                banks[key] = frozen_features(model, recipe, data.images, data.images, device)
-            bank = banks[key]
-        logits = torch.zeros(len(pool), len(CLASSES))
-        temperatures = []
-        for f in range(folds):
-            bar.set_postfix_str(f"{setting_name(overrides)} fold {f + 1}/{folds}")
-            train_idx, val_idx = inner_split(labels, np.flatnonzero(fold_of != f), val_fraction, seed + f)
-            held_out = np.flatnonzero(fold_of == f)
+    with contextlib.ExitStack() as stack:
+        features_dir = stack.enter_context(shared_temp_dir("cv-features"))
+        for overrides, sections in zip(settings, all_sections):
+            started = time.perf_counter()
+            split = sections["split"]
+            val_fraction = split.val / (split.train + split.val)
+            recipe = resolve(sections["model"], sections["train"])
+            device = resolve_device(recipe.train.device)
+            seed_everything(recipe.train.seed)
+            bank: FrozenFeatures | None = None
+            if recipe.train.finetune == "frozen":
+                key = feature_key(recipe)
+                if key not in banks:
+                    model = build_model(recipe.arch, len(classes), pretrained=recipe.pretrained)
+                    # Every image's training views and evaluation views, once, for all folds.
+                    folder = features_dir / str(len(banks))
+                    banks[key] = frozen_features(model, recipe, data, data, device, folder)
+                bank = banks[key]
+            logits = torch.zeros(len(pool), len(classes))
+            temperatures = []
+            for f in range(folds):
+                bar.set_postfix_str(f"{setting_name(overrides)} fold {f + 1}/{folds}")
+                train_idx, val_idx = inner_split(labels, np.flatnonzero(fold_of != f), val_fraction, seed + f)
+                held_out = np.flatnonzero(fold_of == f)
 
-            fold_features = None if bank is None else FrozenFeatures(bank.train[:, train_idx], bank.val[:, val_idx])
-            trained = train_classifier(
-                recipe,
-                len(CLASSES),
-                data.subset(train_idx.tolist()),
-                data.subset(val_idx.tolist()),
-                device,
-                features=fold_features,
+                fold_features = (
+                    None if bank is None else FrozenFeatures(bank.train.subset(train_idx), bank.val.subset(val_idx))
+                )
+                trained = train_classifier(
+                    recipe,
+                    len(classes),
+                    data.subset(train_idx),
+                    data.subset(val_idx),
+                    device,
+                    features=fold_features,
+                )
+                with torch.no_grad():
+                    if bank is not None:
+                        head = getattr(trained.model, frozen.head_name(recipe.arch))
+                        fold_logits = frozen.head_logits(head, bank.val.subset(held_out))
+                    else:
+                        fold_logits = predict_samples(
+                            trained.model,
+                            data.subset(held_out),
+                            recipe.spec,
+                            device,
+                            recipe.train.batch_size,
+                            recipe.model.flip_average,
+                            recipe.model.vflip_average,
+                        )
+                logits[held_out] = fold_logits / trained.temperature
+                temperatures.append(trained.temperature)
+                bar.update(1)
+            probs = logits.double().softmax(1).numpy()
+            results.append(
+                SettingResult(
+                    name=setting_name(overrides),
+                    overrides=overrides,
+                    metrics=score(labels, probs, fold_of, sections["evaluate"], classes),
+                    fold_accuracy=[
+                        round(float((probs[fold_of == f].argmax(1) == labels[fold_of == f]).mean()), 4)
+                        for f in range(folds)
+                    ],
+                    temperatures=temperatures,
+                    seconds=round(time.perf_counter() - started, 1),
+                    # The same command trains in bf16 on a CPU with AMX and in fp32 elsewhere: the
+                    # numbers differ by a few images, so the table says which it was.
+                    resolved={
+                        "finetune": recipe.train.finetune,
+                        "pretrained": recipe.pretrained,
+                        "device": device.type,
+                        "precision": "bf16" if use_bf16(recipe.train.precision, device) else "fp32",
+                    },
+                )
             )
-            with torch.no_grad():
-                if bank is not None:
-                    head = getattr(trained.model, frozen.head_name(recipe.arch))
-                    fold_logits = frozen.head_logits(head, bank.val[:, held_out])
-                else:
-                    images = data.images[held_out]
-                    fold_logits = predict_flip_averaged_logits(
-                        trained.model,
-                        images,
-                        recipe.spec,
-                        recipe.model.flip_average,
-                        recipe.model.vflip_average,
-                        device,
-                    )
-            logits[held_out] = fold_logits / trained.temperature
-            temperatures.append(trained.temperature)
-            bar.update(1)
-        probs = logits.double().softmax(1).numpy()
-        results.append(
-            SettingResult(
-                name=setting_name(overrides),
-                overrides=overrides,
-                metrics=score(labels, probs, fold_of, sections["evaluate"]),
-                fold_accuracy=[
-                    round(float((probs[fold_of == f].argmax(1) == labels[fold_of == f]).mean()), 4)
-                    for f in range(folds)
-                ],
-                temperatures=temperatures,
-                seconds=round(time.perf_counter() - started, 1),
-                # The same command trains in bf16 on a CPU with AMX and in fp32 elsewhere: the
-                # numbers differ by a few images, so the table says which it was.
-                resolved={
-                    "finetune": recipe.train.finetune,
-                    "pretrained": recipe.pretrained,
-                    "device": device.type,
-                    "precision": "bf16" if use_bf16(recipe.train.precision, device) else "fp32",
-                },
-            )
-        )
+        banks.clear()  # the memory maps close before their folder goes
     bar.close()
     return results, pool
 
 
-def score(labels: np.ndarray, probs: np.ndarray, fold_of: np.ndarray, evaluate: Any) -> dict[str, Any]:
+def score(
+    labels: np.ndarray, probs: np.ndarray, fold_of: np.ndarray, evaluate: Any, classes: Sequence[str]
+) -> dict[str, Any]:
     """Out-of-fold metrics with bootstrap intervals (the evaluate stage's settings)."""
-    positive = CLASSES.index(evaluate.positive_class) if evaluate.positive_class in CLASSES else 0
-    report = classification_metrics(labels, probs, CLASSES, positive)
+    report = classification_metrics(labels, probs, classes, positive_index(classes, evaluate.positive_class))
     boot = bootstrap_intervals(labels, probs, max(evaluate.bootstrap_samples, 1), evaluate.confidence, evaluate.seed)
     per_fold = [float((probs[fold_of == f].argmax(1) == labels[fold_of == f]).mean()) for f in np.unique(fold_of)]
     return {

@@ -7,18 +7,46 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from greenr.errors import GreenrError
+
 
 def _r(value: float) -> float:
     """Rounded so that reruns produce byte-identical metrics files."""
     return round(float(value), 6)
 
 
+def positive_index(classes: Sequence[str], name: str | None) -> int:
+    """The index of `evaluate.positive_class` (None: the first class); GreenrError when it is not a class."""
+    if name is None:
+        return 0
+    if name not in classes:
+        raise GreenrError(
+            f"evaluate.positive_class {name!r} is not one of the classes {list(classes)}",
+            "set it to one of them in params.yaml, or to null (the first class)",
+        )
+    return list(classes).index(name)
+
+
+def roc_auc(labels: np.ndarray, probs: np.ndarray, positive: int) -> float | None:
+    """ROC AUC: of `positive` against the other class for 2 classes, else the macro mean of every
+    class against the rest; None when a class the average needs has no test image."""
+    n_classes = probs.shape[1]
+    if n_classes == 2:
+        truth = labels == positive
+        return _r(skm.roc_auc_score(truth, probs[:, positive])) if 0 < truth.sum() < len(truth) else None
+    if len(np.unique(labels)) < n_classes:
+        return None
+    return _r(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: int) -> dict:
-    """Accuracy, per-class and macro P/R/F1, ROC AUC, log loss and the confusion matrix."""
+    """Accuracy, per-class and macro P/R/F1, ROC AUC, log loss and the confusion matrix, for any
+    number of classes. Everything per class is keyed by the class's name (the confusion matrix as
+    actual -> predicted -> count), so `dvc metrics diff` keys stay put when a class is added."""
     preds = probs.argmax(axis=1)
     idx = list(range(len(classes)))
     p, r, f, support = skm.precision_recall_fscore_support(labels, preds, labels=idx, zero_division=0)
-    both = len(np.unique(labels)) > 1
+    confusion = skm.confusion_matrix(labels, preds, labels=idx)
     out = {
         "accuracy": _r(skm.accuracy_score(labels, preds)),
         "macro": {"precision": _r(p.mean()), "recall": _r(r.mean()), "f1": _r(f.mean())},
@@ -26,9 +54,12 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
             name: {"precision": _r(p[i]), "recall": _r(r[i]), "f1": _r(f[i]), "support": int(support[i])}
             for i, name in enumerate(classes)
         },
-        "roc_auc": _r(skm.roc_auc_score(labels == positive, probs[:, positive])) if both else None,
-        "log_loss": _r(skm.log_loss(labels, np.clip(probs, 1e-7, 1), labels=idx)),
-        "confusion_matrix": skm.confusion_matrix(labels, preds, labels=idx).tolist(),
+        "roc_auc": roc_auc(labels, probs, positive),
+        "log_loss": _r(skm.log_loss(labels, probs, labels=idx)),
+        "confusion_matrix": {
+            actual: {predicted: int(confusion[i, j]) for j, predicted in enumerate(classes)}
+            for i, actual in enumerate(classes)
+        },
         "n": len(labels),
     }
     return out
@@ -61,19 +92,26 @@ def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, samples: int, con
     }
 
 
-def curves(labels: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, list[dict]]:
-    """ROC and precision-recall curve points for the positive class, for DVC plots."""
-    truth = labels == positive
-    if len(np.unique(truth)) < 2:
-        return {"roc": [], "prc": []}
-    fpr, tpr, roc_thr = skm.roc_curve(truth, probs[:, positive])
-    precision, recall, prc_thr = skm.precision_recall_curve(truth, probs[:, positive])
-    roc = [{"fpr": _r(a), "tpr": _r(b), "threshold": _r(min(c, 1.0))} for a, b, c in zip(fpr, tpr, roc_thr)]
-    prc = [
-        {"recall": _r(a), "precision": _r(b), "threshold": _r(c)}
-        for a, b, c in zip(recall[:-1], precision[:-1], prc_thr)
-    ]
-    return {"roc": roc, "prc": prc}
+def curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: int) -> dict[str, dict[str, list]]:
+    """ROC and precision-recall curve points per class name, for DVC plots: the positive class's
+    curves for 2 classes, every class against the rest otherwise (a class with no test image, or
+    only test images, has none)."""
+    shown = [positive] if len(classes) == 2 else range(len(classes))
+    out: dict[str, dict[str, list]] = {}
+    for c in shown:
+        truth = labels == c
+        if len(np.unique(truth)) < 2:
+            continue
+        fpr, tpr, roc_thr = skm.roc_curve(truth, probs[:, c])
+        precision, recall, prc_thr = skm.precision_recall_curve(truth, probs[:, c])
+        out[classes[c]] = {
+            "roc": [{"fpr": _r(a), "tpr": _r(b), "threshold": _r(min(t, 1.0))} for a, b, t in zip(fpr, tpr, roc_thr)],
+            "prc": [
+                {"recall": _r(a), "precision": _r(b), "threshold": _r(t)}
+                for a, b, t in zip(recall[:-1], precision[:-1], prc_thr)
+            ],
+        }
+    return out
 
 
 def _bins(labels: np.ndarray, probs: np.ndarray, bins: int) -> list[tuple[float, float, float, float, int]]:

@@ -4,16 +4,22 @@
 
 Compares the candidate's test metrics (metrics/evaluate.json in the workspace) with the base
 revision's (`git show BASE:metrics/evaluate.json`) and with the absolute floors in the
-`promote:` section of params.yaml. Exit 0: promote; exit 1: rejected, with every reason
-printed; exit 2: the gate could not decide (missing or unreadable metrics).
+`promote:` section of params.yaml. When the test split changed between them (new data), it says
+so and also compares the two on the test images both share (per-image predictions from
+plots/evaluate/confusion.csv); the checks themselves stay on the whole test splits.
+Exit 0: promote; exit 1: rejected, with every reason printed; exit 2: the gate could not decide
+(missing or unreadable metrics).
 With `--register`, a promoted model is registered in the MLflow Model Registry and given the
 alias `promote.alias` (`champion`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,7 @@ from typing import Any
 from greenr import scm
 from greenr.errors import GreenrError
 from greenr.params import PromoteParams, load_section
-from greenr.paths import EVALUATE_METRICS, MODEL_PATH, repo_root
+from greenr.paths import CONFUSION_PLOT, EVALUATE_METRICS, MODEL_PATH, repo_root
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,84 @@ def _parse(text: str, source: str) -> dict[str, Any]:
             "regenerate it with `dvc repro evaluate`",
         ) from None
     return data
+
+
+def plot_rows(root: Path, rel: str, rev: str | None = None) -> list[dict[str, str]]:
+    """Rows of a plots CSV in the workspace, or as committed at `rev` ([] where it is absent)."""
+    if rev is None:
+        path = root / rel
+        text = path.read_text(encoding="utf-8") if path.is_file() else None
+    else:
+        text = scm.show(rev, rel, cwd=root)
+    return list(csv.DictReader(io.StringIO(text))) if text else []
+
+
+@dataclass(frozen=True)
+class SplitChange:
+    """The candidate's test split against the base's, and both scored on the images they share."""
+
+    base_n: int
+    candidate_n: int
+    only_base: int | None  # None: the per-image predictions of one side are missing
+    only_candidate: int | None
+    shared: int | None
+    base: dict[str, float] | None  # accuracy and macro_f1 on the shared images
+    candidate: dict[str, float] | None
+
+    def lines(self) -> list[str]:
+        changed = f"base {self.base_n} images, candidate {self.candidate_n}"
+        if self.only_base is not None:
+            changed += f" ({self.only_candidate} only in the candidate's, {self.only_base} only in the base's)"
+        out = [f"note: the test split changed ({changed}): the checks compare metrics over different images"]
+        if self.base is None or self.candidate is None:
+            out.append(f"  no per-image predictions ({CONFUSION_PLOT}) on both sides to compare on shared images")
+            return out
+        for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro F1")):
+            old, new = self.base[key], self.candidate[key]
+            out.append(
+                f"  on the {self.shared} test images both share: {name} {new:.4f} vs base {old:.4f} "
+                f"(delta {new - old:+.4f})"
+            )
+        return out
+
+
+def _shared_scores(rows: Sequence[dict[str, str]]) -> dict[str, float]:
+    from sklearn import metrics as skm
+
+    actual = [r["actual"] for r in rows]
+    predicted = [r["predicted"] for r in rows]
+    return {
+        "accuracy": round(float(skm.accuracy_score(actual, predicted)), 6),
+        "macro_f1": round(float(skm.f1_score(actual, predicted, average="macro", zero_division=0)), 6),
+    }
+
+
+def split_change(root: Path, base_rev: str, base: dict[str, Any], candidate: dict[str, Any]) -> SplitChange | None:
+    """How the test split changed from `base_rev` to the workspace (None: the same images)."""
+    base_rows = {r["path"]: r for r in plot_rows(root, CONFUSION_PLOT, base_rev)}
+    candidate_rows = {r["path"]: r for r in plot_rows(root, CONFUSION_PLOT)}
+    base_n, candidate_n = int(base.get("n") or len(base_rows)), int(candidate.get("n") or len(candidate_rows))
+    # Rows that do not match their metrics file (a --candidate from elsewhere) cannot be compared.
+    usable = bool(base_rows) and len(base_rows) == base_n and len(candidate_rows) == candidate_n
+    if usable and base_rows.keys() == candidate_rows.keys():
+        return None
+    if not usable:
+        if base_n == candidate_n:
+            return None
+        return SplitChange(base_n, candidate_n, None, None, None, None, None)
+    # An image relabeled between the two is not the same test case.
+    shared = sorted(
+        p for p in base_rows.keys() & candidate_rows.keys() if base_rows[p]["actual"] == candidate_rows[p]["actual"]
+    )
+    return SplitChange(
+        base_n,
+        candidate_n,
+        len(base_rows.keys() - candidate_rows.keys()),
+        len(candidate_rows.keys() - base_rows.keys()),
+        len(shared),
+        _shared_scores([base_rows[p] for p in shared]) if shared else None,
+        _shared_scores([candidate_rows[p] for p in shared]) if shared else None,
+    )
 
 
 def gate(candidate: dict[str, Any], base: dict[str, Any] | None, rules: PromoteParams) -> list[Check]:
@@ -111,6 +195,10 @@ def run_gate(base_rev: str = "main", candidate_path: Path | None = None, registe
         print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
     if base is None:
         print(f"note: {base_rev} has no {EVALUATE_METRICS}; only the floors apply")
+    else:
+        change = split_change(root, base_rev, base, candidate)
+        if change is not None:
+            print("\n".join(change.lines()))
     failed = [c for c in checks if not c.passed]
     if failed:
         print(

@@ -9,7 +9,6 @@ confusion matrix, ROC) of this change beside the base's, rendered as PNG files n
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 
 from greenr import scm
 from greenr.atomic import atomic_open
-from greenr.evaluation.promote import read_metrics_at
+from greenr.evaluation.promote import SplitChange, plot_rows, read_metrics_at, split_change
 from greenr.paths import CONFUSION_PLOT, EVALUATE_METRICS, ROC_PLOT, TRAINING_PLOT, repo_root
 
 NOISE_NOTE = (
@@ -50,8 +49,8 @@ def metrics_table(diff: dict[str, Any]) -> str:
     for path, entries in sorted(diff.items()):
         for name, values in sorted(entries.items()):
             old, new, delta = values.get("old"), values.get("new"), values.get("diff")
-            if isinstance(old, list) or isinstance(new, list):
-                continue  # intervals and matrices have their own section
+            if isinstance(old, list) or isinstance(new, list) or name.startswith("confusion_matrix."):
+                continue  # intervals and the confusion matrix have their own sections
             numeric = isinstance(delta, (int, float)) and not isinstance(old, bool) and not isinstance(new, bool)
             delta_text = f"{delta:+.4f}" if numeric else "–"
             rows.append([path, name, _fmt(old), _fmt(new), delta_text])
@@ -96,20 +95,6 @@ def intervals_table(base: dict[str, Any] | None, new: dict[str, Any]) -> str:
     return f"Bootstrap {confidence:.0%} intervals over the {new.get('n', '?')} test images:\n\n" + _table(
         ["metric", "base", "base interval", "this change", "interval"], rows
     )
-
-
-def _rows(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-def plot_rows(root: Path, rel: str, rev: str | None = None) -> list[dict[str, str]]:
-    """Rows of a plots CSV in the workspace, or as committed at `rev` ([] where it is absent)."""
-    if rev is None:
-        path = root / rel
-        text = path.read_text(encoding="utf-8") if path.is_file() else None
-    else:
-        text = scm.show(rev, rel, cwd=root)
-    return _rows(text) if text else []
 
 
 def render_plots(root: Path, out_dir: Path, base: str | None = None) -> list[tuple[str, str]]:
@@ -180,17 +165,55 @@ def render_plots(root: Path, out_dir: Path, base: str | None = None) -> list[tup
             ax.set_title(label, fontsize="small")
         save(fig, "confusion.png", "Confusion matrix (test)")
 
-    rocs = both(ROC_PLOT)
-    if any(label == "this change" for label, _ in rocs):
-        fig, ax = plt.subplots(figsize=(3.6, 3.2))
-        for label, roc in rocs:
-            ax.plot([float(r["fpr"]) for r in roc], [float(r["tpr"]) for r in roc], label=label)
-        ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.legend(fontsize="small")
+    # One ROC file per class (2 classes: the positive one); base and this change in one frame each.
+    names = sorted(p.stem for p in (root / ROC_PLOT).glob("*.csv"))
+    curves = {name: both(f"{ROC_PLOT}/{name}.csv") for name in names}
+    if curves:
+        fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.2), squeeze=False, layout="constrained")
+        for ax, (name, runs) in zip(axes[0], curves.items(), strict=True):
+            for label, roc in runs:
+                ax.plot([float(r["fpr"]) for r in roc], [float(r["tpr"]) for r in roc], label=label)
+            ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+            ax.set_title(name if len(curves) == 1 else f"{name} vs rest", fontsize="small")
+            ax.legend(fontsize="small")
         save(fig, "roc.png", "ROC (test)")
     return made
+
+
+def split_change_section(change: SplitChange | None) -> list[str]:
+    """Markdown: the test split changed, and both models on the images they share ([] if it did not)."""
+    if change is None:
+        return []
+    lines = ["### The test split changed", ""]
+    moved = ""
+    if change.only_base is not None:
+        moved = f" ({change.only_candidate} only in this change's, {change.only_base} only in the base's)"
+    lines.append(
+        f"The base was tested on {change.base_n} images, this change on {change.candidate_n}{moved}: "
+        "the metrics above compare different test sets."
+    )
+    lines.append("")
+    if change.base is None or change.candidate is None:
+        lines += ["_No per-image predictions on both sides to compare on the images both share._", ""]
+        return lines
+    rows = [
+        [
+            name,
+            f"{change.base[key]:.4f}",
+            f"{change.candidate[key]:.4f}",
+            f"{change.candidate[key] - change.base[key]:+.4f}",
+        ]
+        for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro F1"))
+    ]
+    lines += [
+        f"On the {change.shared} test images both share:",
+        "",
+        _table(["metric", "base", "this change", "delta"], rows),
+        "",
+    ]
+    return lines
 
 
 def build_report(root: Path, base: str, out: Path, plots: bool = True) -> str:
@@ -217,6 +240,8 @@ def build_report(root: Path, base: str, out: Path, plots: bool = True) -> str:
         f"> {NOISE_NOTE}",
         "",
     ]
+    if base_metrics is not None:
+        parts += split_change_section(split_change(root, base, base_metrics, candidate))
     if plots:
         made = render_plots(root, out.parent, base)
         if made:

@@ -1,35 +1,59 @@
 """Frozen-backbone training: backbone features computed once per view, only the head trains.
 
 With `train.finetune: frozen` the backbone never changes, so running it on every image in every
-epoch repeats the same computation. Instead each training image is embedded once per view (its
-centre crop, its mirror, and `train.feature_views` random augmentations drawn with
-greenr.model.training.augment from generators seeded per view), and the head trains for its
-epochs on those features, one view per image per epoch, in seconds. Validation images are
+epoch repeats the same computation. Instead each training image is read once and embedded in all
+its views in that pass (its centre crop, its mirror, and `train.feature_views` random augmentations
+drawn with greenr.model.training.augment from a generator seeded per view and batch), the features
+go to a float16 file on disk (memory-mapped, nanoGPT-style: a split never sits in RAM), and the
+head trains for its epochs on them, one view per image per epoch, in seconds. Validation images are
 embedded as they are (and flipped, for models that average test-time flips).
+
+Under torchrun every rank embeds its own batches into the one shared file, so extraction scales
+out; the features do not depend on the number of ranks (batches and their seeds are fixed blocks of
+the split).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from greenr.data.images import FLIP_AXES, Preprocessing, flip_view
+from greenr.data.loader import Samples, batches
 from greenr.data.tensors import normalize
 from greenr.errors import GreenrError
 from greenr.model.architectures import get_arch
-from greenr.model.training import EpochKeeper, EpochStats, FitResult, augment, make_optimizer, make_scheduler
+from greenr.model.training import (
+    EpochKeeper,
+    EpochStats,
+    FitResult,
+    augment,
+    distributed_context,
+    make_optimizer,
+    make_scheduler,
+)
 from greenr.params import AugmentParams, TrainParams
 
 log = logging.getLogger(__name__)
 
 CENTRE, MIRROR = "centre", "hflip"  # names of greenr.data.images.FLIP_AXES
+# Rows of features the head reads at once where it reads all views (validation, prediction).
+HEAD_CHUNK = 4096
+# Augmented views are drawn per block of this many images, each block from its own seeded
+# generator: the features are then the same for any extraction batch size (a multiple) and rank count.
+AUG_BLOCK = 64
 
 
 def training_views(feature_views: int) -> list[str]:
@@ -37,11 +61,18 @@ def training_views(feature_views: int) -> list[str]:
     return [CENTRE, MIRROR, *(f"aug{i}" for i in range(1, feature_views + 1))]
 
 
-def view_images(images: torch.Tensor, view: str, aug: AugmentParams, seed: int) -> torch.Tensor:
-    """float [0, 255] images of one view; `augN` is reproducible (its own seeded generator)."""
+def view_generator(seed: int, view: str, block: int) -> torch.Generator:
+    """The generator of an augmented view of one block of the split: the same for any rank count."""
+    digest = hashlib.sha256(f"{seed}:{view}:{block}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def view_images(images: torch.Tensor, view: str, aug: AugmentParams, generator: torch.Generator | None) -> torch.Tensor:
+    """float [0, 255] images of one view: a flip, or (`augN`) an augmentation drawn from `generator`."""
     if view in FLIP_AXES:
         return flip_view(images, view).float()
-    generator = torch.Generator().manual_seed(seed * 1000 + int(view.removeprefix("aug")))
+    if generator is None:
+        raise ValueError(f"view {view} needs a generator")
     return augment(images, aug, generator)
 
 
@@ -61,66 +92,155 @@ def features_only(model: nn.Module, arch: str) -> Iterator[nn.Module]:
         setattr(model, name, head)
 
 
+@dataclass
+class FeatureBank:
+    """Features (N, V, F) float16 of N images in V views, memory-mapped; `rows` picks a subset."""
+
+    array: np.ndarray  # np.memmap (all images of the file)
+    views: list[str]
+    rows: np.ndarray | None = None  # positions in `array` (None: all, in order)
+
+    def __len__(self) -> int:
+        return len(self.array) if self.rows is None else len(self.rows)
+
+    def subset(self, indices: np.ndarray) -> FeatureBank:
+        base = np.arange(len(self.array)) if self.rows is None else self.rows
+        return FeatureBank(self.array, self.views, base[np.asarray(indices, dtype=np.int64)])
+
+    def take(self, positions: np.ndarray, views: np.ndarray | None = None) -> torch.Tensor:
+        """float32 features of the images at `positions` (of this bank): (n, F) of one view each
+        (`views`), or (n, V, F)."""
+        rows = positions if self.rows is None else self.rows[positions]
+        order = np.argsort(rows, kind="stable")  # ascending reads from the file
+        picked = self.array[rows[order]] if views is None else self.array[rows[order], views[order]]
+        out = np.empty_like(picked)
+        out[order] = picked
+        return torch.from_numpy(out.astype(np.float32))
+
+
+@torch.inference_mode()
+def feature_dim(backbone: nn.Module, spec: Preprocessing, device: torch.device) -> int:
+    probe = torch.zeros(1, 3, spec.image_size, spec.image_size, dtype=torch.uint8, device=device)
+    return int(backbone(normalize(probe, spec)).shape[-1])
+
+
 @torch.inference_mode()
 def extract(
     model: nn.Module,
     arch: str,
-    images: torch.Tensor,
+    samples: Samples,
     spec: Preprocessing,
     views: list[str],
     aug: AugmentParams,
     seed: int,
     device: torch.device,
-    batch_size: int = 32,
+    path: Path,
+    batch_size: int = 256,
     bf16: bool = False,
-) -> torch.Tensor:
-    """Features (V, N, F) on the CPU of uint8 images (N, 3, S, S), one row per view."""
-    out = []
+    gpu_decode: bool = False,
+) -> FeatureBank:
+    """Features of every image of `samples` in every view, written to `path` (float16, (N, V, F)).
+
+    One pass over the images: each batch is read and decoded once (by nvJPEG with `gpu_decode` on
+    a CUDA device) and embedded in every view.
+    Under torchrun each rank embeds its share of the batches into the same file."""
+    if batch_size % AUG_BLOCK:
+        raise ValueError(f"the extraction batch size must be a multiple of {AUG_BLOCK}, got {batch_size}")
+    rank, world = distributed_context()
     with features_only(model.to(device), arch) as backbone:
-        for number, view in enumerate(views, 1):
-            started = time.perf_counter()
-            x = view_images(images, view, aug, seed)
-            chunks = []
-            for start in range(0, len(x), batch_size):
-                batch = normalize(x[start : start + batch_size].to(device), spec)
+        dim = feature_dim(backbone, spec, device)
+        shape = (len(samples), len(views), dim)
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape).flush()
+        if world > 1:
+            dist.barrier()
+        out = np.lib.format.open_memmap(path, mode="r+")
+        started = last = time.perf_counter()
+        done = 0
+        cuda = device.type == "cuda"
+        stream = batches(
+            samples,
+            spec.image_size,
+            batch_size,
+            rank=rank,
+            world=world,
+            pin_memory=cuda and not gpu_decode,
+            gpu_decode=device if cuda and gpu_decode else None,
+        )
+        for batch in stream:
+            x = batch.images.to(device, non_blocking=True)
+            first = int(batch.index[0])
+            feats = []
+            for view in views:
+                if view in FLIP_AXES:
+                    images = view_images(x, view, aug, None)
+                else:
+                    images = torch.cat(
+                        [
+                            view_images(
+                                x[j : j + AUG_BLOCK], view, aug, view_generator(seed, view, (first + j) // AUG_BLOCK)
+                            )
+                            for j in range(0, len(x), AUG_BLOCK)
+                        ]
+                    )
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    chunks.append(backbone(batch).float().cpu())
-            out.append(torch.cat(chunks) if chunks else torch.empty(0, 0))
-            # The backbone passes are the slow part of a frozen run; say how far they are.
-            log.info(
-                "features of %d images, view %d/%d (%s): %.1f s",
-                len(x),
-                number,
-                len(views),
-                view,
-                time.perf_counter() - started,
-            )
-    return torch.stack(out)
+                    feats.append(backbone(normalize(images, spec)))
+            index = batch.index.numpy()
+            out[index[0] : index[-1] + 1] = torch.stack(feats, 1).to(torch.float16).cpu().numpy()
+            done += len(index)
+            if time.perf_counter() - last > 30:  # the backbone passes are the slow part: say how far
+                last = time.perf_counter()
+                log.info(
+                    "features: %d/%d images x %d views (%.0f images/s)",
+                    done * world,
+                    len(samples),
+                    len(views),
+                    done / (last - started),
+                )
+        out.flush()
+        del out
+        if world > 1:
+            dist.barrier()
+    seconds = time.perf_counter() - started
+    log.info(
+        "features of %d images x %d views in %.1f s (%.0f images/s, %.0f forward passes/s)",
+        len(samples),
+        len(views),
+        seconds,
+        len(samples) / max(seconds, 1e-9),
+        len(samples) * len(views) / max(seconds, 1e-9),
+    )
+    return FeatureBank(np.lib.format.open_memmap(path, mode="r"), views)
 
 
-def head_logits(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Mean logits over the views (V, N, F) -> (N, C): one view, or an image and its flips."""
-    return torch.stack([head(v) for v in features]).mean(0)
+def head_logits(head: nn.Module, bank: FeatureBank) -> torch.Tensor:
+    """Mean logits over each image's views -> (N, C): one view, or an image and its flips."""
+    out = []
+    for start in range(0, len(bank), HEAD_CHUNK):
+        feats = bank.take(np.arange(start, min(start + HEAD_CHUNK, len(bank))))
+        out.append(head(feats.flatten(0, 1)).view(feats.shape[0], feats.shape[1], -1).mean(1))
+    return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def fit_head(
     model: nn.Module,
     arch: str,
-    train_views: torch.Tensor,
+    train: FeatureBank,
     train_labels: torch.Tensor,
-    val_views: torch.Tensor,
+    val: FeatureBank,
     val_labels: torch.Tensor,
     params: TrainParams,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
     """Train the model's head on cached features; validation picks the epoch like `fit` does.
 
-    `train_views` (V, N, F): every epoch visits the N images in a seeded order, each through one
-    of its V views drawn at random. `val_views` (1, 2 or 4, M, F): the images (and their flips).
+    `train` (N images, V views): every epoch visits the N images in a seeded order, each through
+    one of its V views drawn at random. `val` (M images, 1, 2 or 4 views): the images (and flips).
     """
     head = getattr(model, head_name(arch))
     head.cpu()
-    views, n, _ = train_views.shape
+    n, views = len(train), len(train.views)
     if n == 0:
         raise GreenrError("no training images to train the head on", "check splits/train.csv (`dvc repro split`)")
     optimizer = make_optimizer(model, arch, params)  # finetune is frozen: the head's parameters only
@@ -130,23 +250,24 @@ def fit_head(
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
         head.train()
-        order = torch.randperm(n, generator=generator)
-        pick = torch.randint(0, views, (n,), generator=generator)
+        order = torch.randperm(n, generator=generator).numpy()
+        pick = torch.randint(0, views, (n,), generator=generator).numpy()
         total_loss, correct = 0.0, 0
         for start in range(0, n, params.batch_size):
             idx = order[start : start + params.batch_size]
-            logits = head(train_views[pick[idx], idx])
-            loss = F.cross_entropy(logits, train_labels[idx], label_smoothing=params.label_smoothing)
+            labels = train_labels[idx]
+            logits = head(train.take(idx, pick[idx]))
+            loss = F.cross_entropy(logits, labels, label_smoothing=params.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == train_labels[idx]).sum())
+            correct += int((logits.argmax(1) == labels).sum())
         head.eval()
         with torch.no_grad():
-            val_logits = head_logits(head, val_views)
+            val_logits = head_logits(head, val)
         val_loss = F.cross_entropy(val_logits, val_labels).item() if len(val_labels) else math.nan
         val_acc = (val_logits.argmax(1) == val_labels).float().mean().item() if len(val_labels) else math.nan
         seconds = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""The training loop: cached uint8 tensors in, best-epoch model and per-epoch history out."""
+"""The training loop: batches streamed from the shards in, best-epoch model and per-epoch history out."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import contextlib
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,13 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from greenr.data.images import Preprocessing
-from greenr.data.tensors import TensorDataset, normalize
+from greenr.data.images import Preprocessing, flip_view, flip_view_names
+from greenr.data.loader import Samples, batches, plan
+from greenr.data.tensors import normalize
 from greenr.errors import GreenrError
 from greenr.model.architectures import backbone_modules, split_parameters
 from greenr.model.device import use_bf16
-from greenr.model.inference import predict_logits
 from greenr.params import AugmentParams, TrainParams
+from greenr.paths import state_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,22 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return distributed_context()
 
 
-def rank_shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """This rank's share of an epoch's permutation: every example on exactly one rank."""
-    return order if world == 1 else order[rank::world]
+@contextlib.contextmanager
+def shared_temp_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder under the state folder (on the project's disk: a RAM-backed /tmp would
+    count against memory), the same one on every torchrun rank; removed when all are done."""
+    rank, world = distributed_context()
+    holder: list[str | None] = [tempfile.mkdtemp(prefix=f"{prefix}-", dir=state_dir()) if rank == 0 else None]
+    if world > 1:
+        dist.broadcast_object_list(holder, src=0)
+    assert holder[0] is not None
+    try:
+        yield Path(holder[0])
+    finally:
+        if world > 1:
+            dist.barrier()
+        if rank == 0:
+            shutil.rmtree(holder[0], ignore_errors=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -246,40 +263,54 @@ class EpochKeeper:
 
 def train_one_epoch(
     model: nn.Module,
-    data: TensorDataset,
+    data: Samples,
     spec: Preprocessing,
     params: TrainParams,
     arch: str,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
-    generator: torch.Generator,
-    aug_generator: torch.Generator | None = None,
+    epoch: int,
+    aug_generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     bf16: bool = False,
 ) -> tuple[float, float]:
-    """One pass over the training set in a seeded order; returns (mean loss, accuracy).
+    """One pass over the training set in this epoch's seeded order; returns (mean loss, accuracy).
 
-    Data-parallel (`model` wrapped in DistributedDataParallel): every rank draws the same
-    permutation from `generator`, trains on its shard of it in batches of batch_size / world
-    (augmented with its own `aug_generator`), and the returned figures cover all ranks.
+    Batches stream from the shards (greenr.data.loader), decoded in worker processes while the
+    model trains. Data-parallel (`model` wrapped in DistributedDataParallel): each rank trains on
+    its own part of the epoch in batches of batch_size / world, augmented with its own
+    `aug_generator`, and the returned figures cover all ranks.
     """
     rank, world = distributed_context()
     set_train_mode(getattr(model, "module", model), arch, params.finetune)
-    order = rank_shard(torch.randperm(len(data), generator=generator), rank, world)
-    images = data.images.to(device)
-    labels = data.labels.to(device)
-    total_loss, correct = 0.0, 0
+    # Summed on the device: reading a loss back every step would stall a GPU at each batch.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     batch_size = math.ceil(params.batch_size / world)
-    # Shards may differ by one example, hence in batch count: join() keeps the ranks in step.
+    cuda = device.type == "cuda"
+    stream = batches(
+        data,
+        spec.image_size,
+        batch_size,
+        True,
+        params.seed,
+        epoch,
+        rank,
+        world,
+        pin_memory=cuda and not params.gpu_decode,
+        gpu_decode=device if cuda and params.gpu_decode else None,
+    )
+    # Ranks may differ in batch count: join() keeps them in step.
     joined = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
     with joined:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size].to(device)
-            x = normalize(augment(images[idx], params.augment, aug_generator or generator), spec)
-            x, partner, weight = mix_batch(x, params.augment, aug_generator or generator)
+        for batch in stream:
+            images = batch.images.to(device, non_blocking=True)
+            y = batch.labels.to(device, non_blocking=True)
+            x = normalize(augment(images, params.augment, aug_generator), spec)
+            x, partner, weight = mix_batch(x, params.augment, aug_generator)
             if bf16:  # oneDNN's and cuDNN's bf16 convolutions are fastest on NHWC
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=params.label_smoothing)
@@ -292,30 +323,55 @@ def train_one_epoch(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
+            total_loss += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+    totals = torch.stack([total_loss, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
     if world > 1:
-        totals = torch.tensor([total_loss, float(correct)], dtype=torch.float64, device=device)
         dist.all_reduce(totals)
-        total_loss, correct = totals[0].item(), int(totals[1].item())
-    return total_loss / len(data), correct / len(data)
+    total, right, count = totals.tolist()
+    return total / max(count, 1), right / max(count, 1)
+
+
+@torch.inference_mode()
+def predict_samples(
+    model: nn.Module,
+    data: Samples,
+    spec: Preprocessing,
+    device: torch.device,
+    batch_size: int,
+    hflip: bool = False,
+    vflip: bool = False,
+) -> torch.Tensor:
+    """Logits (N, C) on the CPU of every image of `data` (the mean over the flip views of
+    greenr.data.images.flip_view_names), streamed from the shards."""
+    model.eval()
+    out: torch.Tensor | None = None
+    views = flip_view_names(hflip, vflip)
+    for batch in batches(data, spec.image_size, batch_size, pin_memory=device.type == "cuda"):
+        images = batch.images.to(device, non_blocking=True)
+        logits = torch.stack([model(normalize(flip_view(images, v), spec)).float() for v in views]).mean(0).cpu()
+        if out is None:
+            out = torch.empty(len(data), logits.shape[1])
+        out[batch.index] = logits
+    return out if out is not None else torch.empty(0, 0)
 
 
 def validate(
-    model: nn.Module, data: TensorDataset, spec: Preprocessing, device: torch.device, batch_size: int
+    model: nn.Module, data: Samples, spec: Preprocessing, device: torch.device, batch_size: int
 ) -> tuple[float, float]:
-    model.eval()
-    logits = predict_logits(model, data.images, spec, device, batch_size)
-    loss = F.cross_entropy(logits, data.labels).item()
-    acc = (logits.argmax(1) == data.labels).float().mean().item()
+    logits = predict_samples(model, data, spec, device, batch_size)
+    labels = data.label_tensor
+    loss = F.cross_entropy(logits, labels).item()
+    acc = (logits.argmax(1) == labels).float().mean().item()
     return loss, acc
 
 
 def fit(
     model: nn.Module,
     arch: str,
-    train: TensorDataset,
-    val: TensorDataset,
+    train: Samples,
+    val: Samples,
     spec: Preprocessing,
     params: TrainParams,
     device: torch.device,
@@ -326,23 +382,21 @@ def fit(
     model.to(device)
     optimizer = make_optimizer(model, arch, params)
     rank, world = distributed_context()
-    shard = len(range(rank, len(train), world))  # this rank's examples per epoch (rank_shard)
-    scheduler = make_scheduler(optimizer, params, math.ceil(shard / math.ceil(params.batch_size / world)))
+    steps = len(plan(train, math.ceil(params.batch_size / world), True, params.seed, 1, rank, world))
+    scheduler = make_scheduler(optimizer, params, steps)
     bf16 = use_bf16(params.precision, device)
     if bf16:
         model.to(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(params.seed)
     net: nn.Module = model
-    aug_generator = None
+    # Own augmentation per rank; the same initial weights everywhere (DDP broadcasts rank 0's).
+    aug_generator = torch.Generator().manual_seed(params.seed if world == 1 else params.seed * 1000 + rank + 1)
     if world > 1:
-        # Same initial weights everywhere (DDP broadcasts rank 0's), own augmentation per rank.
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        aug_generator = torch.Generator().manual_seed(params.seed * 1000 + rank + 1)
     keeper = EpochKeeper(model, params.select)
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            net, train, spec, params, arch, optimizer, device, generator, aug_generator, scheduler, bf16
+            net, train, spec, params, arch, optimizer, device, epoch, aug_generator, scheduler, bf16
         )
         train_seconds = time.perf_counter() - started
         val_loss, val_acc = validate(model, val, spec, device, params.batch_size)

@@ -26,8 +26,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image
 
-from greenr.data.dataset import Example, read_listed
-from greenr.data.images import decode_image, resize_and_crop
+from greenr.data.dataset import Example
+from greenr.data.images import ImageError, decode_image, resize_and_crop
+from greenr.data.parallel import ordered_map
 from greenr.errors import GreenrError
 
 FORMAT_VERSION = 1
@@ -179,12 +180,26 @@ class DriftReference:
         return cls.parse(text, str(path))
 
 
-def build_reference(rows: Sequence[Example], root: Path, workers: int = 4) -> DriftReference:
+def file_features(path: Path) -> dict[str, float] | str:
+    """image_features of an image file, or why it cannot be read (run in worker processes)."""
+    try:
+        return image_features(decode_image(path))
+    except FileNotFoundError:
+        return "is listed in the split but missing on disk"
+    except ImageError as err:
+        return err.reason
+
+
+def build_reference(rows: Sequence[Example], root: Path, workers: int = 0) -> DriftReference:
     """Reference statistics of the images listed in a split manifest."""
     if not rows:
         raise GreenrError("the training split is empty", "run `dvc repro split` on a non-empty data/")
 
-    measured = read_listed(rows, root, lambda path: image_features(decode_image(path)), workers)
+    measured = []
+    for row, features in zip(rows, ordered_map(file_features, [root / row.path for row in rows], workers, chunk=64)):
+        if isinstance(features, str):
+            raise GreenrError(f"{row.path} {features}", "run `dvc pull` or `dvc repro` to restore data and splits")
+        measured.append(features)
     bins, summary = {}, {}
     for name in FEATURES:
         values = np.array([m[name] for m in measured])

@@ -7,14 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from greenr.data.images import ImageError
 from greenr.errors import GreenrError
 from greenr.ops.inbox import InboxUnavailable, image_suffix
 from serve.deps import BearerDep, FeedbackDep, ModelDep, StateDep
-from serve.feedback import FeedbackService, InboxFull, RateLimited, token_matches
+from serve.errors import clip
+from serve.feedback import FeedbackService, InboxFull, RateLimited, Sent, client_identity, token_matches
 from serve.prediction import STATUS_FOR_KIND, InputError, preprocess, read_upload
 from serve.routes.predict import MULTIPART_OVERHEAD
 from serve.schemas import Error, FeedbackConfig, FeedbackResult, LabelRequest, ReviewItem, ReviewList
@@ -29,7 +30,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": Error, "description": "over the upload size limit"},
     415: {"model": Error, "description": "image format other than JPEG, PNG or WebP"},
     422: {"description": "label (or predicted) is not one of the model's classes, or a field is malformed"},
-    429: {"model": Error, "description": "over FEEDBACK_MAX_PER_HOUR"},
+    429: {
+        "model": Error,
+        "description": "over FEEDBACK_CLIENT_MAX_PER_HOUR (this client) or FEEDBACK_MAX_PER_HOUR (everyone); "
+        "Retry-After says when to try again",
+    },
     503: {"model": Error, "description": "feedback disabled, inbox full, store down, or no model yet"},
 }
 
@@ -39,9 +44,7 @@ async def _inbox_call(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await run_in_threadpool(func, *args, **kwargs)
     except RateLimited as exc:
-        raise HTTPException(
-            429, detail=f"too much feedback: {exc}", headers={"Retry-After": str(int(exc.retry_after) + 1)}
-        ) from None
+        raise HTTPException(429, detail=str(exc), headers={"Retry-After": str(int(exc.retry_after) + 1)}) from None
     except InboxFull as exc:
         raise HTTPException(503, detail=str(exc), headers={"Retry-After": "3600"}) from None
     except InboxUnavailable as exc:
@@ -56,7 +59,9 @@ async def _inbox_call(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def _check_class(name: str, value: str | None, classes: list[str]) -> None:
     if value is not None and value not in classes:
-        raise HTTPException(422, detail=f"{name} {value!r} is not one of the model's classes: {', '.join(classes)}")
+        raise HTTPException(
+            422, detail=f"{name} {clip(value)!r} is not one of the model's classes: {', '.join(classes)}"
+        )
 
 
 def accepting_feedback(state: StateDep, feedback: FeedbackDep, token: BearerDep) -> FeedbackService:
@@ -64,7 +69,7 @@ def accepting_feedback(state: StateDep, feedback: FeedbackDep, token: BearerDep)
     settings = state.settings
     if not settings.feedback:
         raise HTTPException(503, detail="feedback is disabled on this server: set FEEDBACK=on to enable it")
-    if settings.feedback_token and not token_matches(token, settings.feedback_token):
+    if settings.feedback_tokens and not token_matches(token, settings.feedback_tokens):
         raise HTTPException(401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
     return feedback
 
@@ -92,7 +97,7 @@ def build_router(settings: Settings) -> APIRouter:
         """Whether this server takes feedback (and needs a token), and whether review is on."""
         return {
             "enabled": state.settings.feedback,
-            "token_required": bool(state.settings.feedback_token),
+            "token_required": bool(state.settings.feedback_tokens),
             "review_enabled": bool(state.settings.review_token),
         }
 
@@ -107,6 +112,8 @@ def build_router(settings: Settings) -> APIRouter:
         service: AcceptingDep,
         state: StateDep,
         loaded: ModelDep,
+        request: Request,
+        token: BearerDep,
         response: Response,
         file: Annotated[UploadFile, File(description="the image, as sent to /predict")],
         label: Annotated[str, Form(description="what the image shows: one of the model's classes")],
@@ -114,14 +121,21 @@ def build_router(settings: Settings) -> APIRouter:
         confidence: Annotated[float | None, Form(ge=0, le=1, description="the model's confidence")] = None,
         model_sha256: Annotated[str | None, Form(pattern=SHA256, description="checkpoint that predicted")] = None,
     ) -> dict:
-        """Store the image with its true label in the inbox (201; 200 when the same photo was sent before).
+        """Store the image with this client's label in the inbox (201; 200 when it had the photo before).
 
         The image is read and decoded exactly like /predict, with the same limits and 4xx answers.
+        Each client (its token, else its address) counts once per photo and label, and has its
+        own rate limit; re-sending the same photo and label costs none of it.
         """
         _check_class("label", label, loaded.classes)
         _check_class("predicted", predicted, loaded.classes)
+        client = client_identity(request, token, state.settings)
         try:
             data = await read_upload(file, state.settings.max_upload_bytes)
+            resent = await run_in_threadpool(service.resent, client, data, label)  # hashes up to 10 MB
+            if resent is not None:
+                response.status_code = 200
+                return {"id": resent[0], "status": "unchanged", "label": resent[1]}
             await preprocess(state, data, loaded)
             suffix = image_suffix(data)
         except InputError as err:
@@ -130,9 +144,8 @@ def build_router(settings: Settings) -> APIRouter:
             raise HTTPException(STATUS_FOR_KIND.get(err.kind, 400), detail=err.reason) from None
         done = await _inbox_call(
             service.submit,
-            data,
-            limit=service.feedback_limit,
-            label=label,
+            Sent(client, data, label),
+            limits=service.feedback_limits,
             source="feedback",
             predicted=predicted,
             confidence=confidence,
@@ -146,7 +159,8 @@ def build_router(settings: Settings) -> APIRouter:
     async def review_items(
         service: ReviewDep, loaded: ModelDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
     ) -> dict:
-        """Items without a label (uncertain captures, conflicting feedback), oldest first."""
+        """Items that need a reviewer, oldest first: no label (uncertain captures), conflicting votes, or
+        fewer agreeing votes than FEEDBACK_MIN_AGREEING."""
         inbox = await _inbox_call(service.inbox)
         records = await _inbox_call(inbox.to_review, limit)
         items = [
@@ -157,6 +171,7 @@ def build_router(settings: Settings) -> APIRouter:
                 predicted=r.predicted,
                 confidence=r.confidence,
                 labels_given=r.labels_given,
+                votes=r.vote_counts(),
             )
             for r in records
         ]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi import APIRouter, File, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 
 from serve.deps import ModelDep, StateDep
-from serve.prediction import InputError, predict_one
+from serve.errors import clip
+from serve.feedback import client_identity
+from serve.prediction import InputError, predict_bytes, predict_one, read_body
 from serve.schemas import BatchItem, BatchPrediction, Error, Prediction
 from serve.settings import Settings
 
@@ -20,6 +23,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": Error, "description": "image format other than JPEG, PNG or WebP"},
     503: {"model": Error, "description": "no model loaded yet"},
 }
+# Bodies POST /predict takes as the image itself (no multipart encoding to build or parse).
+RAW_TYPES = ("image/jpeg", "image/png", "image/webp")
+RAW_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_TYPES},
+    }
+}
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -28,17 +38,35 @@ def build_router(settings: Settings) -> APIRouter:
     single_limit = settings.max_upload_bytes + MULTIPART_OVERHEAD
     batch_limit = settings.max_batch_files * settings.max_upload_bytes + MULTIPART_OVERHEAD
 
-    @router.post("/predict", response_model=Prediction, responses=ERRORS, max_body_size=single_limit)
+    @router.post(
+        "/predict", response_model=Prediction, responses=ERRORS, max_body_size=single_limit, openapi_extra=RAW_BODY_DOC
+    )
     async def predict(
         state: StateDep,
         loaded: ModelDep,
-        file: Annotated[UploadFile, File(description="a JPEG, PNG or WebP image")],
+        request: Request,
+        file: Annotated[UploadFile | None, File(description="a JPEG, PNG or WebP image")] = None,
     ) -> dict:
-        """Classify one image (multipart field `file`)."""
+        """Classify one image: multipart field `file`, or the image itself as the body with
+        `Content-Type: image/jpeg`, `image/png` or `image/webp` (the cheaper request)."""
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        client = client_identity(request, None, state.settings)
         try:
-            return await predict_one(state, file, loaded)
+            if file is not None:
+                return await predict_one(state, file, loaded, client)
+            if media_type in RAW_TYPES:
+                return await predict_bytes(state, await read_body(request, settings.max_upload_bytes), loaded, client)
         except InputError as err:
             raise HTTPException(err.status, detail=err.detail) from None
+        if media_type.startswith("image/"):
+            state.metrics.input_errors.labels("unsupported").inc()
+            raise HTTPException(
+                415, detail=f"unsupported body type {clip(media_type)}; use one of {', '.join(RAW_TYPES)}"
+            )
+        # Neither: what FastAPI answers for a required field that is missing.
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body", "file"), "msg": "Field required", "input": None}]
+        )
 
     @router.post(
         "/predict/batch",
@@ -50,22 +78,24 @@ def build_router(settings: Settings) -> APIRouter:
     async def predict_batch(
         state: StateDep,
         loaded: ModelDep,
+        request: Request,
         files: Annotated[list[UploadFile], File(description="images, field `files`")],
     ) -> dict:
         """Classify several images; each bad file gets its own error, the others still succeed."""
         if len(files) > settings.max_batch_files:
             raise HTTPException(413, detail=f"{len(files)} files, over the limit of {settings.max_batch_files}")
+        client = client_identity(request, None, state.settings)
 
         async def one(upload: UploadFile) -> dict:
             try:
-                out = await predict_one(state, upload, loaded)
+                out = await predict_one(state, upload, loaded, client)
                 return {
-                    "filename": upload.filename,
+                    "filename": clip(upload.filename),
                     "status": 200,
                     **{k: out[k] for k in ("prediction", "confidence", "probabilities")},
                 }
             except InputError as err:
-                return {"filename": upload.filename, "status": err.status, "error": err.detail}
+                return {"filename": clip(upload.filename), "status": err.status, "error": err.detail}
 
         # All files join the micro-batch queue together, so they share forward passes.
         results = await asyncio.gather(*(one(f) for f in files))

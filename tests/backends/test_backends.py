@@ -15,7 +15,7 @@ import torch
 
 from greenr.backends.base import TOLERANCE, ModelSpec, compare, probabilities, probe_batch
 from greenr.backends.loading import build, load_backend, open_backend
-from greenr.backends.model_file import ONNX_METADATA_KEY, load_model_file, onnx_metadata, read_model
+from greenr.backends.model_file import ONNX_METADATA_KEY, load_model_file, model_format, onnx_metadata, read_model
 from greenr.data.images import load_model_input
 from greenr.errors import GreenrError
 from greenr.hardware import native_bf16
@@ -266,6 +266,15 @@ def test_bad_model_files_are_clear_errors(tmp_path: Path, exported: tuple[Path, 
         load_model_file(tmp_path / "absent.onnx")
     with pytest.raises(GreenrError, match="not a readable checkpoint"):
         read_model(b"PK\x03\x04 garbage", "stage-1.pth")
+
+
+def test_the_format_comes_from_the_bytes_not_from_a_decorated_name(exported: tuple[Path, Path]) -> None:
+    pth, onnx_path = exported
+    onnx_bytes, pth_bytes = onnx_path.read_bytes(), pth.read_bytes()
+    assert model_format("models/stage-1.onnx@HEAD~1", onnx_bytes) == "onnx"
+    assert model_format("models/stage-1.pth@v1", pth_bytes) == "torch"
+    assert model_format("weights.bin", pth_bytes) == "torch" and model_format("m.onnx", b"") == "onnx"
+    assert read_model(onnx_bytes, "models/stage-1.onnx at revision 'v1'").format == "onnx"
 
 
 def test_model_spec_round_trips() -> None:

@@ -44,6 +44,10 @@ def test_a_folder_is_scored_with_the_servers_numbers_and_bad_files_per_row(tmp_p
     out = tmp_path / "predictions.csv"
     summary = score(str(tmp_path / "in"), str(out), model=str(onnx_path), batch_size=2, progress=False)
     assert (summary.listed, summary.skipped, summary.counts) == (6, 0, {OK: 5, BAD_IMAGE: 1, READ_ERROR: 0})
+    # Throughput against the model alone on the run's fullest batch (2 images here).
+    assert summary.seconds > 0 and summary.per_s == pytest.approx(6 / summary.seconds)
+    assert summary.ceiling_per_s > 0 and "batch 2" in summary.backend
+    assert f"{summary.per_s / summary.ceiling_per_s:.2f} of its ceiling" in summary.line(str(out))
     rows = read_rows(out.read_text())
     assert list(rows[0]) == columns(CLASSES)
     by_path = {row["path"]: row for row in rows}

@@ -50,8 +50,8 @@ def local_source(tmp_path: Path, make_dataset, class_jpeg) -> Path:
     (src / "dandelion" / "corrupt.jpg").write_bytes(class_jpeg("dandelion", 99)[:300])
     (src / "grass" / "readme.txt").write_text("not an image\n")
     (src / "grass" / "fake.png").write_bytes(b"<html>not a png</html>")
-    (src / "other").mkdir()  # not a class: ignored
-    (src / "other" / "x.jpg").write_bytes(class_jpeg("grass", 7))
+    (src / ".cache").mkdir()  # hidden: not a class
+    (src / ".cache" / "x.jpg").write_bytes(class_jpeg("grass", 7))
     return src
 
 
@@ -60,9 +60,9 @@ def test_local_copies_good_files_byte_for_byte_and_reports_bad_ones(local_source
     report = ingest(str(local_source), dest, dvc_add=False)
 
     assert report.ok == 8 and len(report.written) == 8 and not report.unchanged
-    assert set(reasons(report)) == {"dandelion/corrupt.jpg", "grass/readme.txt", "grass/fake.png"}
+    assert set(reasons(report)) == {"dandelion/corrupt.jpg", "grass/fake.png"}
     assert "truncated" in reasons(report)["dandelion/corrupt.jpg"]
-    assert "not an image file name" in reasons(report)["grass/readme.txt"]
+    assert report.not_images == 1  # grass/readme.txt: left out, counted
     assert "not a recognised image" in reasons(report)["grass/fake.png"]
     copied = files_under(dest)
     source = files_under(local_source)
@@ -70,7 +70,9 @@ def test_local_copies_good_files_byte_for_byte_and_reports_bad_ones(local_source
     assert all(copied[name] == source[name] for name in copied)
     assert not temp_files(dest)
     summary = report.summary()
-    assert "8 ok (8 written, 0 unchanged), 3 skipped" in summary
+    assert "8 ok (8 written, 0 unchanged), 2 skipped" in summary
+    assert "per class: dandelion 4, grass 4" in summary
+    assert "left out 1 file(s) that are not images" in summary
     assert "skipped dandelion/corrupt.jpg" in summary
 
 
@@ -134,12 +136,38 @@ def test_missing_source_folder_is_a_clear_error(tmp_path: Path):
 
 
 def test_missing_class_folder_is_a_clear_error(local_source: Path, tmp_path: Path):
+    with pytest.raises(GreenrError) as err:
+        ingest(str(local_source), tmp_path / "data", classes=["dandelion", "clover"], dvc_add=False)
+    assert "clover" in err.value.what and "missing" in err.value.what
+    assert "dandelion, clover" in err.value.fix
+    assert not (tmp_path / "data").exists()  # checked before anything is written
+
+
+def test_a_single_class_folder_is_a_clear_error(local_source: Path, tmp_path: Path):
     shutil.rmtree(local_source / "grass")
     with pytest.raises(GreenrError) as err:
         ingest(str(local_source), tmp_path / "data", dvc_add=False)
-    assert "grass" in err.value.what and "missing" in err.value.what
-    assert "dandelion, grass" in err.value.fix
-    assert not (tmp_path / "data").exists()  # checked before anything is written
+    assert "1 class folder(s) (dandelion)" in err.value.what and "2 or more" in err.value.what
+    assert not (tmp_path / "data").exists()
+
+
+def test_any_class_tree_is_copied_with_nested_files(tmp_path: Path, class_jpeg):
+    """Class folders of any name, nested folders inside them, PNG and WebP beside JPEG."""
+    from PIL import Image
+
+    src = tmp_path / "flowers"
+    for index, label in enumerate(("daisy", "rose", "sunflower", "tulip", "zinnia")):
+        (src / label / "2024" / "june").mkdir(parents=True)
+        (src / label / "a.jpg").write_bytes(class_jpeg("dandelion", index))
+        (src / label / "2024" / "june" / "b.jpg").write_bytes(class_jpeg("grass", index))
+        Image.new("RGB", (20, 20), (index * 40, 10, 10)).save(src / label / "c.png")
+        Image.new("RGB", (20, 20), (10, index * 40, 10)).save(src / label / "2024" / "d.webp")
+        (src / label / "notes.md").write_text("not an image")
+    report = ingest(str(src), tmp_path / "data", dvc_add=False)
+    assert report.ok == 20 and not report.skipped and report.not_images == 5
+    assert "per class: daisy 4, rose 4, sunflower 4, tulip 4, zinnia 4" in report.summary()
+    assert (tmp_path / "data" / "rose" / "2024" / "june" / "b.jpg").read_bytes() == class_jpeg("grass", 1)
+    assert ingest(str(src), tmp_path / "data", dvc_add=False).unchanged == report.written
 
 
 def test_empty_class_folder_is_a_clear_error(local_source: Path, tmp_path: Path):
@@ -165,7 +193,7 @@ def test_main_prints_summary_and_uses_data_source_env(
     monkeypatch.setenv("DATA_SOURCE", str(local_source))
     cli.main(["ingest", "--dest", str(tmp_path / "data"), "--no-dvc-add", "--workers", "2"])
     out = capsys.readouterr().out
-    assert "8 ok" in out and "3 skipped" in out and str(local_source) in out
+    assert "8 ok" in out and "2 skipped" in out and str(local_source) in out
 
 
 def test_main_reports_errors_without_traceback(tmp_path: Path, capsys):

@@ -4,10 +4,12 @@ near-duplicates go to their twin's split, and every class stays stratified."""
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -17,6 +19,7 @@ from greenr.data.splitting import (
     Candidate,
     assign_splits,
     near_duplicate_groups,
+    near_duplicate_pairs,
     perceptual_hash,
     previous_assignment,
     rule_of,
@@ -264,3 +267,58 @@ def test_split_stage_keeps_old_images_and_sends_a_resized_copy_to_its_twins_spli
     third = {name: read_manifest(project / "splits" / f"{name}.csv") for name in SPLITS}
     assert counts(third, "dandelion") == {"train": 14, "val": 3, "test": 3}
     assert sum(counts(third, "grass").values()) == 41
+
+
+def test_split_stage_finds_the_classes_and_never_decodes_an_image_twice(tmp_path: Path):
+    """A new class folder joins at its own quotas, every old image keeps its split, the class list
+    follows the folders, and images the manifests list with a hash are not decoded again."""
+    project = copy_project(tmp_path / "p")
+    for label in ("dandelion", "grass"):
+        write_scenes(project / "data" / label, label, range(20))
+    set_params(project, TINY_PARAMS)
+    env = project_env(project, tmp_path / "state")
+    first_run = run([sys.executable, "-m", "stages.split"], project, env)
+    assert "perceptual hashes: 0 known from the manifests, 40 computed" in first_run.stderr
+    assert json.loads((project / "splits" / "classes.json").read_text()) == {"classes": ["dandelion", "grass"]}
+    first = {name: read_manifest(project / "splits" / f"{name}.csv") for name in SPLITS}
+    assert all(len(e.phash) == 16 for rows in first.values() for e in rows)
+
+    write_scenes(project / "data" / "clover", "clover", range(100, 120))  # a class added later
+    (project / "data" / ".thumbnails").mkdir()  # hidden: not a class
+    second_run = run([sys.executable, "-m", "stages.split"], project, env)
+    assert "perceptual hashes: 40 known from the manifests, 20 computed" in second_run.stderr
+    assert json.loads((project / "splits" / "classes.json").read_text()) == {
+        "classes": ["clover", "dandelion", "grass"]
+    }
+    second = {name: read_manifest(project / "splits" / f"{name}.csv") for name in SPLITS}
+    after = split_of(second)
+    assert all(after[e.path] == name for name, rows in first.items() for e in rows)
+    assert counts(second, "clover") == {"train": 14, "val": 3, "test": 3}
+
+    # data.classes in params must name exactly the folders.
+    set_params(project, {"data": {"classes": ["dandelion", "grass"]}})
+    result = run([sys.executable, "-m", "stages.split"], project, env, check=False)
+    assert result.returncode == 2 and "folders not listed: clover" in result.stderr
+
+
+def _clustered_hashes(n: int, seed: int) -> np.ndarray:
+    """n 64-bit hashes in clusters of 10, members 0-10 bits from their centre (pairs up to 20 apart)."""
+    rng = np.random.default_rng(seed)
+    centres = np.repeat(rng.integers(0, 2**63, n // 10, dtype=np.uint64), 10)
+    flips = np.zeros(n, dtype=np.uint64)
+    for i, k in enumerate(rng.integers(0, 11, n)):
+        for bit in rng.choice(64, int(k), replace=False):
+            flips[i] |= np.uint64(1) << np.uint64(int(bit))
+    return centres ^ flips
+
+
+@pytest.mark.parametrize("n", [900, 6000])
+def test_near_duplicate_search_finds_exactly_the_pairs_a_full_comparison_finds(n: int):
+    values = _clustered_hashes(n, seed=n)
+    found = set()
+    for rows, cols in near_duplicate_pairs(values, 8):
+        found.update(zip(rows.tolist(), cols.tolist()))
+    distances = np.bitwise_count(values[:, None] ^ values[None, :])
+    rows, cols = np.nonzero(np.triu(distances <= 8, k=1))
+    assert found == set(zip(rows.tolist(), cols.tolist()))
+    assert len(found) > n  # the clusters make plenty of pairs: the check is not vacuous

@@ -144,7 +144,7 @@ def test_feedback_dag_graph_schedule_and_params(dag_summary) -> None:
     assert dag["tasks"]["gate"]["retries"] == 0 and dag["tasks"]["commit"]["retries"] == 0
     assert dag["tasks"]["accept"]["retries"] >= 1 and dag["tasks"]["push"]["retries"] >= 1
     assert dag["schedule"] == "@hourly" and dag["catchup"] is False
-    assert dag["params"] == {"min_labeled": 50, "force": False}
+    assert dag["params"] == {"min_labeled": 50, "force": False, "trust_feedback": False}
 
 
 class ReloadRecorder(BaseHTTPRequestHandler):
@@ -356,9 +356,10 @@ def test_feedback_dag_accepts_retrains_commits_on_a_branch_and_reloads(airflow_p
         assert states["enough_feedback"] == "success" and states["accept"] == "skipped", states
         assert box.status()["pending"] == 4
 
-        # The drift alert's conf: the loop runs whatever the count.
+        # The drift alert's conf: the loop runs whatever the count; the single votes are taken only
+        # with the DAG's trust_feedback setting.
         loop = subprocess.run(
-            [airflow, "dags", "test", "greenr_feedback", "-c", json.dumps({"reason": "drift"})],
+            [airflow, "dags", "test", "greenr_feedback", "-c", json.dumps({"reason": "drift", "trust_feedback": True})],
             env=af_env,
             capture_output=True,
             text=True,

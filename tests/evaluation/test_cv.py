@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from greenr.data.dataset import Example, file_md5, list_class_images, read_manifest, write_manifest
-from greenr.data.splitting import stratified_split
+from greenr.data.dataset import Example, write_classes
+from greenr.data.shards import read_index
 from greenr.errors import GreenrError
 from greenr.evaluation import cv
 from greenr.hardware import available_cpus, cpu_model, native_bf16
-from greenr.paths import split_manifest
+from greenr.paths import CLASSES_FILE, SHARDS_DIR
 from tests.helpers.project import REPO, set_params
+from tests.helpers.shards import prepare_folder
+
+CLASSES = ["dandelion", "grass"]
 
 
 def rows(n_per_class: int) -> list[Example]:
@@ -61,22 +64,16 @@ def test_overrides_make_one_setting_per_combination() -> None:
 
 @pytest.fixture
 def project(tmp_path: Path, make_dataset, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Generated images with train/val/test manifests; the test images are then made unreadable."""
+    """Generated images, prepared into train/val/test shards; the test shards are then made unreadable."""
     root = tmp_path / "project"
     make_dataset(root / "data", per_class=12, size=40)
     (root / "dvc.yaml").write_text("stages: {}\n")
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     set_params(root, {"train": {"epochs": 3, "batch_size": 8, "feature_views": 1, "num_threads": 2}})
-    examples = [
-        Example(p.relative_to(root).as_posix(), label, file_md5(p))
-        for label, files in list_class_images(root / "data").items()
-        for p in files
-    ]
-    splits = stratified_split(examples, {"train": 0.66, "val": 0.17, "test": 0.17}, seed=0)
-    for name, members in splits.items():
-        write_manifest(root / split_manifest(name), members)
-    for row in splits["test"]:  # CV must never read a test image
-        (root / row.path).write_bytes(b"")
+    write_classes(root / CLASSES_FILE, CLASSES)
+    prepare_folder(root, CLASSES, 64, {"train": 0.66, "val": 0.17, "test": 0.17})
+    for shard in (root / SHARDS_DIR / "test").glob("*.tar"):  # CV must never read a test image
+        shard.write_bytes(b"")
     monkeypatch.setenv("GREENR_ROOT", str(root))
     monkeypatch.chdir(root)
     return root
@@ -91,7 +88,7 @@ def test_cv_scores_each_setting_on_out_of_fold_predictions(project: Path, monkey
     sets = ["model.arch=efficientnet_lite0", "model.image_size=64", "train.lr=0.003,0.03", "train.finetune=frozen"]
     results, pool = cv.cross_validate(sets, folds=4, seed=0, threads=2, progress=False)
     assert len(extractions) == 1, "settings that differ only in the head's lr share one feature extraction"
-    test_images = {row.path for row in read_manifest(project / split_manifest("test"))}
+    test_images = {m.path for m in read_index(project / SHARDS_DIR / "test")}
     assert len(pool) == 20 and test_images and not test_images & {row.path for row in pool}
     assert [r.name for r in results] == [
         "model.arch=efficientnet_lite0 model.image_size=64 train.lr=0.003 train.finetune=frozen",

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from greenr.evaluation.metrics import bootstrap_intervals, classification_metrics, curves
+from greenr.errors import GreenrError
+from greenr.evaluation.metrics import bootstrap_intervals, classification_metrics, curves, positive_index
 
 CLASSES = ["dandelion", "grass"]
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -17,7 +18,7 @@ PROBS = np.stack([P0, 1 - P0], axis=1)
 def test_metrics_match_sklearn_and_a_hand_count():
     out = classification_metrics(LABELS, PROBS, CLASSES, positive=0)
     # predicted dandelion: indices 0, 1, 3, 6 -> 3 right, 1 wrong; 1 dandelion missed (index 2)
-    assert out["confusion_matrix"] == [[3, 1], [1, 5]]
+    assert out["confusion_matrix"] == {"dandelion": {"dandelion": 3, "grass": 1}, "grass": {"dandelion": 1, "grass": 5}}
     assert out["accuracy"] == pytest.approx(0.8)
     assert out["per_class"]["dandelion"] == {"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4}
     grass_p, grass_r = 5 / 6, 5 / 6
@@ -47,11 +48,68 @@ def test_bootstrap_contains_the_point_estimate_and_is_deterministic_per_seed():
 
 
 def test_curves_match_sklearn():
-    out = curves(LABELS, PROBS, positive=0)
+    out = curves(LABELS, PROBS, CLASSES, positive=0)
+    assert list(out) == ["dandelion"]  # two classes: the positive class's curves only
     fpr, tpr, _ = skm.roc_curve(LABELS == 0, P0)
-    assert [p["fpr"] for p in out["roc"]] == pytest.approx(fpr.tolist())
-    assert [p["tpr"] for p in out["roc"]] == pytest.approx(tpr.tolist())
-    assert all(0 <= p["precision"] <= 1 for p in out["prc"])
+    assert [p["fpr"] for p in out["dandelion"]["roc"]] == pytest.approx(fpr.tolist())
+    assert [p["tpr"] for p in out["dandelion"]["roc"]] == pytest.approx(tpr.tolist())
+    assert all(0 <= p["precision"] <= 1 for p in out["dandelion"]["prc"])
+
+
+# Four classes, fixed random probabilities: every figure against scikit-learn.
+RNG = np.random.default_rng(5)
+N_CLASSES = ["ash", "birch", "cedar", "douglas-fir"]
+N_LABELS = np.repeat(np.arange(4), 12)
+N_LOGITS = RNG.normal(size=(48, 4)) + 1.5 * np.eye(4)[N_LABELS]
+N_PROBS = np.exp(N_LOGITS) / np.exp(N_LOGITS).sum(1, keepdims=True)
+
+
+def test_n_class_metrics_match_sklearn():
+    out = classification_metrics(N_LABELS, N_PROBS, N_CLASSES, positive=0)
+    preds = N_PROBS.argmax(1)
+    assert out["accuracy"] == pytest.approx(skm.accuracy_score(N_LABELS, preds), abs=1e-6)
+    p, r, f, support = skm.precision_recall_fscore_support(N_LABELS, preds, zero_division=0)
+    for i, name in enumerate(N_CLASSES):
+        assert out["per_class"][name] == pytest.approx(
+            {"precision": p[i], "recall": r[i], "f1": f[i], "support": support[i]}, abs=1e-6
+        )
+    assert out["macro"]["f1"] == pytest.approx(skm.f1_score(N_LABELS, preds, average="macro"), abs=1e-6)
+    assert out["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(N_LABELS, N_PROBS, multi_class="ovr", average="macro"), abs=1e-6
+    )
+    assert out["log_loss"] == pytest.approx(skm.log_loss(N_LABELS, N_PROBS), abs=1e-6)
+    matrix = skm.confusion_matrix(N_LABELS, preds)
+    assert out["confusion_matrix"] == {
+        a: {b: int(matrix[i, j]) for j, b in enumerate(N_CLASSES)} for i, a in enumerate(N_CLASSES)
+    }
+    # One class missing from the test set: no macro AUC rather than a wrong one.
+    keep = N_LABELS != 2
+    assert classification_metrics(N_LABELS[keep], N_PROBS[keep], N_CLASSES, positive=0)["roc_auc"] is None
+
+
+def test_n_class_curves_are_one_vs_rest_per_class():
+    out = curves(N_LABELS, N_PROBS, N_CLASSES, positive=0)
+    assert list(out) == N_CLASSES
+    for i, name in enumerate(N_CLASSES):
+        fpr, tpr, _ = skm.roc_curve(N_LABELS == i, N_PROBS[:, i])
+        assert [p["fpr"] for p in out[name]["roc"]] == pytest.approx(fpr.tolist(), abs=1e-6)
+        assert [p["tpr"] for p in out[name]["roc"]] == pytest.approx(tpr.tolist(), abs=1e-6)
+
+
+def test_per_class_keys_stay_put_when_a_class_is_added():
+    """`dvc metrics diff` compares keys: adding a class must not move the others' figures."""
+    two = classification_metrics(LABELS, PROBS, CLASSES, positive=0)
+    three_probs = np.concatenate([PROBS * 0.99, np.full((len(LABELS), 1), 0.01)], axis=1)
+    three = classification_metrics(LABELS, three_probs, [*CLASSES, "clover"], positive=0)
+    assert three["per_class"]["dandelion"] == two["per_class"]["dandelion"]
+    assert three["confusion_matrix"]["grass"]["dandelion"] == two["confusion_matrix"]["grass"]["dandelion"]
+
+
+def test_positive_class_defaults_to_the_first_and_must_be_a_class():
+    assert positive_index(["b", "a"], None) == 0
+    assert positive_index(["b", "a"], "a") == 1
+    with pytest.raises(GreenrError, match="not one of the classes"):
+        positive_index(["b", "a"], "c")
 
 
 def test_reliability_bins_and_ece_by_hand() -> None:

@@ -23,7 +23,8 @@ def _write_plots(root: Path) -> None:
         + ["data/g/0.jpg,grass,dandelion", "data/g/1.jpg,grass,grass"]
     )
     (plots / "evaluate" / "confusion.csv").write_text("\n".join(rows) + "\n")
-    (plots / "evaluate" / "roc.csv").write_text("fpr,tpr,threshold\n0,0,1\n0.1,0.8,0.5\n1,1,0\n")
+    (plots / "evaluate" / "roc").mkdir()
+    (plots / "evaluate" / "roc" / "dandelion.csv").write_text("fpr,tpr,threshold\n0,0,1\n0.1,0.8,0.5\n1,1,0\n")
 
 
 def test_report_has_right_deltas_and_is_valid_markdown(metrics_repo, env_for) -> None:
@@ -49,6 +50,20 @@ def test_report_has_right_deltas_and_is_valid_markdown(metrics_repo, env_for) ->
         assert (root / "reports" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_shows_the_rows_of_a_class_added_since_the_base(metrics_repo, env_for) -> None:
+    candidate = evaluate_metrics(0.93, 0.92)
+    candidate["per_class"]["clover"] = {"precision": 0.9, "recall": 0.8, "f1": 0.847, "support": 10}
+    for row in candidate["confusion_matrix"].values():
+        row["clover"] = 0
+    candidate["confusion_matrix"]["clover"] = {"dandelion": 1, "grass": 1, "clover": 8}
+    root = metrics_repo(evaluate_metrics(0.90, 0.88), candidate)
+    run([str(VENV_BIN / "greenr"), "report", "--base", "HEAD~1", "--no-plots"], root, env_for(root))
+    text = (root / "reports" / "pr.md").read_text()
+    assert "| metrics/evaluate.json | per_class.clover.f1 | – | 0.8470 |" in text
+    assert "| metrics/evaluate.json | per_class.dandelion.f1 |" in text
+    assert "confusion_matrix" not in text  # matrices are a plot, not 9 table rows
+
+
 def test_report_with_a_missing_base_is_a_clear_error(metrics_repo, env_for) -> None:
     root = metrics_repo(evaluate_metrics(0.90, 0.88), evaluate_metrics(0.95, 0.94))
     done = run(
@@ -63,7 +78,9 @@ def test_report_plots_put_the_base_beside_this_change(metrics_repo, env_for) -> 
     _write_plots(root)
     git(root, "add", "plots")
     git(root, "commit", "-qm", "plots")
-    (root / "plots" / "evaluate" / "roc.csv").write_text("fpr,tpr,threshold\n0,0,1\n0.05,0.9,0.5\n1,1,0\n")
+    (root / "plots" / "evaluate" / "roc" / "dandelion.csv").write_text(
+        "fpr,tpr,threshold\n0,0,1\n0.05,0.9,0.5\n1,1,0\n"
+    )
 
     def report(base: str) -> tuple[str, dict[str, tuple[int, int]]]:
         out = root / "reports" / base.replace("~", "-")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from greenr.data.dataset import CLASSES
 from greenr.ops.inbox import ACCEPTED, Inbox, S3Backend, data_version, sha256_of
 from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.processes import process_tree
 from tests.helpers.project import init_project, point_remote_at, project_env, run
 from tests.helpers.s3 import remote_for, running_s3
+from tests.helpers.serving import CLASSES
 
 pytestmark = pytest.mark.e2e
 PER_CLASS = 10  # images in the project's data before the inbox adds its own
@@ -37,7 +37,7 @@ def test_inbox_accept_killed_midway_then_rerun_completes(tmp_path: Path, kill_at
             box.submit(data, label=CLASSES[i % 2])
 
         accept = subprocess.Popen(
-            ["greenr", "inbox", "accept"],
+            ["greenr", "inbox", "accept", "--trust-feedback"],  # single votes: the faults are under test
             cwd=project,
             env=env,
             stdout=subprocess.PIPE,
@@ -66,7 +66,7 @@ def test_inbox_accept_killed_midway_then_rerun_completes(tmp_path: Path, kill_at
         else:
             assert accepted and pending, "the kill was meant to fall between two moves"
 
-        rerun = run(["greenr", "inbox", "accept"], project, env)  # the documented re-run
+        rerun = run(["greenr", "inbox", "accept", "--trust-feedback"], project, env)  # the documented re-run
         assert "pushed to the DVC remote" in rerun.stdout, rerun.stdout
         status = box.status()
         assert (status["pending"], status["accepted"], status["orphans"]) == (0, items, 0)

@@ -27,7 +27,7 @@ import yaml
 
 from greenr.model import checkpoint
 from greenr.ops import objectstore
-from greenr.paths import EVALUATE_METRICS, MODEL_PATH
+from greenr.paths import EVALUATE_METRICS, MODEL_PATH, SHARDS_DIR
 from greenr.processes import free_port
 from tests.helpers.processes import parent_pid, port_closed, process_tree, spawn, still_running, wait_for_tree
 from tests.helpers.project import TINY_PARAMS, VENV_BIN, init_project, point_remote_at, project_env, run, set_params
@@ -149,7 +149,12 @@ def _assert_consistent(ws: Workspace, pushed_before: dict[str, str]) -> None:
     lock = yaml.safe_load((ws.project / "dvc.lock").read_text())
     for stage in lock["stages"].values():
         for out in stage.get("outs", []):
-            assert _md5(ws.project / out["path"]) == out["md5"], f"{out['path']} differs from dvc.lock"
+            if out["md5"].endswith(".dir"):  # a directory output (the shards): its listing in DVC's cache
+                listing = ws.project / ".dvc" / "cache" / "files" / "md5" / out["md5"][:2] / out["md5"][2:]
+                recorded = {entry["relpath"]: entry["md5"] for entry in json.loads(listing.read_text())}
+                assert _tree_md5s(ws.project / out["path"]) == recorded, f"{out['path']} differs from dvc.lock"
+            else:
+                assert _md5(ws.project / out["path"]) == out["md5"], f"{out['path']} differs from dvc.lock"
     checkpoint.load(ws.project / MODEL_PATH)
     json.loads((ws.project / EVALUATE_METRICS).read_text())
 
@@ -169,6 +174,7 @@ def _assert_consistent(ws: Workspace, pushed_before: dict[str, str]) -> None:
         shutil.copy(ws.project / ".dvc" / "config.local", clone / ".dvc" / "config.local")
         ws.dvc("pull", cwd=clone)
     assert _tree_md5s(clone / "data") == _tree_md5s(ws.project / "data")
+    assert _tree_md5s(clone / SHARDS_DIR) == _tree_md5s(ws.project / SHARDS_DIR)
     assert _md5(clone / MODEL_PATH) == _md5(ws.project / MODEL_PATH)
 
 

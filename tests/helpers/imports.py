@@ -51,8 +51,9 @@ def project_imports(root: Path, script: Path) -> set[Path]:
 
 
 def stage_dep_problems(root: Path, dvc_yaml: dict) -> dict[str, list[str]]:
-    """Per stage run as `python -m stages.X`: project files it imports that its `deps` lack, and
-    `deps` under greenr/ or stages/ that do not exist (empty lists everywhere = all good)."""
+    """Per stage run as `python -m stages.X`: project files it imports that its `deps` lack (a
+    listed folder covers every file in it), and `deps` under greenr/ or stages/ that do not exist
+    (empty lists everywhere = all good)."""
     problems: dict[str, list[str]] = {}
     for name, stage in (dvc_yaml.get("stages") or {}).items():
         cmd = stage.get("cmd", "")
@@ -61,8 +62,12 @@ def stage_dep_problems(root: Path, dvc_yaml: dict) -> dict[str, list[str]]:
         script = root / "stages" / f"{cmd.split('stages.', 1)[1].split()[0]}.py"
         deps = set(stage.get("deps") or [])
         needed = {script} | project_imports(root, script)
-        missing = sorted(p.relative_to(root).as_posix() for p in needed if p.relative_to(root).as_posix() not in deps)
-        stale = sorted(d for d in deps if d.startswith(("greenr/", "stages/")) and not (root / d).is_file())
+        missing = sorted(
+            rel
+            for rel in (p.relative_to(root).as_posix() for p in needed)
+            if not any(rel == d or rel.startswith(f"{d.rstrip('/')}/") for d in deps)
+        )
+        stale = sorted(d for d in deps if d.startswith(("greenr/", "stages/")) and not (root / d).exists())
         problems[name] = [f"imports {m} but does not list it in deps" for m in missing] + [
             f"lists {s} in deps, which does not exist" for s in stale
         ]

@@ -134,7 +134,7 @@ def evaluate_metrics(accuracy: float, f1: float, interval: tuple[float, float] =
             "dandelion": {"precision": f1, "recall": f1, "f1": f1, "support": 30},
             "grass": {"precision": f1, "recall": f1, "f1": f1, "support": 30},
         },
-        "confusion_matrix": [[27, 3], [3, 27]],
+        "confusion_matrix": {"dandelion": {"dandelion": 27, "grass": 3}, "grass": {"dandelion": 3, "grass": 27}},
         "bootstrap": {"confidence": 0.95, "samples": 1000, "accuracy": list(interval), "macro_f1": list(interval)},
     }
 

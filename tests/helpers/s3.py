@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,3 +102,14 @@ def running_s3(folder: Path, bucket: str = "greenr") -> Iterator[S3Server]:
 def remote_for(endpoint: str, bucket: str) -> Remote:
     """The DVC remote `minio` of a project pointed at this test server's `bucket`."""
     return Remote("minio", bucket, "dvc", endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)
+
+
+def dvc_project(root: Path, endpoint: str) -> Path:
+    """A bare DVC project whose default remote `minio` is the S3 server at `endpoint` (for the inbox)."""
+    root.mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
+    subprocess.run([*dvc, "remote", "add", "-d", "minio", "s3://greenr/dvc"], cwd=root, check=True)
+    subprocess.run([*dvc, "remote", "modify", "minio", "endpointurl", endpoint], cwd=root, check=True)
+    (root / "params.yaml").write_text("{}\n")
+    return root

@@ -8,34 +8,44 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from greenr.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from greenr.data.tensors import TensorDataset
 from greenr.model.architectures import build_model
 from greenr.model.training import fit, init_distributed, seed_everything
 from greenr.params import AugmentParams, TrainParams
+from tests.helpers.shards import write_arrays
 
-N_TRAIN = 21  # odd on purpose: the two shards differ in size
+N_TRAIN = 21  # odd on purpose: the two ranks' shares differ in size
 SIZE = 32
+CLASSES = ["a", "b"]
 
 
-def stamped_images(n: int, seed: int) -> torch.Tensor:
-    """Random images whose top-left red pixel is the example's index."""
-    images = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+STAMP = 8  # the index is stamped as a flat grey 8x8 block (one JPEG block: it survives the encoding)
+
+
+def stamped_images(n: int, seed: int) -> np.ndarray:
+    """Random images whose top-left 8x8 block has the grey level STAMP * index."""
+    images = np.random.default_rng(seed).integers(0, 256, (n, 3, SIZE, SIZE), dtype=np.uint8)
+    images[:, :, :8, :8] = (np.arange(n, dtype=np.uint8) * STAMP)[:, None, None, None]
     return images
 
 
 def main() -> None:
     out = Path(sys.argv[1])
+    shard = int(sys.argv[2])  # images per shard
     device = torch.device("cpu")
     rank, world = init_distributed(device)
     torch.set_num_threads(1)
     seed_everything(0)
     spec = Preprocessing(image_size=SIZE)
-    train = TensorDataset(stamped_images(N_TRAIN, 1), torch.arange(N_TRAIN) % 2, [f"t{i}" for i in range(N_TRAIN)])
-    val = TensorDataset(stamped_images(6, 2), torch.arange(6) % 2, [f"v{i}" for i in range(6)])
+    # Every rank writes the same shards into a folder of its own: ranks need no shared disk.
+    data = out / f"data-rank{rank}"
+    train = write_arrays(
+        data, "train", stamped_images(N_TRAIN, 1), [CLASSES[i % 2] for i in range(N_TRAIN)], CLASSES, shard
+    )
+    val = write_arrays(data, "val", stamped_images(6, 2), [CLASSES[i % 2] for i in range(6)], CLASSES)
     params = TrainParams(
         epochs=2,
         finetune="full",
@@ -53,7 +63,7 @@ def main() -> None:
         if module.training:  # training batches only, not validation
             x = inputs[0][:, 0, 0, 0].float()
             pixel = x * IMAGENET_STD[0] * 255 + IMAGENET_MEAN[0] * 255
-            seen.extend(int(v) for v in pixel.round().tolist())
+            seen.extend(int(v) for v in (pixel / STAMP).round().tolist())
 
     model.conv1.register_forward_pre_hook(record)
     result = fit(model, "resnet18", train, val, spec, params, device)

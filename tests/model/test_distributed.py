@@ -7,12 +7,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from greenr.processes import free_ports
 from tests.helpers.project import REPO
 from tests.model.ddp_worker import N_TRAIN
 
 
-def test_two_ranks_train_one_model(tmp_path) -> None:
+@pytest.mark.parametrize("shard_images", [1000, 4])
+def test_two_ranks_train_one_model(tmp_path, shard_images: int) -> None:
+    """One shard: the ranks split it image by image; six shards: each rank reads its own shards."""
     (port,) = free_ports()
     env = os.environ | {"GREENR_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
@@ -26,6 +30,7 @@ def test_two_ranks_train_one_model(tmp_path) -> None:
             f"--master-port={port}",
             str(REPO / "tests/model/ddp_worker.py"),
             str(tmp_path),
+            str(shard_images),
         ],
         cwd=REPO,
         env=env,
@@ -47,7 +52,8 @@ def test_two_ranks_train_one_model(tmp_path) -> None:
     for rank_seen in per_rank:
         assert rank_seen, "a rank trained on nothing"
     shard_sizes = [len(s) // epochs for s in per_rank]
-    assert sorted(shard_sizes) == [N_TRAIN // 2, N_TRAIN - N_TRAIN // 2]
+    # 21 images: one shard split image by image (10 + 11), or shards of 4 dealt in turn (12 + 9).
+    assert sorted(shard_sizes) == ([N_TRAIN // 2, N_TRAIN - N_TRAIN // 2] if shard_images > N_TRAIN else [9, 12])
     for epoch in range(epochs):
         epoch_seen = []
         for rank_seen, size in zip(per_rank, shard_sizes, strict=True):

@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from greenr.data.images import Preprocessing, load_model_input, to_uint8_array
-from greenr.data.tensors import TensorDataset, normalize
+from greenr.data.tensors import normalize
 from greenr.errors import GreenrError
 from greenr.model import checkpoint
 from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
@@ -71,7 +71,9 @@ def test_auto_defaults_per_arch() -> None:
     assert resolve_finetune("efficientnet_lite0", True, "discriminative") == "discriminative"
 
 
-def test_frozen_backbone_keeps_weights_and_batchnorm_statistics() -> None:
+def test_frozen_backbone_keeps_weights_and_batchnorm_statistics(tmp_path) -> None:
+    from tests.helpers.shards import write_arrays
+
     torch.manual_seed(0)
     model = build_model("efficientnet_lite0", 2, pretrained=True)
     params = TrainParams(finetune="frozen", epochs=1, batch_size=4)
@@ -80,9 +82,8 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics() -> None:
     assert batchnorms and not any(m.training for m in batchnorms)
     assert model._fc.training and model._fc[0].training  # the head's dropout stays on
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("_fc.")}
-    data = TensorDataset(
-        torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8), torch.tensor([0, 1] * 4), [f"x{i}" for i in range(8)]
-    )
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8).numpy()
+    data = write_arrays(tmp_path, "train", images, ["a", "b"] * 4, ["a", "b"])
     spec = get_arch("efficientnet_lite0").preprocessing(64)
     head_before = model._fc[1].weight.clone()
     optimizer = make_optimizer(model, "efficientnet_lite0", params)
@@ -94,6 +95,7 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics() -> None:
         "efficientnet_lite0",
         optimizer,
         torch.device("cpu"),
+        1,
         torch.Generator().manual_seed(0),
     )
     after = model.state_dict()
@@ -148,7 +150,7 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.
         "PYTHONPATH": str(repo),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
-    for stage in ("split", "train", "evaluate"):
+    for stage in ("split", "prepare", "train", "evaluate"):
         run([sys.executable, "-m", f"stages.{stage}"], repo, env)
     ckpt = checkpoint.load(repo / "models" / "stage-1.pth")
     assert ckpt.arch == "efficientnet_lite0"

@@ -3,17 +3,20 @@ stays the released ImageNet weights, and the run is reproducible."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
-from greenr.data.dataset import Example, file_md5, list_class_images
 from greenr.data.images import flip_view_names
-from greenr.data.splitting import stratified_split
-from greenr.data.tensors import TensorDataset, load_tensors
+from greenr.data.loader import Samples, batches
 from greenr.model import frozen
 from greenr.model.architectures import build_model
 from greenr.model.recipe import Recipe, frozen_features, resolve, train_classifier
+from greenr.model.training import predict_samples
 from greenr.params import ModelParams, TrainParams
+from tests.helpers.shards import prepare_folder
 
 CPU = torch.device("cpu")
 
@@ -35,30 +38,46 @@ def recipe(**train: object) -> Recipe:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> dict[str, TensorDataset]:
+def data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> dict[str, Samples]:
     root = tmp_path_factory.mktemp("repo")
     make_dataset(root / "data", per_class=16, size=64)
-    rows = [
-        Example(p.relative_to(root).as_posix(), label, file_md5(p))
-        for label, files in list_class_images(root / "data").items()
-        for p in files
-    ]
-    split = stratified_split(rows, {"train": 0.5, "val": 0.375, "test": 0.125}, seed=0)
-    spec = recipe().spec
-    return {name: load_tensors(split[name], root, spec, workers=2) for name in ("train", "val")}
+    fractions = {"train": 0.5, "val": 0.375, "test": 0.125}
+    return prepare_folder(root, ["dandelion", "grass"], recipe().spec.image_size, fractions, shard_images=5)
+
+
+def first_images(samples: Samples, n: int) -> torch.Tensor:
+    return next(iter(batches(samples, recipe().spec.image_size, n))).images
 
 
 def test_views_are_the_centre_its_mirror_and_seeded_augmentations(data) -> None:
-    images = data["train"].images[:4]
+    images = first_images(data["train"], 4)
+    aug = recipe().train.augment
     assert frozen.training_views(2) == ["centre", "hflip", "aug1", "aug2"]
-    assert torch.equal(frozen.view_images(images, "hflip", recipe().train.augment, 0), images.flip(-1).float())
+    assert torch.equal(frozen.view_images(images, "hflip", aug, None), images.flip(-1).float())
     assert flip_view_names(True, True) == ["centre", "hflip", "vflip", "hvflip"]
     assert flip_view_names(False, True) == ["centre", "vflip"]
-    both = frozen.view_images(images, "hvflip", recipe().train.augment, 0)
+    both = frozen.view_images(images, "hvflip", aug, None)
     assert torch.equal(both, images.flip(-1).flip(-2).float())
-    one = frozen.view_images(images, "aug1", recipe().train.augment, 0)
-    assert torch.equal(one, frozen.view_images(images, "aug1", recipe().train.augment, 0))
-    assert not torch.equal(one, frozen.view_images(images, "aug2", recipe().train.augment, 0))
+    one = frozen.view_images(images, "aug1", aug, frozen.view_generator(0, "aug1", 0))
+    assert torch.equal(one, frozen.view_images(images, "aug1", aug, frozen.view_generator(0, "aug1", 0)))
+    assert not torch.equal(one, frozen.view_images(images, "aug2", aug, frozen.view_generator(0, "aug2", 0)))
+    assert not torch.equal(one, frozen.view_images(images, "aug1", aug, frozen.view_generator(0, "aug1", 1)))
+
+
+def test_features_do_not_depend_on_the_extraction_batch_size(data, tmp_path: Path) -> None:
+    """Augmented views are drawn per fixed block of images: any batch size gives the same file."""
+    torch.set_num_threads(2)
+    r = recipe()
+    model = build_model(r.arch, 2, pretrained=True)
+    views = frozen.training_views(2)
+    args = (model, r.arch, data["train"], r.spec, views, r.train.augment, 3, CPU)
+    small = frozen.extract(*args, tmp_path / "a.npy", batch_size=64)
+    large = frozen.extract(*args, tmp_path / "b.npy", batch_size=128)
+    assert small.array.shape == (len(data["train"]), len(views), 1280)
+    assert small.array.dtype == np.float16
+    assert np.array_equal(np.asarray(small.array), np.asarray(large.array))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        frozen.extract(*args, tmp_path / "c.npy", batch_size=48)
 
 
 def test_the_head_learns_on_cached_features_and_the_backbone_stays_as_released(data) -> None:
@@ -72,20 +91,18 @@ def test_the_head_learns_on_cached_features_and_the_backbone_stays_as_released(d
     assert backbone and all(torch.equal(state[k], released[k]) for k in backbone)
     assert 0.05 <= trained.temperature <= 20
     # What the full model computes from pixels is what the head was validated on.
-    with torch.inference_mode():
-        from greenr.model.inference import predict_logits
-
-        logits = predict_logits(trained.model, data["val"].images, recipe().spec)
-    assert (logits.argmax(1) == data["val"].labels).float().mean() == pytest.approx(trained.fitted.history[-1].val_acc)
+    logits = predict_samples(trained.model, data["val"], recipe().spec, CPU, 16)
+    accuracy = (logits.argmax(1) == data["val"].label_tensor).float().mean()
+    assert accuracy == pytest.approx(trained.fitted.history[-1].val_acc)
 
 
-def test_reusing_precomputed_features_gives_the_same_model(data) -> None:
+def test_reusing_precomputed_features_gives_the_same_model(data, tmp_path: Path) -> None:
     torch.set_num_threads(2)
     r = recipe(epochs=3)
     first = train_classifier(r, 2, data["train"], data["val"], CPU)
     model = build_model(r.arch, 2, pretrained=True)
-    features = frozen_features(model, r, data["train"].images, data["val"].images, CPU)
-    assert features.train.shape[:2] == (4, len(data["train"])) and features.val.shape[0] == 1
+    features = frozen_features(model, r, data["train"], data["val"], CPU, tmp_path)
+    assert features.train.array.shape[:2] == (len(data["train"]), 4) and features.val.array.shape[1] == 1
     second = train_classifier(r, 2, data["train"], data["val"], CPU, features=features)
     assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
     assert first.temperature == second.temperature

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greenr.data.dataset import Example, file_md5, list_class_images
-from greenr.data.splitting import stratified_split
-from greenr.data.tensors import TensorDataset, load_tensors
+from greenr.data.loader import Samples
 from greenr.hardware import native_bf16
 from greenr.model.architectures import build_model, get_arch
 from greenr.model.device import use_bf16
 from greenr.model.training import FitResult, fit, seed_everything
 from greenr.params import AugmentParams, TrainParams
+from tests.helpers.shards import prepare_folder
 
 ARCH = "resnet18"
 SPEC = get_arch(ARCH).preprocessing(32)
@@ -29,27 +28,21 @@ PARAMS = TrainParams(
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> dict[str, TensorDataset]:
-    """Yellow blobs vs green noise, 30 per class at 40 px, split 60/30/10."""
+def data(tmp_path_factory: pytest.TempPathFactory, make_dataset) -> dict[str, Samples]:
+    """Yellow blobs vs green noise, 30 per class at 40 px, split 60/30/10, prepared into shards."""
     root = tmp_path_factory.mktemp("repo")
     make_dataset(root / "data", per_class=30, size=40)
-    rows = [
-        Example(p.relative_to(root).as_posix(), label, file_md5(p))
-        for label, files in list_class_images(root / "data").items()
-        for p in files
-    ]
-    split = stratified_split(rows, {"train": 0.6, "val": 0.3, "test": 0.1}, seed=0)
-    return {name: load_tensors(split[name], root, SPEC, workers=2) for name in ("train", "val")}
+    return prepare_folder(root, ["dandelion", "grass"], SPEC.image_size, shard_images=8)
 
 
-def train(data: dict[str, TensorDataset]) -> FitResult:
+def train(data: dict[str, Samples]) -> FitResult:
     seed_everything(PARAMS.seed)
     torch.manual_seed(PARAMS.seed)
     model = build_model(ARCH, 2, pretrained=False)
     return fit(model, ARCH, data["train"], data["val"], SPEC, PARAMS, torch.device("cpu"))
 
 
-def test_fit_learns_and_is_reproducible_with_the_same_seed(data: dict[str, TensorDataset]):
+def test_fit_learns_and_is_reproducible_with_the_same_seed(data: dict[str, Samples]):
     torch.set_num_threads(2)
     first, second = train(data), train(data)
 
@@ -86,7 +79,7 @@ def test_schedules_step_per_batch_and_anneal_to_almost_zero(schedule: str) -> No
     assert make_scheduler(optimizer, PARAMS, steps_per_epoch=5) is None  # constant
 
 
-def test_select_last_keeps_the_final_epoch(data: dict[str, TensorDataset]) -> None:
+def test_select_last_keeps_the_final_epoch(data: dict[str, Samples]) -> None:
     params = PARAMS.model_copy(update={"select": "last", "epochs": 2, "schedule": "cosine", "label_smoothing": 0.1})
     seed_everything(params.seed)
     result = fit(build_model(ARCH, 2), ARCH, data["train"], data["val"], SPEC, params, torch.device("cpu"))
@@ -101,7 +94,7 @@ def test_precision_auto_means_bf16_only_where_the_cpu_has_it() -> None:
     assert use_bf16("auto", cpu) is native_bf16()
 
 
-def test_forced_bf16_trains_on_any_cpu(data: dict[str, TensorDataset]) -> None:
+def test_forced_bf16_trains_on_any_cpu(data: dict[str, Samples]) -> None:
     """bf16 autocast + channels_last: emulated (slow) without native bf16, but it must run."""
     params = PARAMS.model_copy(update={"precision": "bf16", "epochs": 2})
     seed_everything(params.seed)
@@ -111,7 +104,7 @@ def test_forced_bf16_trains_on_any_cpu(data: dict[str, TensorDataset]) -> None:
 
 
 @pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AMX or AVX512-BF16): auto stays fp32")
-def test_auto_precision_on_a_bf16_cpu_learns_and_is_reproducible(data: dict[str, TensorDataset]) -> None:
+def test_auto_precision_on_a_bf16_cpu_learns_and_is_reproducible(data: dict[str, Samples]) -> None:
     params = PARAMS.model_copy(update={"precision": "auto"})
     runs = []
     for _ in range(2):
@@ -121,7 +114,7 @@ def test_auto_precision_on_a_bf16_cpu_learns_and_is_reproducible(data: dict[str,
     assert [s.row() for s in runs[0].history] == [s.row() for s in runs[1].history]
 
 
-def test_batch_mixing_still_learns_and_changes_the_run(data: dict[str, TensorDataset]) -> None:
+def test_batch_mixing_still_learns_and_changes_the_run(data: dict[str, Samples]) -> None:
     mixed_augment = PARAMS.augment.model_copy(update={"mixup": 0.2, "cutmix": 1.0})
     params = PARAMS.model_copy(update={"augment": mixed_augment, "epochs": 6})
     seed_everything(params.seed)

@@ -1,8 +1,9 @@
 """The loop, end to end, with the real local object store, a real server process and the real CLI:
 
 feedback for several photos (a duplicate and bad inputs among them) -> inbox objects in the store ->
-`greenr inbox accept` -> a new data version in which the old images keep their split -> `dvc repro`
-retrains -> the promotion gate -> `POST /model/reload` -> /model shows the new checkpoint.
+`greenr inbox accept` (which leaves single votes alone; `--trust-feedback` takes them) -> a new data
+version in which the old images keep their split -> `dvc repro` retrains -> the promotion gate ->
+`POST /model/reload` -> /model shows the new checkpoint.
 """
 
 from __future__ import annotations
@@ -82,9 +83,15 @@ def test_feedback_becomes_the_next_data_version_and_the_next_model(tmp_path: Pat
                 keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="greenr", Prefix="inbox/")["Contents"]]
                 expected = {hashlib.sha256(d).hexdigest() for d, _ in photos} | {hashlib.sha256(in_data).hexdigest()}
                 assert {Path(k).stem for k in keys if k.startswith("inbox/pending/")} == expected
-                assert len(keys) == 2 * len(expected)  # each: its image and its record
+                # Each: its image, its record, and a review marker (one vote is fewer than 3 agreeing).
+                assert len(keys) == 3 * len(expected)
+                assert {Path(k).name for k in keys if k.startswith("inbox/review/")} == expected
 
-                accepted = run(["greenr", "inbox", "accept"], project, env)
+                # One vote each, from one client: the default trust policy leaves them all for review.
+                waiting = run(["greenr", "inbox", "accept"], project, env)
+                assert "nothing to accept" in waiting.stdout and f"skipped {len(expected)} item(s)" in waiting.stdout
+                assert data_version(project) == version_before
+                accepted = run(["greenr", "inbox", "accept", "--trust-feedback"], project, env)
                 assert f"accepted {len(expected)} item(s): {len(photos)} new image(s) in data/, 1 already there" in (
                     accepted.stdout
                 ), accepted.stdout + accepted.stderr

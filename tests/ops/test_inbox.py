@@ -1,34 +1,42 @@
 """The inbox (greenr/ops/inbox.py) in a local folder and in a real S3 server, and `accept` into a real
-DVC project: idempotent, content-addressed, nothing lost when a step fails, a re-run completes the job."""
+DVC project: idempotent, content-addressed, nothing lost when a step fails, a re-run completes the job;
+votes attributed and never lost to concurrent writers; only trusted labels become data."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
-from greenr.data.dataset import CLASSES
 from greenr.errors import GreenrError
 from greenr.ops.inbox import (
     ACCEPTED,
     PENDING,
     REJECTED,
+    REVIEW,
+    ImageLimits,
     Inbox,
     InboxUnavailable,
     LocalBackend,
+    Record,
     S3Backend,
+    TrustPolicy,
     accept,
     data_version,
     sha256_of,
+    voter_id,
 )
 from tests.helpers.images import encode, jpeg_bytes, scene
 from tests.helpers.project import init_project, point_remote_at, project_env, run
 from tests.helpers.s3 import S3Server, remote_for, running_s3
+from tests.helpers.serving import CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +53,18 @@ def inbox(request: pytest.FixtureRequest, tmp_path: Path) -> Inbox:
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     server.client().create_bucket(Bucket=bucket)
     return Inbox(S3Backend(remote_for(server.endpoint, bucket)))
+
+
+# The mechanics of accept are under test here, not the trust policy: one vote is enough.
+TRUSTING = TrustPolicy(trust_feedback=True)
+VOTERS = [voter_id("address", f"192.0.2.{i}") for i in range(1, 6)]
+
+
+def same_store(inbox: Inbox) -> Inbox:
+    """A second Inbox on the same store, as another server process has (no lock shared with `inbox`)."""
+    backend = inbox.backend
+    twin = LocalBackend(backend.folder) if isinstance(backend, LocalBackend) else S3Backend(backend.remote)
+    return Inbox(twin)
 
 
 def pipes(cwd: Path, env: dict[str, str]) -> dict:
@@ -83,9 +103,15 @@ def test_an_uncertain_capture_waits_for_review_until_someone_labels_it(inbox: In
     assert inbox.records()[0].suffix == ".png"
     assert inbox.submit(data, label=None, source="uncertain").status == "unchanged"
     assert inbox.submit(data, label="grass").status == "updated"
-    assert inbox.to_review() == [] and inbox.records()[0].label == "grass"
+    # One vote is a label, not yet a trusted one: the item stays on review until 3 agree.
+    assert inbox.records()[0].label == "grass" and len(inbox.to_review()) == 1
     status = inbox.status()
-    assert status["labeled"] == {"grass": 1} and status["to_review"] == 0 and status["uncertain"] == 1
+    assert status["labeled"] == {"grass": 1} and status["to_review"] == 1 and status["uncertain"] == 1
+    assert status["acceptable"] == 0 and inbox.status(TRUSTING)["acceptable"] == 1
+    for voter in VOTERS[1:3]:
+        assert inbox.submit(data, label="grass", voter=voter).status == "updated"
+    assert inbox.to_review() == [] and inbox.status()["acceptable"] == 1
+    assert inbox.backend.list(REVIEW) == []
 
 
 def test_conflicting_labels_go_to_review_and_the_reviewer_decides(inbox: Inbox):
@@ -101,12 +127,87 @@ def test_conflicting_labels_go_to_review_and_the_reviewer_decides(inbox: Inbox):
     assert inbox.records()[0].label == "dandelion" and inbox.to_review() == []
 
 
-def test_item_ids_must_be_hex_and_unambiguous(inbox: Inbox):
+def test_item_ids_must_be_hex_long_enough_and_unambiguous(inbox: Inbox):
     inbox.submit(photo("grass", 4), label="grass")
     with pytest.raises(GreenrError, match="not an item id"):
-        inbox.find("abc")
+        inbox.find("xyz123")
+    with pytest.raises(GreenrError, match="too short: give 6 or more digits"):
+        inbox.find("44bd")
     with pytest.raises(GreenrError, match="no pending inbox item"):
         inbox.find("0" * 64)
+
+
+def test_votes_are_attributed_and_a_clients_repeats_count_once(inbox: Inbox):
+    data = photo("dandelion", 7)
+    assert inbox.submit(data, label="dandelion", voter=VOTERS[0]).status == "new"
+    assert inbox.submit(data, label="dandelion", voter=VOTERS[0]).status == "unchanged"
+    assert inbox.submit(data, label="dandelion", voter=VOTERS[1]).status == "updated"
+    (record,) = inbox.records()
+    assert record.vote_counts() == {"dandelion": 2} and record.votes["dandelion"] == sorted(VOTERS[:2])
+    assert TrustPolicy().verdict(record).kind == "few_votes"
+    assert TrustPolicy(min_agreeing=2).verdict(record).label == "dandelion"
+    # A client that gives both labels disagrees with itself: a conflict, for a reviewer.
+    assert inbox.submit(data, label="grass", voter=VOTERS[0]).status == "updated"
+    (record,) = inbox.records()
+    assert record.label is None and record.vote_counts() == {"dandelion": 2, "grass": 1}
+    assert TrustPolicy(trust_feedback=True).verdict(record).kind == "conflict"
+    assert [r.sha256 for r in inbox.to_review()] == [record.sha256]
+
+
+def test_the_trust_policy():
+    record = Record("a" * 64, ".jpg", "feedback", "2026-01-01T00:00:00+00:00")
+    strict, trusting = TrustPolicy(), TrustPolicy(trust_feedback=True)
+    assert strict.verdict(record).kind == trusting.verdict(record).kind == "unlabeled"
+    record.vote("grass", VOTERS[0])
+    assert (strict.verdict(record).label, trusting.verdict(record).label) == (None, "grass")
+    assert "1 vote(s) for grass, 3 agreeing needed" in strict.verdict(record).reason
+    record.vote("grass", VOTERS[1])
+    record.vote("grass", VOTERS[2])
+    assert strict.verdict(record) == trusting.verdict(record) and strict.verdict(record).kind == "agreed"
+    record.vote("dandelion", VOTERS[3])  # one voice against three is a conflict
+    assert strict.verdict(record).label is None and "conflicting votes (dandelion 1, grass 3)" in (
+        strict.verdict(record).reason
+    )
+    record.label, record.reviewed = "grass", True  # the reviewer decides
+    assert strict.verdict(record).kind == "reviewed" and strict.verdict(record).label == "grass"
+    # Records written before votes were attributed: their labels count as one unknown voter each.
+    old = {"sha256": "b" * 64, "suffix": ".jpg", "source": "feedback", "received": "x", "label": "grass"}
+    legacy = Record.parse(json.dumps({**old, "labels_given": ["grass"]}).encode(), "legacy.json")
+    assert legacy.vote_counts() == {"grass": 1} and strict.verdict(legacy).kind == "few_votes"
+    with pytest.raises(GreenrError, match="at least 1"):
+        TrustPolicy(min_agreeing=0)
+
+
+@pytest.mark.parametrize("writers", [2, 8])
+def test_concurrent_opposite_votes_from_several_writers_lose_none(inbox: Inbox, writers: int):
+    """Each writer has its own Inbox on the same store (as separate server processes have): votes for
+    the same photos at the same moment, opposite labels; every vote lands and every item goes to review."""
+    photos = [photo("grass", 300 + i) for i in range(6)]
+    boxes = [same_store(inbox) for _ in range(writers)]
+    start = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def vote(k: int) -> None:
+        try:
+            start.wait()
+            for data in photos:
+                boxes[k].submit(data, label=("dandelion", "grass")[k % 2], voter=voter_id("token", f"writer-{k}"))
+        except BaseException as exc:  # reported below, with the others
+            failures.append(exc)
+
+    threads = [threading.Thread(target=vote, args=(k,)) for k in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    records = {r.sha256: r for r in inbox.records()}
+    assert set(records) == {sha256_of(p) for p in photos}
+    for record in records.values():
+        assert sum(record.vote_counts().values()) == writers, f"a vote was lost: {record.vote_counts()}"
+        assert record.label is None and record.labels_given == ["dandelion", "grass"]
+    assert {r.sha256 for r in inbox.to_review()} == set(records), "a conflict is missing from review"
+    assert inbox.status()["conflicts"] == len(photos)
 
 
 def test_a_stopped_store_is_a_clear_error(tmp_path: Path):
@@ -147,7 +248,7 @@ def test_accept_adds_labeled_images_pushes_them_and_only_then_marks_them_accepte
     box.submit(b"\xff\xd8\xff\xe0 not a jpeg at all", label="grass", suffix=".jpg")  # does not decode
     before, files_before = data_version(project)
 
-    report = accept([box], CLASSES, project)
+    report = accept([box], project, TRUSTING)
 
     dandelion = f"data/dandelion/inbox-{sha256_of(new_dandelion)[:16]}.jpg"
     grass = f"data/grass/inbox-{sha256_of(new_grass)[:16]}.png"
@@ -158,7 +259,9 @@ def test_accept_adds_labeled_images_pushes_them_and_only_then_marks_them_accepte
     assert len(reasons) == 2
     assert reasons[0].startswith("already in the data as data/dandelion/00000002.jpg")
     assert reasons[1].startswith("its image does not decode")
-    assert report.waiting == 1
+    assert [s.kind for s in report.skipped] == ["unlabeled"]
+    assert len(report.sizes) == 2 and {(w, h) for w, h, _ in report.sizes} == {(64, 64)}
+    assert "new image sizes: 64x64 to 64x64 px" in report.summary()
     assert report.version_after != before and report.files_after == (files_before or 0) + 2
     assert data_version(project) == (report.version_after, report.files_after)
     assert in_sync(project), "the new data version must be in the DVC remote"
@@ -171,7 +274,7 @@ def test_accept_adds_labeled_images_pushes_them_and_only_then_marks_them_accepte
     assert "data version" in report.summary() and "git add data.dvc" in report.summary()
 
     # Running it again changes nothing; the same photo sent again is known as accepted.
-    again = accept([box], CLASSES, project)
+    again = accept([box], project, TRUSTING)
     assert (again.accepted, again.rejected, again.version_after) == (0, [], None)
     assert data_version(project) == (report.version_after, report.files_after)
     assert box.submit(new_dandelion, label="grass").status == "accepted"
@@ -188,7 +291,7 @@ def test_a_failed_push_loses_nothing_and_a_rerun_completes_it(project: Path, tmp
     run(["dvc", "remote", "modify", "--local", "folder", "url", str(blocked)], project, env)
 
     with pytest.raises(GreenrError) as err:
-        accept([box], CLASSES, project)
+        accept([box], project, TRUSTING)
     assert "dvc push" in err.value.what and "nothing was lost" in (err.value.fix or "")
     # Inbox untouched, data/ and data.dvc agree (dvc add ran), nothing marked accepted.
     assert box.status()["pending"] == 2 and box.status()["accepted"] == 0
@@ -196,7 +299,7 @@ def test_a_failed_push_loses_nothing_and_a_rerun_completes_it(project: Path, tmp
     version = data_version(project)
 
     blocked.unlink()
-    report = accept([box], CLASSES, project)
+    report = accept([box], project, TRUSTING)
     assert report.added == [] and len(report.already_in_data) == 2  # written by the first run
     assert data_version(project) == version
     assert box.status()["pending"] == 0 and box.status()["accepted"] == 2
@@ -207,7 +310,7 @@ def test_an_interrupted_move_is_finished_by_the_next_run(project: Path, tmp_path
     box = Inbox(LocalBackend(tmp_path / "inbox"))
     data = photo("grass", 30)
     box.submit(data, label="grass")
-    accept([box], CLASSES, project)
+    accept([box], project, TRUSTING)
     # Play a crash after the accepted record was written but before the pending files were deleted.
     sha = sha256_of(data)
     box.backend.put(f"{PENDING}/{sha}.jpg", data)
@@ -215,14 +318,14 @@ def test_an_interrupted_move_is_finished_by_the_next_run(project: Path, tmp_path
     assert record is not None
     record.outcome = None
     box.backend.put(f"{PENDING}/{sha}.json", record.dumps())
-    report = accept([box], CLASSES, project)
+    report = accept([box], project, TRUSTING)
     assert report.accepted == 0 and box.status()["pending"] == 0 and box.status()["orphans"] == 0
     assert box.record(sha, ACCEPTED) is not None and box.record(sha, REJECTED) is None
 
 
 def test_accept_with_an_empty_inbox_runs_no_dvc(project: Path, tmp_path: Path):
     lock_before = yaml.safe_load((project / "data.dvc").read_text())
-    report = accept([Inbox(LocalBackend(tmp_path / "inbox"))], CLASSES, project)
+    report = accept([Inbox(LocalBackend(tmp_path / "inbox"))], project, TRUSTING)
     assert report.summary().startswith("nothing to accept")
     assert yaml.safe_load((project / "data.dvc").read_text()) == lock_before
 
@@ -245,7 +348,7 @@ def test_greenr_inbox_accept_survives_the_store_dying_midway(tmp_path: Path, kil
         for i, data in enumerate(photos):
             box.submit(data, label=CLASSES[i % 2])
         accept_run = subprocess.Popen(
-            ["greenr", "inbox", "accept"],
+            ["greenr", "inbox", "accept", "--trust-feedback"],
             cwd=project,
             env=env,
             stdout=subprocess.PIPE,
@@ -276,7 +379,7 @@ def test_greenr_inbox_accept_survives_the_store_dying_midway(tmp_path: Path, kil
             assert accepted == set(), "items were marked accepted before their data version was pushed"
         else:
             assert accepted and pending
-        rerun = run(["greenr", "inbox", "accept"], project, env)
+        rerun = run(["greenr", "inbox", "accept", "--trust-feedback"], project, env)
         assert box.status()["pending"] == 0 and box.status()["accepted"] == items
         assert "pushed to the DVC remote" in rerun.stdout
         assert "in sync" in run(["dvc", "status", "--cloud", "data.dvc"], project, env).stdout
@@ -289,7 +392,7 @@ def test_accept_refuses_to_record_a_data_version_with_images_missing(project: Pa
     (project / "data" / "grass" / "00000000.jpg").unlink()  # as if data/ had not been pulled completely
     before = (project / "data.dvc").read_text()
     with pytest.raises(GreenrError) as err:
-        accept([box], CLASSES, project)
+        accept([box], project, TRUSTING)
     assert "holds 19 images but data.dvc records 20" in err.value.what and "greenr pull data.dvc" in (
         err.value.fix or ""
     )
@@ -306,11 +409,95 @@ def test_greenr_inbox_status_label_and_json_on_the_local_inbox(tmp_path: Path):
     box.submit(data, label=None, source="uncertain", predicted="dandelion", confidence=0.51)
     box.submit(photo("dandelion", 51), label="dandelion")
     status = run(["greenr", "inbox", "status", "--items"], project, env).stdout
-    assert "2 pending (labeled: dandelion 1; 1 to review" in status and str(tmp_path / "state" / "inbox") in status
+    assert "2 pending (labeled: dandelion 1; 0 acceptable as they stand" in status, status
+    assert "2 to review" in status and str(tmp_path / "state" / "inbox") in status
     assert f"{sha256_of(data)[:12]}  (review)" in status and "predicted dandelion (0.51)" in status
+    assert "votes: dandelion 1" in status
     labeled = run(["greenr", "inbox", "label", sha256_of(data)[:8], "grass"], project, env)
     assert f"{sha256_of(data)[:12]} labeled grass" in labeled.stdout
     counts = json.loads(run(["greenr", "inbox", "status", "--json"], project, env).stdout)
-    assert counts["labeled"] == 2 and counts["inboxes"][0]["to_review"] == 0
+    assert (counts["labeled"], counts["acceptable"], counts["to_review"]) == (2, 1, 1)
+    trusting = json.loads(run(["greenr", "inbox", "status", "--json", "--trust-feedback"], project, env).stdout)
+    assert trusting["acceptable"] == 2
+    env_min = {**env, "FEEDBACK_MIN_AGREEING": "1"}  # the server's setting, read by the CLI too
+    assert json.loads(run(["greenr", "inbox", "status", "--json"], project, env_min).stdout)["acceptable"] == 2
+
+    # Labels: a class folder of data/ (any name), a new one only when asked; ids of 6+ hex digits.
     wrong = run(["greenr", "inbox", "label", sha256_of(data)[:8], "tulip"], project, env, check=False)
-    assert wrong.returncode == 2 and "'tulip' is not a class" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "'tulip' is not a class of data/ (classes: dandelion, grass)" in wrong.stderr
+    assert "--new-class" in wrong.stderr
+    (project / "data" / "tulip").mkdir()  # an empty folder is no class (the split stage ignores it too)
+    empty = run(["greenr", "inbox", "label", sha256_of(data)[:8], "tulip"], project, env, check=False)
+    assert empty.returncode == 2 and "'tulip' is not a class of data/" in empty.stderr
+    # A class folder of the data with images is a class, whatever its name.
+    (project / "data" / "tulip" / "t.jpg").write_bytes(photo("grass", 51))
+    assert "labeled tulip" in run(["greenr", "inbox", "label", sha256_of(data)[:8], "tulip"], project, env).stdout
+    rose = run(["greenr", "inbox", "label", sha256_of(data)[:8], "rose", "--new-class"], project, env)
+    assert "labeled rose" in rose.stdout
+    bad = run(["greenr", "inbox", "label", sha256_of(data)[:8], "../x", "--new-class"], project, env, check=False)
+    assert bad.returncode == 2 and "cannot be a class folder name" in bad.stderr
+    short = run(["greenr", "inbox", "label", sha256_of(data)[:4], "grass"], project, env, check=False)
+    assert short.returncode == 2 and "give 6 or more digits" in short.stderr and "no pending" not in short.stderr
+
+
+# ---------------------------------------------------------------------------- the trust policy at accept
+
+
+def test_accept_takes_only_trusted_labels_and_says_what_it_skipped(project: Path, tmp_path: Path):
+    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    # The issue's poisoning attempt: one anonymous vote for a huge black image.
+    black = encode(Image.new("RGB", (3000, 3000)), "PNG")
+    box.submit(black, label="grass", voter=VOTERS[0])
+    agreed = photo("dandelion", 60)
+    for voter in VOTERS[:3]:
+        box.submit(agreed, label="dandelion", voter=voter)
+    repeated = photo("grass", 61)  # one client three times: one vote
+    for _ in range(3):
+        box.submit(repeated, label="grass", voter=VOTERS[4])
+    disputed = photo("grass", 62)
+    for voter, label in zip(VOTERS, ("grass", "grass", "grass", "dandelion")):
+        box.submit(disputed, label=label, voter=voter)
+    reviewed = photo("grass", 63)
+    box.submit(reviewed, label="dandelion", voter=VOTERS[0])
+    box.set_label(sha256_of(reviewed), "grass")
+    new_class = photo("dandelion", 64)
+    box.submit(new_class, label=None, source="uncertain")
+    box.set_label(sha256_of(new_class), "rose")  # a reviewer's label that data/ has no folder for
+
+    report = accept([box], project)
+
+    assert sorted(report.added) == sorted(
+        [f"data/dandelion/inbox-{sha256_of(agreed)[:16]}.jpg", f"data/grass/inbox-{sha256_of(reviewed)[:16]}.jpg"]
+    )
+    skipped = {s.sha256: s for s in report.skipped}
+    assert skipped[sha256_of(black)].kind == "few_votes" and skipped[sha256_of(repeated)].kind == "few_votes"
+    assert skipped[sha256_of(disputed)].kind == "conflict"
+    assert skipped[sha256_of(new_class)].kind == "not_a_class"
+    assert "'rose' is not a class of data/ (dandelion, grass)" in skipped[sha256_of(new_class)].reason
+    summary = report.summary()
+    assert "skipped 4 item(s), left in the inbox: 1 with conflicting votes, 2 with too few agreeing votes" in summary
+    assert "1 vote(s) for grass, 3 agreeing needed" in summary and "--trust-feedback" in summary
+    assert "new image sizes: 64x64 to 64x64 px" in summary
+    assert not list((project / "data").rglob(f"inbox-{sha256_of(black)[:16]}*"))
+    assert box.status()["pending"] == 4 and box.status()["accepted"] == 2
+
+    # The reviewer's new class, when asked for: its folder is made.
+    again = accept([box], project, new_classes=["rose"])
+    assert again.added == [f"data/rose/inbox-{sha256_of(new_class)[:16]}.jpg"]
+    assert (project / again.added[0]).read_bytes() == new_class
+    with pytest.raises(GreenrError, match="cannot be a class folder name"):
+        accept([box], project, new_classes=["../escape"])
+
+
+def test_accept_applies_the_limits_of_predict(project: Path, tmp_path: Path):
+    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    big = photo("grass", 70)  # 64x64
+    heavy = encode(scene("grass", 71, size=64), "PNG")
+    box.submit(big, label="grass")
+    box.submit(heavy, label="grass")
+    report = accept([box], project, TRUSTING, limits=ImageLimits(max_bytes=len(heavy) - 1, max_pixels=64 * 64 - 1))
+    reasons = sorted(reason for _, reason in report.rejected)
+    assert len(reasons) == 2 and report.added == []
+    assert any("over the upload limit" in r and "MAX_UPLOAD_BYTES" in r for r in reasons), reasons
+    assert any("does not decode within the limits of /predict" in r and "over the limit of 4095" in r for r in reasons)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -87,7 +88,15 @@ def test_declared_length_over_limit_rejected_before_reading(server: Server) -> N
     conn.send(_multipart_head(boundary))
     response = conn.getresponse()
     assert response.status == 413
+    assert_json_error(response.getheader("Content-Type"), response.read(), response.getheader("X-Request-ID"))
     conn.close()
+
+
+def assert_json_error(content_type: str | None, body: bytes, rid: str | None) -> None:
+    """An error answer as the README promises: JSON with `detail` and the request's id."""
+    assert (content_type or "").startswith("application/json"), (content_type, body[:200])
+    answer = json.loads(body)
+    assert answer["detail"] and rid and answer["request_id"] == rid, answer
 
 
 def test_chunked_upload_over_limit_is_cut_off_while_streaming(server: Server) -> None:
@@ -109,7 +118,9 @@ def test_chunked_upload_over_limit_is_cut_off_while_streaming(server: Server) ->
             encode_chunked=True,
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Transfer-Encoding": "chunked"},
         )
-        status = conn.getresponse().status
+        response = conn.getresponse()
+        status = response.status
+        assert_json_error(response.getheader("Content-Type"), response.read(), response.getheader("X-Request-ID"))
     except (BrokenPipeError, ConnectionResetError):
         pytest.fail("server closed the connection without an answer")
     finally:

@@ -227,3 +227,48 @@ def test_public_message_hides_this_host_and_keeps_both_ends_of_a_long_one() -> N
     assert host not in (public_message(f"{host} said no " + "x" * 1000) or "")
     short = public_message("head " + "y" * 1000 + "\x1b[1m; fix: do this") or ""
     assert len(short) == MAX_MESSAGE and short.startswith("head ") and short.endswith("; fix: do this")
+
+
+def test_100_kb_fields_come_back_and_go_to_the_log_only_as_a_short_prefix(
+    ckpt_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every client value, however long, is quoted by a short prefix in the answer and in the log."""
+    monkeypatch.setenv("GREENR_STATE_DIR", str(tmp_path))
+    huge = 100_000
+    review = {"Authorization": "Bearer review-token"}
+    settings = make_settings(ckpt_path, feedback=True, feedback_inbox="local", review_token="review-token")
+    image = ("a.png", encode(photo(), "PNG"), "image/png")
+    sha = "0" * 64
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        with caplog.at_level(logging.INFO):
+            answers = [
+                client.post("/feedback", files={"file": image}, data={"label": "x" * huge}),
+                client.post("/feedback", files={"file": image}, data={"label": "grass", "predicted": "y" * huge}),
+                client.post("/feedback", files={"file": image}, data={"label": "grass", "model_sha256": "z" * huge}),
+                client.post("/feedback", files={"file": image}, data={"label": "grass", "confidence": "9" * huge}),
+                client.get(f"/review/items/{'a' * 9000}/image", headers=review),
+                client.post(f"/review/items/{sha}/label", headers=review, json={"label": "q" * huge}),
+                client.post(f"/review/items/{sha}/label", headers=review, json=["v" * huge, {"k" * huge: 1}]),
+                client.post("/model/reload", headers=AUTH, json={"rev": "r" * huge}),
+                client.post("/model/reload", headers=AUTH, json={"rev": "--output=/tmp/x"}),
+                client.get("/" + "p" * 9000),
+                client.post("/predict", files={"file": image}, headers={"X-Request-ID": "i" * huge}),
+            ]
+            batch = client.post("/predict/batch", files=[("files", ("f" * 4_000 + ".png", image[1], "image/png"))])
+    statuses = [a.status_code for a in answers]
+    assert statuses == [422, 422, 422, 422, 422, 422, 422, 422, 422, 404, 200], statuses
+    for answer in [*answers[:-1]]:
+        body = answer.json()
+        assert set(body) == {"detail", "request_id"} and body["request_id"] == answer.headers["x-request-id"], body
+        assert len(answer.content) < 2_000, f"{answer.request.url.path[:40]}: {len(answer.content)} bytes"
+    assert "x" * 64 in answers[0].json()["detail"] and "x" * 65 not in answers[0].json()["detail"]
+    assert len(answers[-1].headers["x-request-id"]) == 32  # an insane id is replaced, not echoed
+    assert batch.status_code == 200 and len(batch.content) < 2_000
+    logged = [r for r in caplog.records if r.name.startswith(("serve", "greenr", "uvicorn"))]  # not httpx's
+    assert any("-> 422" in r.getMessage() for r in logged)
+    for record in logged:
+        message = record.getMessage()
+        assert len(message) < 2_500, f"{len(message)}-character log line: {message[:200]}"
+        for letter in "xyz9aqvrpif":
+            assert letter * 300 not in message, f"a client value logged at length: {message[:200]}"

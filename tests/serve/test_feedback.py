@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +16,7 @@ from greenr.ops.inbox import PENDING, Inbox, LocalBackend
 from greenr.processes import stop
 from serve.main import create_app
 from tests.helpers.images import bad_corpus, encode, jpeg_bytes, scene
-from tests.helpers.s3 import running_s3
+from tests.helpers.s3 import dvc_project, running_s3
 from tests.helpers.serving import make_settings, wait_ready
 
 MAX_UPLOAD = 10 * 1024 * 1024
@@ -145,26 +143,99 @@ def test_review_lists_labels_and_serves_images_only_with_the_token(client: TestC
 
 
 def test_feedback_token(ckpt_path: Path, tmp_path: Path):
-    with feedback_app(ckpt_path, tmp_path, feedback_token="s3cret") as app:
+    with feedback_app(ckpt_path, tmp_path, feedback_token="s3cret, other-client") as app:
         assert app.get("/feedback").json()["token_required"] is True
         data = jpeg_bytes(scene("grass", 5))
         assert app.post("/feedback", **upload(data, "grass")).status_code == 401
-        ok = app.post("/feedback", **upload(data, "grass"), headers={"Authorization": "Bearer s3cret"})
+        assert app.post("/feedback", **upload(data, "grass"), headers=bearer("s3cre")).status_code == 401
+        ok = app.post("/feedback", **upload(data, "grass"), headers=bearer("s3cret"))
         assert ok.status_code == 201
+        assert app.post("/feedback", **upload(data, "grass"), headers=bearer("other-client")).status_code == 200
 
 
-def test_hourly_cap_and_inbox_size_cap(ckpt_path: Path, tmp_path: Path):
-    with feedback_app(ckpt_path, tmp_path / "a", feedback_max_per_hour=2) as app:
-        for seed in (6, 7):
-            assert app.post("/feedback", **upload(jpeg_bytes(scene("grass", seed)), "grass")).status_code == 201
-        capped = app.post("/feedback", **upload(jpeg_bytes(scene("grass", 8)), "grass"))
-        assert capped.status_code == 429 and int(capped.headers["retry-after"]) > 3000
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_votes_count_once_per_token_and_agreeing_tokens_make_a_label_trusted(ckpt_path: Path, tmp_path: Path):
+    """Each FEEDBACK_TOKEN is a voter: one token's repeats count once; three agreeing tokens make an
+    item that no longer waits for review (FEEDBACK_MIN_AGREEING, default 3)."""
+    with feedback_app(ckpt_path, tmp_path, feedback_token="a,b,c") as app:
+        data = jpeg_bytes(scene("dandelion", 9))
+        sha = hashlib.sha256(data).hexdigest()
+        auth = {"Authorization": f"Bearer {REVIEW_TOKEN}"}
+        for _ in range(3):
+            app.post("/feedback", **upload(data, "dandelion"), headers=bearer("a"))
+        (item,) = app.get("/review/items", headers=auth).json()["items"]
+        assert item["id"] == sha and item["votes"] == {"dandelion": 1}
+        for token in ("b", "c"):
+            assert app.post("/feedback", **upload(data, "dandelion"), headers=bearer(token)).status_code == 200
+        assert app.get("/review/items", headers=auth).json()["items"] == []
+    record = local_inbox(tmp_path).record(sha)
+    assert record is not None and record.vote_counts() == {"dandelion": 3} and len(set(record.votes["dandelion"])) == 3
+    assert not any(token in record.dumps().decode() for token in ('"a"', '"b"', '"c"')), "tokens must not be stored"
+
+
+def test_global_ceiling_and_inbox_size_cap(ckpt_path: Path, tmp_path: Path):
+    with feedback_app(ckpt_path, tmp_path / "a", feedback_token="a,b,c", feedback_max_per_hour=2) as app:
+        for seed, token in ((6, "a"), (7, "b")):
+            sent = app.post("/feedback", **upload(jpeg_bytes(scene("grass", seed)), "grass"), headers=bearer(token))
+            assert sent.status_code == 201
+        capped = app.post("/feedback", **upload(jpeg_bytes(scene("grass", 8)), "grass"), headers=bearer("c"))
+        assert capped.status_code == 429 and "on this server" in capped.json()["detail"]
+        # A token bucket: the next slot comes back in 3600/2 s, not after a whole hour.
+        assert 1700 < int(capped.headers["retry-after"]) <= 1801
     with feedback_app(ckpt_path, tmp_path / "b", feedback_max_items=2) as app:
         for seed in (6, 7):
             assert app.post("/feedback", **upload(jpeg_bytes(scene("grass", seed)), "grass")).status_code == 201
         full = app.post("/feedback", **upload(jpeg_bytes(scene("grass", 8)), "grass"))
         assert full.status_code == 503 and "inbox is full" in full.json()["detail"]
     assert local_inbox(tmp_path / "b").count() == 2
+
+
+def test_one_client_at_full_speed_cannot_block_another(ckpt_path: Path, tmp_path: Path):
+    """Per-client token buckets: a client over its budget gets 429 with Retry-After; another client is
+    unaffected; re-sending the same photo and label costs nothing."""
+    settings = {"feedback_token": "greedy,polite", "feedback_client_max_per_hour": 3, "feedback_max_per_hour": 100}
+    with feedback_app(ckpt_path, tmp_path, **settings) as app:
+        first = jpeg_bytes(scene("grass", 100))
+        answers = [
+            app.post("/feedback", **upload(jpeg_bytes(scene("grass", 100 + i)), "grass"), headers=bearer("greedy"))
+            for i in range(10)
+        ]
+        assert [a.status_code for a in answers] == [201] * 3 + [429] * 7
+        limited = answers[-1]
+        assert "from this client" in limited.json()["detail"] and limited.json()["request_id"]
+        assert 1100 < int(limited.headers["retry-after"]) <= 1201  # one of 3 per hour comes back in 20 min
+        for _ in range(5):  # identical re-sends: answered, never limited
+            again = app.post("/feedback", **upload(first, "grass"), headers=bearer("greedy"))
+            assert again.status_code == 200 and again.json()["status"] == "unchanged"
+        polite = app.post("/feedback", **upload(jpeg_bytes(scene("dandelion", 120)), "grass"), headers=bearer("polite"))
+        assert polite.status_code == 201, polite.text
+        # The same photo from the other client is a new vote (and costs that client one).
+        assert app.post("/feedback", **upload(first, "grass"), headers=bearer("polite")).status_code == 200
+    assert local_inbox(tmp_path).count() == 4
+
+
+@pytest.mark.parametrize(
+    ("host", "same_as", "different_from"),
+    [
+        ("192.0.2.7", "192.0.2.7", "192.0.2.8"),
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:3::1"),  # an IPv6 client counts by its /64
+        ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.8"),
+    ],
+)
+def test_client_identity_by_address(host: str, same_as: str, different_from: str):
+    from starlette.requests import Request
+
+    from serve.feedback import client_identity
+
+    def identity(address: str) -> str:
+        request = Request({"type": "http", "client": (address, 1234), "headers": [], "method": "POST", "path": "/"})
+        return client_identity(request, None, make_settings(Path("m.onnx")))
+
+    assert identity(host) == identity(same_as) != identity(different_from)
+    assert host not in identity(host)
 
 
 def test_uncertain_predictions_are_captured_unlabeled_and_rate_limited(ckpt_path: Path, tmp_path: Path):
@@ -180,6 +251,14 @@ def test_uncertain_predictions_are_captured_unlabeled_and_rate_limited(ckpt_path
     assert len(records) == 2
     assert all(r.label is None and r.source == "uncertain" and r.predicted and r.confidence for r in records)
     assert len(local_inbox(tmp_path).to_review()) == 2
+    # Per client too: one client's uncertain photos take at most CAPTURE_CLIENT_MAX_PER_HOUR.
+    with feedback_app(
+        ckpt_path, tmp_path / "b", feedback=False, capture_below_confidence=1.0, capture_client_max_per_hour=1
+    ) as app:
+        for seed in range(3):
+            photo = jpeg_bytes(scene("grass", 30 + seed))
+            assert app.post("/predict", files={"file": ("a.jpg", photo, "image/jpeg")}).status_code == 200
+    assert len(local_inbox(tmp_path / "b").records()) == 1
 
 
 def test_no_capture_above_the_threshold(ckpt_path: Path, tmp_path: Path):
@@ -189,17 +268,6 @@ def test_no_capture_above_the_threshold(ckpt_path: Path, tmp_path: Path):
             == 200
         )
     assert local_inbox(tmp_path).count() == 0
-
-
-def dvc_project(root: Path, endpoint: str) -> Path:
-    """A bare DVC project whose default remote is the S3 server at `endpoint`."""
-    root.mkdir()
-    dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
-    subprocess.run([*dvc, "remote", "add", "-d", "minio", "s3://greenr/dvc"], cwd=root, check=True)
-    subprocess.run([*dvc, "remote", "modify", "minio", "endpointurl", endpoint], cwd=root, check=True)
-    (root / "params.yaml").write_text("{}\n")
-    return root
 
 
 def test_inbox_in_the_object_store_and_503_when_the_store_goes_down(ckpt_path: Path, tmp_path: Path):
@@ -213,7 +281,8 @@ def test_inbox_in_the_object_store_and_503_when_the_store_goes_down(ckpt_path: P
             stored = app.post("/feedback", **upload(data, "dandelion"))
             assert stored.status_code == 201, stored.text
             keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="greenr")["Contents"]]
-            assert sorted(keys) == [f"inbox/pending/{sha}.jpg", f"inbox/pending/{sha}.json"]
+            # One vote waits for review (fewer than FEEDBACK_MIN_AGREEING): its marker is there too.
+            assert sorted(keys) == [f"inbox/pending/{sha}.jpg", f"inbox/pending/{sha}.json", f"inbox/review/{sha}"]
             assert s3.proc is not None
             stop(s3.proc)  # the store goes down under the running server: a clear 503, never a 500
             down = app.post("/feedback", **upload(jpeg_bytes(scene("dandelion", 41)), "dandelion"))

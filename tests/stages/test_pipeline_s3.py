@@ -21,7 +21,7 @@ DETERMINISTIC_OUTPUTS = [
     "metrics/evaluate.json",
     "metrics/train.json",
     "plots/training.csv",
-    "plots/evaluate/roc.csv",
+    "plots/evaluate/roc/dandelion.csv",
     "plots/evaluate/reliability.csv",
     "models/stage-1.pth",
     "models/stage-1.onnx",

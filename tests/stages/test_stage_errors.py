@@ -33,16 +33,19 @@ def assert_clean_failure(result, *fragments: str) -> None:
         assert fragment in result.stderr, result.stderr
 
 
-def test_missing_class_folder(project, tmp_path):
+def test_a_listed_class_without_its_folder(project, tmp_path):
+    set_params(project, {"data": {"classes": ["dandelion", "grass"]}})
     shutil.rmtree(project / "data" / "grass")
-    assert_clean_failure(stage(project, "split", tmp_path), "class folder", "grass", "is missing", "fix:")
+    assert_clean_failure(stage(project, "split", tmp_path), "data.classes", "no images for grass", "fix:")
     assert not (project / "splits").exists()
 
 
-def test_empty_class_folder(project, tmp_path):
+def test_an_empty_class_folder_is_no_class(project, tmp_path):
     for f in (project / "data" / "dandelion").iterdir():
         f.unlink()
-    assert_clean_failure(stage(project, "split", tmp_path), "has no images", "dandelion")
+    result = stage(project, "split", tmp_path)
+    assert_clean_failure(result, "1 class folder(s) with images (grass)", "at least 2")
+    assert "dandelion: no images" in result.stderr  # the warning says why it was left out
 
 
 def test_corrupt_image_is_skipped_and_reported(project, tmp_path):
@@ -78,6 +81,7 @@ def test_split_fractions_must_sum_to_one(project, tmp_path):
 
 def test_pretrained_offline_fails_fast_with_advice(project, tmp_path, monkeypatch):
     assert stage(project, "split", tmp_path).returncode == 0
+    assert stage(project, "prepare", tmp_path).returncode == 0
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     set_params(project, {"model": {"arch": "resnet18", "pretrained": True}})
     result = stage(project, "train", tmp_path)

@@ -3,12 +3,15 @@
     enough_feedback -> accept -> reproduce -> gate -> push -> commit -> reload_server
 
 Hourly it checks the inbox (`greenr inbox status --json`) and stops there unless at least
-`min_labeled` labeled items wait. A run triggered with conf `{"reason": "drift"}` (the
-GreenrInputDrift alert, through deploy/monitoring/alert_relay.py and Airflow's REST API) or with
-param `force` goes ahead regardless. Then, in the checkout (greenr_common.py says which):
+`min_labeled` items wait that `greenr inbox accept` would take: by default only items a reviewer
+labelled or that FEEDBACK_MIN_AGREEING clients agree on; param `trust_feedback` (for feedback from
+trusted clients only) takes single votes too, in the check and in the accept step. A run
+triggered with conf `{"reason": "drift"}` (the GreenrInputDrift alert, through
+deploy/monitoring/alert_relay.py and Airflow's REST API) or with param `force` goes ahead
+regardless. Then, in the checkout (greenr_common.py says which):
 
     greenr pull data.dvc     the current data version
-    greenr inbox accept      labeled items -> data/<class>/, dvc add data, dvc push; items -> accepted/
+    greenr inbox accept      trusted items -> data/<class>/, dvc add data, dvc push; items -> accepted/
     dvc repro                the split keeps old images in place, places the new ones, retrains, evaluates
     greenr promote --base main   the gate against the champion: decides only whether the server reloads
     greenr push              data and model to the DVC remote (also when rejected: the branch must pull)
@@ -37,15 +40,20 @@ BASE = "main"
 COMMITTED = ["data.dvc", "dvc.lock", "splits", "metrics", "plots"]
 
 
-def should_run(labeled: int, min_labeled: int, force: bool, conf: dict[str, Any]) -> str | None:
+def should_run(acceptable: int, min_labeled: int, force: bool, conf: dict[str, Any]) -> str | None:
     """Why this run retrains, or None when it should stop here."""
     if conf.get("reason") == "drift":
         return "input drift alert"
     if force:
         return "forced"
-    if labeled >= min_labeled:
-        return f"{labeled} labeled items wait (min_labeled {min_labeled})"
+    if acceptable >= min_labeled:
+        return f"{acceptable} acceptable items wait (min_labeled {min_labeled})"
     return None
+
+
+def trust_flags(params: dict[str, Any]) -> list[str]:
+    """The inbox commands' trust option for the run's `trust_feedback` param."""
+    return ["--trust-feedback"] if params.get("trust_feedback") else []
 
 
 @dag(
@@ -58,27 +66,36 @@ def should_run(labeled: int, min_labeled: int, force: bool, conf: dict[str, Any]
     default_args=DEFAULT_ARGS,
     tags=["greenr", "training", "feedback"],
     params={
-        "min_labeled": Param(50, type="integer", minimum=1, description="retrain when this many labeled items wait"),
+        "min_labeled": Param(
+            50, type="integer", minimum=1, description="retrain when this many items wait that accept would take"
+        ),
         "force": Param(False, type="boolean", description="retrain even with fewer labeled items"),
+        "trust_feedback": Param(
+            False,
+            type="boolean",
+            description="accept single votes without a reviewer (`greenr inbox accept --trust-feedback`): "
+            "only where every feedback client is trusted",
+        ),
     },
 )
 def greenr_feedback() -> None:
     @task.short_circuit(retries=2, execution_timeout=timedelta(minutes=5))
     def enough_feedback(params: dict | None = None, dag_run: Any = None) -> bool:
-        """Go on when enough labeled items wait, or when the drift alert (or `force`) triggered the run."""
+        """Go on when enough acceptable items wait, or when the drift alert (or `force`) triggered the run."""
         params = params or {}
         conf = (getattr(dag_run, "conf", None) or {}) if dag_run is not None else {}
-        status = json.loads(run([CLI, "inbox", "status", "--json"]).stdout)
-        why = should_run(int(status["labeled"]), int(params.get("min_labeled", 50)), bool(params.get("force")), conf)
-        log.info("inbox: %s labeled item(s); %s", status["labeled"], why or "not enough to retrain: stopping here")
+        status = json.loads(run([CLI, "inbox", "status", "--json", *trust_flags(params)]).stdout)
+        ready = int(status["acceptable"])
+        why = should_run(ready, int(params.get("min_labeled", 50)), bool(params.get("force")), conf)
+        log.info("inbox: %s acceptable item(s); %s", ready, why or "not enough to retrain: stopping here")
         return why is not None
 
     @task(retries=2, execution_timeout=timedelta(minutes=60))
-    def accept() -> str:
+    def accept(params: dict | None = None) -> str:
         """`greenr pull data.dvc` (the current data version), then `greenr inbox accept`: items move to
         accepted/ only after `dvc push` stored their data version; a retry completes a failed try."""
         run([CLI, "pull", "data.dvc"])
-        return run([CLI, "inbox", "accept"]).stdout
+        return run([CLI, "inbox", "accept", *trust_flags(params or {})]).stdout
 
     @task(retries=1, execution_timeout=timedelta(hours=6))
     def reproduce(accepted: str) -> None:

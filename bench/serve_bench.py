@@ -247,9 +247,9 @@ def ensure_models(pth: Path, onnx: Path, tmp: Path) -> tuple[Path, Path]:
     """The pipeline's checkpoint and export; an untrained ResNet18 at 128 px (and its export) if absent."""
     if pth.is_file() and onnx.is_file():
         return pth, onnx
+    from greenr.backends.export import export_onnx
     from greenr.model import checkpoint
     from greenr.model.architectures import build_model, get_arch
-    from greenr.model.export import export_onnx
 
     pth, onnx = tmp / "stage-1.pth", tmp / "stage-1.onnx"
     checkpoint.save(

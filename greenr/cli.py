@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from greenr import processes, scm
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
-from greenr.paths import DATA_DIR, DATA_DVC, EVALUATE_METRICS, main_checkout, repo_root
+from greenr.paths import DATA_DIR, DATA_DVC, DVC_YAML, EVALUATE_METRICS, main_checkout, repo_root
 
 if TYPE_CHECKING:
     from greenr.ops.inbox import TrustPolicy
@@ -36,10 +36,13 @@ def ensure_data(root: Path) -> None:
     if _has_images(root / DATA_DIR):
         return
     if (root / DATA_DVC).is_file():
-        log.info("no data/ yet: trying `dvc pull %s`", DATA_DVC)
-        if scm.dvc("pull", DATA_DVC, check=False).returncode == 0 and _has_images(root / DATA_DIR):
-            return
-        log.warning("the DVC remote does not have this data version yet; ingesting instead")
+        if not scm.remote_has_more(DATA_DVC):
+            log.info("no data/ yet, and the DVC remote does not have this data version (a new remote): ingesting")
+        else:
+            log.info("no data/ yet: `dvc pull %s`", DATA_DVC)
+            if scm.dvc("pull", DATA_DVC, check=False).returncode == 0 and _has_images(root / DATA_DIR):
+                return
+            log.warning("`dvc pull %s` did not bring data/ back (see DVC's message above); ingesting instead", DATA_DVC)
     from greenr.data import ingest
 
     report = ingest.ingest(ingest.default_source(), root / DATA_DIR)
@@ -93,7 +96,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     with objectstore.store_available(root) as remote:
         ensure_data(root)
         try:
-            scm.dvc("repro", *(["--force"] if args.force else []), "--pull")
+            # --pull fetches the outputs the remote has instead of recomputing them; when it has
+            # none (a new remote), DVC would only warn about each missing file.
+            pull = scm.remote_has_more(DVC_YAML)
+            if not pull:
+                log.info("the DVC remote has none of the pipeline's outputs yet: every stage runs here")
+            scm.dvc("repro", *(["--force"] if args.force else []), *(["--pull"] if pull else []))
             scm.dvc("push")
         except GreenrError as err:
             if objectstore.endpoint_answers(remote.endpoint):

@@ -8,6 +8,7 @@ from pathlib import Path
 # Every file the pipeline reads or writes, relative to the project root. dvc.yaml names the same
 # paths; tests/test_dvc_yaml.py checks that the two agree.
 PARAMS_FILE = "params.yaml"
+DVC_YAML = "dvc.yaml"
 DVC_LOCK = "dvc.lock"
 DATA_DIR = "data"
 DATA_DVC = "data.dvc"
@@ -66,7 +67,7 @@ def repo_root() -> Path:
         return Path(env).resolve()
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
-        if (folder / "dvc.yaml").is_file() and (folder / PARAMS_FILE).is_file():
+        if (folder / DVC_YAML).is_file() and (folder / PARAMS_FILE).is_file():
             return folder
     return Path(__file__).resolve().parents[1]
 

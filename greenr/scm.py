@@ -73,6 +73,19 @@ def dvc_json(*args: str, cwd: Path | None = None, fix: str = "see DVC's message 
     return json.loads(dvc(*args, "--json", cwd=cwd, capture=True, fix=fix).stdout or "null")
 
 
+def remote_has_more(target: str, cwd: Path | None = None) -> bool:
+    """Whether the DVC remote holds outputs of `target` (a .dvc file, or dvc.yaml for every stage)
+    that the cache lacks, i.e. whether a pull would fetch anything. A new, empty remote holds none:
+    pulling then only prints DVC's warnings about missing files. True when the status cannot be
+    read, so that the pull runs and says what is wrong."""
+    done = dvc("status", "--cloud", "--json", target, cwd=cwd, capture=True, check=False)
+    try:
+        status = json.loads(done.stdout or "null") if done.returncode == 0 else None
+    except ValueError:
+        status = None
+    return not isinstance(status, dict) or "deleted" in status.values()
+
+
 def git(*args: str, cwd: Path | None = None) -> str | None:
     """git's stdout (stripped); None when git fails or is not installed."""
     try:

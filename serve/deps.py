@@ -14,12 +14,15 @@ from serve.feedback import FeedbackService
 from serve.model_store import LoadedModel
 from serve.state import AppState
 
+NOT_STARTED = "the server is not started: run it with its lifespan (`greenr serve`, or uvicorn)"
+
 
 async def get_state(request: Request) -> AppState:
-    """The state the lifespan built; 503 when the app was never started (see serve.middleware)."""
+    """The state the lifespan built; 503 when the app was never started: mounted in another ASGI
+    app (mounted apps get no lifespan events) or used by a TestClient outside `with`."""
     state: AppState | None = getattr(request.app.state, "greenr", None)
     if state is None:
-        raise HTTPException(503, detail="the server is not started yet", headers={"Retry-After": "5"})
+        raise HTTPException(503, detail=NOT_STARTED, headers={"Retry-After": "5"})
     return state
 
 

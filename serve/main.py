@@ -21,7 +21,7 @@ from serve import errors
 from serve.batching import MicroBatcher
 from serve.feedback import FeedbackService
 from serve.metrics import Metrics
-from serve.middleware import JsonErrors, RequestId, RequestMetricsMiddleware, RequireStarted
+from serve.middleware import JsonErrors, RequestId, RequestMetricsMiddleware
 from serve.model_store import ModelStore
 from serve.observer import Observer
 from serve.routes import feedback, health, metrics, model, page, predict
@@ -91,10 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Registered once per app; it reports nothing until a model with a drift reference loads.
     app.state.drift = DriftMonitor(None, settings.drift_window, settings.drift_min_samples, settings.drift_threshold)
     app.state.drift.register_gauges(app.state.metrics.registry)
-    app.add_middleware(RequireStarted)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(JsonErrors)  # inside RequestId: the id is known, and its header is added after
-    app.add_middleware(RequestId)  # outermost: every answer, even the 503 before start-up, has an id
+    app.add_middleware(RequestId)  # outermost: every answer, errors included, has an id
     # Error answers: a short public message and the request id; the detail goes to the log.
     app.add_exception_handler(HTTPException, errors.http_error)
     app.add_exception_handler(RequestValidationError, errors.validation_error)

@@ -1,5 +1,4 @@
-"""ASGI middleware: request ids, request metrics, JSON bodies for every error answer, and a clear 503
-for an app whose lifespan never ran."""
+"""ASGI middleware: request ids, request metrics and JSON bodies for every error answer."""
 
 from __future__ import annotations
 
@@ -13,28 +12,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.errors import log_error, public_message
 from serve.metrics import Metrics
-
-
-class RequireStarted:
-    """Answer 503 (JSON) to every request until the lifespan has built the app's state.
-
-    Under uvicorn no request arrives before start-up; this matters when the app is mounted in
-    another ASGI app (mounted apps get no lifespan events) or used by a TestClient outside `with`.
-    """
-
-    DETAIL = "the server is not started: run it with its lifespan (`greenr serve`, or uvicorn)"
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or getattr(scope["app"].state, "greenr", None) is not None:
-            await self.app(scope, receive, send)
-            return
-        headers = [(b"content-type", b"application/json"), (b"retry-after", b"5")]
-        body = {"detail": self.DETAIL, "request_id": scope.get("state", {}).get("request_id")}
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 class RequestMetricsMiddleware:

@@ -5,9 +5,10 @@ and `greenr predict` run it) and metrics/export.json (committed): for every ONNX
 installed, the largest logit difference from the torch reference and the share of equal labels
 on the test images. Fails (after writing the metrics) when an fp32 backend disagrees.
 
-With `export.int8` it also writes models/stage-1.int8.onnx, the INT8 quantization calibrated on
-training images (`export_int8`), and its parity per backend under `int8` in the metrics; it fails
-when no backend keeps the test answers (params `export.*`). Switched off, that file is empty.
+With `export.int8` (auto or true) it also writes models/stage-1.int8.onnx, the INT8 quantization
+calibrated on training images (`export_int8`), and its parity per backend under `int8` in the
+metrics; the model lists the backends that keep the test answers, and only they serve it. When none
+does, `true` fails the stage and `auto` ships it offered nowhere. Switched off, that file is empty.
 """
 
 from __future__ import annotations
@@ -22,19 +23,29 @@ from typing import Any
 import numpy as np
 
 from greenr.atomic import write_bytes, write_json
-from greenr.backends.base import TOLERANCE, compare, probabilities
+from greenr.backends.base import TOLERANCE, ModelFile, compare, probabilities
+from greenr.backends.export import OPSET, export_onnx
 from greenr.backends.loading import BACKENDS, build, installed
-from greenr.backends.model_file import ModelFile, load_model_file, read_model
+from greenr.backends.model_file import load_model_file, read_model
 from greenr.data.loader import Samples, batches, load_samples
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
 from greenr.evaluation.metrics import bootstrap_intervals
 from greenr.hardware import native_bf16
 from greenr.model.device import configure_threads
-from greenr.model.export import OPSET, export_onnx
 from greenr.params import EvaluateParams, ExportParams, load_section
 from greenr.paths import EXPORT_METRICS, INT8_MODEL_PATH, MODEL_PATH, ONNX_MODEL_PATH, repo_root
 
 log = logging.getLogger("stages.export")
+
+
+def int8_failure(passed: list[str], params: ExportParams) -> str | None:
+    """Why the stage must fail over INT8, or None: only `export.int8: true` requires a backend to pass."""
+    if passed or params.int8 is not True:
+        return None
+    return (
+        f"the INT8 model changes the test answers on every backend (over {params.max_label_changes:.0%} of "
+        f"the labels, or accuracy outside the fp32 interval; see {EXPORT_METRICS})"
+    )
 
 
 @dataclass(frozen=True)
@@ -52,14 +63,14 @@ def export_int8(
     labels: np.ndarray,
     threads: int,
 ) -> Int8Export:
-    """Quantize the fp32 export to INT8 (greenr.model.quantize), calibrated on training images, and
+    """Quantize the fp32 export to INT8 (greenr.backends.quantize), calibrated on training images, and
     check it on the test split against the torch reference (`reference`: its logits of the images
     `test_batches()` yields, in order; `labels`: their classes) on every ONNX backend installed.
 
     A backend passes when at most `export.max_label_changes` of the test labels change and the INT8
     accuracy stays inside the reference's bootstrap interval; the INT8 file lists those backends, and
     only they are offered INT8 at load."""
-    from greenr.model.quantize import nncf_version, quantize_int8, spread, with_quantization
+    from greenr.backends.quantize import nncf_version, quantize_int8, spread, with_quantization
 
     params: ExportParams = load_section("export")
     if not params.int8:
@@ -122,12 +133,7 @@ def export_int8(
         "max_label_changes": params.max_label_changes,
         "parity": parity,
     }
-    failure = None
-    if not passed:
-        failure = (
-            f"the INT8 model changes the test answers on every backend (over {params.max_label_changes:.0%} of "
-            f"the labels, or accuracy outside the fp32 interval; see {EXPORT_METRICS})"
-        )
+    failure = int8_failure(passed, params)
     return Int8Export(metrics, data, failure)
 
 
@@ -197,13 +203,16 @@ def main() -> None:
         )
     if int8.failure:
         raise GreenrError(
-            int8.failure, "set export.int8: false in params.yaml to serve fp32 only, or calibrate on more images"
+            int8.failure,
+            "set export.int8: auto in params.yaml to ship it unserved, false to skip it, or calibrate on more images",
         )
     write_bytes(root / ONNX_MODEL_PATH, data)
     log.info("wrote %s (%.1f MB, opset %d)", ONNX_MODEL_PATH, len(data) / 1e6, OPSET)
     write_bytes(root / INT8_MODEL_PATH, int8.data)
     if int8.data:
-        log.info("wrote %s (%.1f MB; INT8 on %s)", INT8_MODEL_PATH, len(int8.data) / 1e6, int8.metrics["backends"])
+        backends = int8.metrics["backends"]
+        where = f"served on {', '.join(backends)}" if backends else "served nowhere: no backend kept the test answers"
+        log.info("wrote %s (%.1f MB; INT8 %s)", INT8_MODEL_PATH, len(int8.data) / 1e6, where)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,11 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from greenr.data.images import Preprocessing, flip_view, flip_view_names
-
-if TYPE_CHECKING:
-    from greenr.backends.model_file import ModelFile
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 # 1.65 (12%), and 0.26 on the 400 data-set images (logits up to 6.8: 4%), every label the same and
 # calibrated probabilities within 0.031 (ResNet18: 3e-3). Its bound sits above that; a broken
 # conversion misses it by far. The labels must agree in every case.
-# INT8 (the export stage's post-training quantization, greenr.model.quantize) rounds every
+# INT8 (the export stage's post-training quantization, greenr.backends.quantize) rounds every
 # activation to 8 bits: Lite0 at 224 px was 0.47 off on the probe batch (logits up to 1.69: 28%)
 # with OpenVINO, 0.73 (43%) with onnxruntime running the same file. A broken quantization (wrong
 # scales, saturating kernels) is off by several units. Its label check spares the probe images whose
@@ -70,7 +67,7 @@ class ModelSpec:
     # The reference's (torch fp32) logits of probe_batch(image_size), stored at export, so a
     # backend can be checked where torch is not installed. None: not known (a torch checkpoint).
     reference_logits: np.ndarray | None = None
-    # Set in the INT8 export only (greenr.model.quantize): how it was quantized, and `backends`,
+    # Set in the INT8 export only (greenr.backends.quantize): how it was quantized, and `backends`,
     # those whose INT8 results passed the export stage's test-split check.
     quantization: dict[str, Any] | None = None
 
@@ -194,6 +191,16 @@ def compare(
         decided = top2[:, 1] - top2[:, 0] >= flip_margin * scale
     same = float(np.mean(logits.argmax(1)[decided] == reference.argmax(1)[decided])) if decided.any() else 1.0
     return Agreement(float(np.abs(logits - reference).max(initial=0.0)), same, tolerance)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str  # where it came from, for messages
+    format: str  # "torch" | "onnx"
+    spec: ModelSpec
+    sha256: str  # of the file's bytes
+    data: bytes
+    checkpoint: Any = None  # the parsed greenr.model.checkpoint.Checkpoint of a torch file
 
 
 class Backend(ABC):

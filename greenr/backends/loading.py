@@ -8,7 +8,7 @@ candidates that agree, `auto` picks the fastest on the probe batch (one image, t
 
 bf16 is a candidate only where the CPU computes it natively (greenr.hardware.native_bf16); asked
 for elsewhere, or disagreeing with the reference, it falls back to fp32 and says so in the log.
-int8 runs the INT8 export beside the fp32 one (greenr.model.quantize), on the backends that passed
+int8 runs the INT8 export beside the fp32 one (greenr.backends.quantize), on the backends that passed
 the export stage's test-split check (its `quantization.backends`), and is checked on the probe batch
 with its own bound (greenr.backends.base.TOLERANCE); asked for where none agrees, likewise fp32.
 """
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from greenr.backends.base import FLIP_MARGIN, PRECISIONS, TOLERANCE, Agreement, Backend, compare, probe_batch
-from greenr.backends.model_file import ModelFile, load_model_file, read_int8_companion
+from greenr.backends.base import FLIP_MARGIN, PRECISIONS, TOLERANCE, Agreement, Backend, ModelFile, compare, probe_batch
+from greenr.backends.model_file import load_model_file, read_int8_companion
 from greenr.errors import GreenrError
 from greenr.hardware import available_cpus, native_bf16, native_int8
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from greenr import scm
-from greenr.backends.base import ModelSpec
+from greenr.backends.base import ModelFile, ModelSpec
 from greenr.errors import GreenrError
 from greenr.paths import MODEL_PATH, ONNX_MODEL_PATH
 
@@ -24,16 +23,6 @@ ONNX_METADATA_KEY = "greenr"
 FORMATS = ("torch", "onnx")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    name: str  # where it came from, for messages
-    format: str  # "torch" | "onnx"
-    spec: ModelSpec
-    sha256: str  # of the file's bytes
-    data: bytes
-    checkpoint: Any = None  # the parsed greenr.model.checkpoint.Checkpoint of a torch file
 
 
 def model_format(name: str | Path, data: bytes | None = None) -> str:

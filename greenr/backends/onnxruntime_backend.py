@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from greenr.backends.base import Backend
-from greenr.backends.model_file import ModelFile
+from greenr.backends.base import Backend, ModelFile
 
 
 class OnnxRuntimeBackend(Backend):

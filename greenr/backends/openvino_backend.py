@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
-from greenr.backends.base import Backend
-from greenr.backends.model_file import ModelFile
+from greenr.backends.base import Backend, ModelFile
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from greenr.backends.base import Backend
-from greenr.backends.model_file import ModelFile
+from greenr.backends.base import Backend, ModelFile
 from greenr.errors import GreenrError
 from greenr.model.inference import predict_logits
 

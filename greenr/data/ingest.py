@@ -16,7 +16,6 @@ import ipaddress
 import logging
 import os
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -446,9 +445,3 @@ def run_dvc_add(dest: Path, changed: bool = True) -> bool:
 
 def default_source() -> str:
     return os.environ.get("DATA_SOURCE") or DEFAULT_URL_TEMPLATE
-
-
-if __name__ == "__main__":
-    from greenr.cli import main
-
-    main(["ingest", *sys.argv[1:]])

@@ -12,7 +12,6 @@ queued runs) and tagged with its git commit.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from greenr import scm
@@ -113,9 +112,3 @@ def best(base: str, metric: str = "accuracy", apply: bool = False) -> None:
     if apply:
         scm.dvc("exp", "apply", found[0], fix=FIX)
         print(f"applied {found[0]}: review with `git diff`, then `git commit` and `dvc push`")
-
-
-if __name__ == "__main__":
-    from greenr.cli import main
-
-    main(["grid", *sys.argv[1:]])

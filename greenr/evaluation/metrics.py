@@ -39,6 +39,13 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray, positive: int) -> float | Non
     return _r(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(n_classes))))
 
 
+def _rows_summing_to_one(probs: np.ndarray) -> np.ndarray:
+    """float64 probabilities renormalised: a bf16 backend's softmax rows sum to 1 only within
+    ~1e-3, and log loss (sklearn warns) needs them exact."""
+    rows = np.asarray(probs, dtype=np.float64)
+    return rows / rows.sum(axis=1, keepdims=True)
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: int) -> dict:
     """Accuracy, per-class and macro P/R/F1, ROC AUC, log loss and the confusion matrix, for any
     number of classes. Everything per class is keyed by the class's name (the confusion matrix as
@@ -55,7 +62,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
             for i, name in enumerate(classes)
         },
         "roc_auc": roc_auc(labels, probs, positive),
-        "log_loss": _r(skm.log_loss(labels, probs, labels=idx)),
+        "log_loss": _r(skm.log_loss(labels, _rows_summing_to_one(probs), labels=idx)),
         "confusion_matrix": {
             actual: {predicted: int(confusion[i, j]) for j, predicted in enumerate(classes)}
             for i, actual in enumerate(classes)

@@ -211,9 +211,3 @@ def run_gate(base_rev: str = "main", candidate_path: Path | None = None, registe
         version = register(root, rules)
         print(f"registered {rules.registered_model} version {version} as @{rules.alias}")
     return 0
-
-
-if __name__ == "__main__":
-    from greenr.cli import main
-
-    main(["promote", *sys.argv[1:]])

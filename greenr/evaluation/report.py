@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -259,9 +258,3 @@ def write_report(base: str = "main", out: Path = Path("reports/pr.md"), plots: b
     with atomic_open(out, "w", encoding="utf-8") as handle:
         handle.write(text)
     return out
-
-
-if __name__ == "__main__":
-    from greenr.cli import main
-
-    main(["report", *sys.argv[1:]])

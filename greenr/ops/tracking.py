@@ -136,6 +136,21 @@ def start_run(stage: str, checkpoint_sha256: str | None = None) -> Iterator[Any]
         yield run
 
 
+@contextlib.contextmanager
+def _without_log_records(logger: str, starting: str) -> Iterator[None]:
+    """Drop `logger`'s records whose message starts with `starting`, for the duration."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(starting)
+
+    target = logging.getLogger(logger)
+    target.addFilter(keep)
+    try:
+        yield
+    finally:
+        target.removeFilter(keep)
+
+
 def log_model(model: Any, checkpoint_path: Path, spec: Any) -> None:
     """Log the model in MLflow's pt2 format, with our checkpoint file beside it."""
     import numpy as np
@@ -143,11 +158,14 @@ def log_model(model: Any, checkpoint_path: Path, spec: Any) -> None:
 
     example = np.zeros((2, 3, spec.image_size, spec.image_size), dtype=np.float32)
     plain = model.cpu().eval().to(memory_format=torch.contiguous_format)
-    mlflow.pytorch.log_model(
-        plain,
-        name="model",
-        input_example=example,
-        serialization_format="pt2",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        extra_files=[str(checkpoint_path)],
-    )
+    # uv's environments have no pip: MLflow then warns that conda.yaml lists pip unversioned, which
+    # no user of this pipeline can act on (the model's requirements are pinned below).
+    with _without_log_records("mlflow.utils.environment", "Failed to resolve installed pip version"):
+        mlflow.pytorch.log_model(
+            plain,
+            name="model",
+            input_example=example,
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            extra_files=[str(checkpoint_path)],
+        )

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from greenr.backends.base import TOLERANCE, ModelSpec, compare, probabilities, probe_batch
+from greenr.backends.export import export_onnx
 from greenr.backends.loading import build, load_backend, open_backend
 from greenr.backends.model_file import ONNX_METADATA_KEY, load_model_file, model_format, onnx_metadata, read_model
 from greenr.data.images import load_model_input
@@ -21,7 +22,6 @@ from greenr.errors import GreenrError
 from greenr.hardware import native_bf16
 from greenr.model import checkpoint
 from greenr.model.architectures import ARCHS, build_model, get_arch
-from greenr.model.export import export_onnx
 from greenr.model.inference import predict_flip_averaged_logits, predict_logits
 from tests.helpers.images import class_image, jpeg_bytes
 from tests.helpers.project import REPO

@@ -1,4 +1,4 @@
-"""The INT8 export (greenr.model.quantize) on the real backends, and how the loader offers it."""
+"""The INT8 export (greenr.backends.quantize) on the real backends, and how the loader offers it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from greenr.backends.model_file import (
     read_int8_companion,
     read_model,
 )
-from greenr.model.quantize import quantize_int8, spread, with_quantization
+from greenr.backends.quantize import quantize_int8, spread, with_quantization
 from greenr.paths import INT8_MODEL_PATH, ONNX_MODEL_PATH
 from tests.backends.test_backends import images
 from tests.helpers.serving import write_checkpoint, write_onnx

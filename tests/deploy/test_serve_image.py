@@ -18,10 +18,10 @@ import httpx
 import pytest
 import torch
 
+from greenr.backends.export import export_onnx
 from greenr.data.images import load_model_input
 from greenr.data.tensors import normalize
 from greenr.model import checkpoint
-from greenr.model.export import export_onnx
 from greenr.model.inference import predict_proba
 from greenr.paths import ONNX_MODEL_PATH
 from greenr.processes import free_port

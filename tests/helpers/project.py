@@ -72,6 +72,13 @@ def run(
     return result
 
 
+def alarming_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The lines of a command's output that read as trouble: DVC's and our ERROR/WARNING lines,
+    Python warnings, tracebacks."""
+    words = ("ERROR", "WARNING", "Warning:", "Traceback", "error:")
+    return [line for line in (result.stdout + result.stderr).splitlines() if any(word in line for word in words)]
+
+
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 

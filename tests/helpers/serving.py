@@ -14,9 +14,9 @@ import httpx
 import torch
 from fastapi.testclient import TestClient
 
+from greenr.backends.export import export_onnx
 from greenr.model import checkpoint
 from greenr.model.architectures import build_model, get_arch
-from greenr.model.export import export_onnx
 from greenr.processes import free_port, stop
 from serve.settings import Settings
 from tests.helpers.project import REPO

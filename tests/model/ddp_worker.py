@@ -52,6 +52,10 @@ def main() -> None:
         batch_size=8,
         lr=1e-3,
         seed=3,
+        optimizer="adam",
+        weight_decay=0.0,
+        schedule="constant",
+        select="best",
         device="cpu",
         augment=AugmentParams(hflip=False, vflip=False, crop_scale_min=1.0, color_jitter=0),
     )

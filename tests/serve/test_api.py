@@ -194,13 +194,34 @@ def test_exif_rotation_is_applied(client: TestClient) -> None:
     assert json.dumps(a)  # plain floats
 
 
-def test_an_app_that_was_never_started_answers_503_json(ckpt_path: Path) -> None:
-    """Mounted in another ASGI app, or a TestClient outside `with`: no lifespan ran, so no model."""
+def test_an_app_that_was_never_started_is_alive_and_says_it_is_not_started(ckpt_path: Path) -> None:
+    """Mounted in another ASGI app, or a TestClient outside `with`: no lifespan ran, so no model.
+    Liveness needs none, a request without its file is wrong whatever the state, the rest waits."""
     never_started = TestClient(create_app(make_settings(ckpt_path)), raise_server_exceptions=False)
-    for method, path in (("post", "/predict"), ("get", "/metrics"), ("get", "/model"), ("get", "/ready")):
-        response = getattr(never_started, method)(path)
+    assert never_started.get("/health").status_code == 200
+    missing = never_started.post("/predict")
+    assert missing.status_code == 422 and missing.json()["request_id"], missing.text
+    assert never_started.post("/predict/batch").status_code == 422
+    image = {"file": ("a.jpg", encode(photo(), "JPEG"), "image/jpeg")}
+    for method, path, kwargs in (
+        ("post", "/predict", {"files": image}),
+        ("get", "/metrics", {}),
+        ("get", "/model", {}),
+        ("get", "/ready", {}),
+    ):
+        response = getattr(never_started, method)(path, **kwargs)
         assert response.status_code == 503, (path, response.text)
         assert "not started" in response.json()["detail"]
+
+
+def test_a_request_without_its_file_answers_422_while_the_model_loads(tmp_path: Path) -> None:
+    """The request's shape is checked before the model's state: no model (a missing file) still
+    answers 422 to a request that could never succeed, and 503 to one that could."""
+    with TestClient(create_app(make_settings(tmp_path / "absent.pth")), raise_server_exceptions=False) as client:
+        assert client.post("/predict").status_code == 422
+        assert client.post("/predict", content=b"x", headers={"content-type": "image/gif"}).status_code == 415
+        image = {"file": ("a.jpg", encode(photo(), "JPEG"), "image/jpeg")}
+        assert client.post("/predict", files=image).status_code == 503
 
 
 def test_every_dependency_of_every_route_runs_on_the_event_loop(ckpt_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,16 @@ from PIL import Image
 
 from greenr.processes import free_port
 from tests.helpers.images import class_image, jpeg_bytes
-from tests.helpers.project import commit_all, copy_project, point_remote_at, project_env, run, set_params
+from tests.helpers.project import (
+    REPO,
+    alarming_lines,
+    commit_all,
+    copy_project,
+    point_remote_at,
+    project_env,
+    run,
+    set_params,
+)
 from tests.helpers.serving import Server
 
 pytestmark = pytest.mark.e2e
@@ -63,6 +73,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
             target.write_bytes(photo(label, 1000 * CLASSES.index(label) + i))
     (source / "sky" / "notes.txt").write_text("not an image: left out")
     copy_project(project)
+    # As in a fresh clone: data.dvc names the default data, which this (new) remote does not hold.
+    shutil.copy2(REPO / "data.dvc", project / "data.dvc")
     set_params(project, PARAMS)
     env = project_env(project, state) | {"DATA_SOURCE": str(source)}
     commit_all(project)
@@ -70,6 +82,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     main_job = run(["greenr", "run"], project, env)
     yield project, env, source, main_job
     run(["greenr", "store", "stop"], project, env, check=False)
+
+
+def test_a_first_run_on_a_new_remote_prints_no_error_or_warning(trained) -> None:
+    """The expected first run (no data/ yet, an empty remote): nothing a user should worry about."""
+    _, _, _, main_job = trained
+    assert alarming_lines(main_job) == [], main_job.stderr[-4000:]
+    assert "does not have this data version (a new remote): ingesting" in main_job.stderr
+    assert "has none of the pipeline's outputs yet" in main_job.stderr
 
 
 def test_the_classes_come_from_the_folders_through_every_step(trained) -> None:

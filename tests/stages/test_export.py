@@ -13,10 +13,12 @@ import pytest
 from greenr.backends.base import Backend
 from greenr.backends.loading import build, open_backend
 from greenr.backends.model_file import load_model_file
+from greenr.backends.quantize import with_quantization
 from greenr.data.dataset import read_manifest
 from greenr.data.loader import load_samples
-from greenr.params import load_section
+from greenr.params import ExportParams, load_section
 from stages.evaluate import predict, score
+from stages.export import int8_failure
 from tests.helpers.images import make_images
 from tests.helpers.project import TINY_PARAMS, copy_project, project_env, run, set_params
 from tests.helpers.serving import write_checkpoint
@@ -114,3 +116,35 @@ def test_export_without_a_checkpoint_fails_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "stage-1.pth does not exist" in result.stderr and "dvc repro" in result.stderr
     assert not (root / "models" / "stage-1.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "passed", "fails"),
+    [("auto", [], False), ("auto", ["openvino"], False), (True, [], True), (True, ["onnxruntime"], False)],
+)
+def test_only_a_required_int8_model_fails_the_stage_when_no_backend_keeps_the_answers(
+    setting: str | bool, passed: list[str], fails: bool
+) -> None:
+    """`auto` ships an INT8 model that passed nowhere, offered nowhere (the loader's "not certified");
+    `true` makes one backend passing a requirement."""
+    failure = int8_failure(passed, ExportParams(int8=setting, max_label_changes=0.01))
+    assert (failure is not None) == fails
+    if failure:
+        assert "every backend" in failure and "1%" in failure and "metrics/export.json" in failure
+
+
+def test_an_int8_model_certified_nowhere_is_never_offered(project: Path, tmp_path: Path) -> None:
+    """What `auto` ships when no backend passed: a model listing no backend, which the loader refuses."""
+    if not (project / "models" / "stage-1.int8.onnx").is_file():
+        run([sys.executable, "-m", "stages.export"], project, project_env(project, project.parent / "state"))
+    certified = load_model_file(project / "models" / "stage-1.int8.onnx")
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "stage-1.onnx").write_bytes((project / "models" / "stage-1.onnx").read_bytes())
+    (root / "stage-1.int8.onnx").write_bytes(
+        with_quantization(certified.data, "stage-1.int8.onnx", {**certified.spec.quantization, "backends": []})
+    )
+    _, selection = open_backend(root / "stage-1.onnx", "auto", "auto", threads=1)
+    int8 = [c for c in selection.candidates if c.precision == "int8"]
+    assert int8 and all("not certified" in c.status for c in int8), selection.describe()
+    assert selection.backend.precision != "int8"

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from greenr.processes import free_port
-from tests.helpers.project import init_project, point_remote_at, project_env, run, set_params
+from tests.helpers.project import alarming_lines, init_project, point_remote_at, project_env, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -64,6 +64,7 @@ def dvc(ws: SimpleNamespace, *args: str, cwd: Path | None = None):
 def test_main_job_trains_evaluates_pushes_and_stops_the_store_it_started(ws):
     out = ws.main_job.stdout
     assert "Test metrics" in out and "accuracy" in out
+    assert alarming_lines(ws.main_job) == [], "a first run on an empty remote is not alarming"
     report = json.loads((ws.project / "metrics/evaluate.json").read_text())
     assert 0.0 <= report["accuracy"] <= 1.0 and report["n"] == 6
     assert 0.0 <= report["ece"] <= 1.0 and report["temperature"] > 0

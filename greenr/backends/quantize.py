@@ -17,6 +17,7 @@ by at most 0.06 and flipped none on OpenVINO (docs/serving.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -49,7 +50,7 @@ def quantize_int8(fp32_onnx: bytes, batches: Iterable[np.ndarray], count: int) -
     import nncf
     import onnx
 
-    from greenr.model.export import INPUT_NAME
+    from greenr.backends.export import INPUT_NAME
 
     seen = 0
 
@@ -67,7 +68,8 @@ def quantize_int8(fp32_onnx: bytes, batches: Iterable[np.ndarray], count: int) -
         )
     model = onnx.load_model_from_string(fp32_onnx)
     dataset = nncf.Dataset(images(), lambda image: {INPUT_NAME: image})
-    quantized = nncf.quantize(model, dataset, subset_size=count)
+    with _quiet_cpp_extension():
+        quantized = nncf.quantize(model, dataset, subset_size=count)
     if seen != count:
         raise GreenrError(
             f"calibration read {seen} images, expected {count}", "check the training shards (`dvc repro prepare`)"
@@ -92,3 +94,16 @@ def nncf_version() -> str:
     import nncf
 
     return f"nncf {nncf.__version__}"
+
+
+@contextlib.contextmanager
+def _quiet_cpp_extension() -> Iterator[None]:
+    """torch's cpp_extension, which nncf.quantize imports, warns on a machine with a CUDA_HOME but
+    no CUDA runtime; quantizing an ONNX model never uses CUDA."""
+    cpp_extension = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_extension.level
+    cpp_extension.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        cpp_extension.setLevel(level)

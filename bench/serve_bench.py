@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.photos import training_photos, upscaled
 from greenr.hardware import BF16_FLAGS, INT8_FLAGS, available_cpus, cpu_flags, cpu_model, native_bf16
-from greenr.processes import free_port, stop
+from greenr.processes import ServerProcess
 
 BOUNDARY = "greenr-bench"
 CONCURRENCY = (1, 16)
@@ -95,20 +95,10 @@ class Result:
         return sum(count for code, count in self.statuses.items() if code != "200")
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> None:
-        self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "wb")
-        full_env = {**os.environ, **env, "PORT": str(self.port), "GREENR_OFFLINE": "1", "LOG_LEVEL": "warning"}
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [*cmd, *(["--port", str(self.port)] if name == "original" else [])],
-            cwd=REPO,
-            env=full_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.name = name
+        super().__init__(env, log, [*cmd, *(["--port", "{port}"] if name == "original" else [])], cwd=REPO)
 
     def cold_start(self, body: bytes, timeout: float = 300) -> float:
         """Seconds from process start to the first answered POST /predict."""
@@ -117,42 +107,33 @@ class Server:
         with httpx.Client(timeout=30) as http:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise SystemExit(f"{self.name} exited at start; see {self.log.name}")
+                    raise SystemExit(f"{self.name} exited at start; see {self.log_path}")
                 try:
                     if http.post(f"{self.url}/predict", content=body, headers=headers).status_code == 200:
                         return time.perf_counter() - self.started
                 except httpx.TransportError:
                     pass
                 time.sleep(0.02)
-        raise SystemExit(f"{self.name} did not answer in {timeout}s; see {self.log.name}")
+        raise SystemExit(f"{self.name} did not answer in {timeout}s; see {self.log_path}")
 
     def backend(self, timeout: float = 120) -> str:
         """The backend and precision serving once the choice has settled (serve first, time later)."""
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                info = httpx.get(f"{self.url}/model", timeout=10).json()
+                info = self.get("/model")[1]
                 if info["inference"]["settled"]:
                     return f"{info['backend']} {info['precision']}"
                 time.sleep(0.2)
             raise SystemExit(f"{self.name}: the backend choice did not settle in {timeout}s")
-        except (httpx.HTTPError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, TypeError):
             return "torch fp32 (its own code)"
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (every thread)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.log.close()
+        try:
+            return self.rss_bytes() / 2**20
+        except (OSError, RuntimeError):
+            return float("nan")
 
 
 def hey(

@@ -20,7 +20,6 @@ import json
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from greenr.backends.loading import open_backend
 from greenr.data.images import decode_image, prepare, to_uint8_array
 from greenr.hardware import available_cpus, cpu_model
 from greenr.ops.drift import image_features
-from greenr.processes import free_port, stop
+from greenr.processes import ServerProcess
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -90,24 +89,12 @@ def profile(data: bytes, backend, repeat: int) -> str:
 
 def served(model: str, bodies: dict[str, bytes], requests: int) -> dict[tuple[str, str], float]:
     """p50 of sequential POST /predict against a real server, per body and encoding."""
-    port = free_port()
-    env = {**os.environ, "MODEL_PATH": model, "MODEL_PULL": "false", "PORT": str(port), "LOG_LEVEL": "warning"}
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, "-m", "serve"], cwd=REPO, env=env, stdout=log, stderr=log)
+    with tempfile.TemporaryDirectory() as folder:
+        server = ServerProcess({"MODEL_PATH": model, "MODEL_PULL": "false"}, Path(folder) / "server.log", cwd=REPO)
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-                deadline = time.monotonic() + 300
-                while time.monotonic() < deadline:
-                    try:
-                        # Settled: the backends are timed in the background after the first one serves.
-                        if http.get("/ready").status_code == 200 and http.get("/model").json()["inference"]["settled"]:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
-                else:
-                    log.seek(0)
-                    raise SystemExit(f"the server did not get ready:\n{log.read().decode()[-2000:]}")
+            # Settled: the backends are timed in the background after the first one serves.
+            server.wait_ready(timeout=300)
+            with httpx.Client(base_url=server.url, timeout=60) as http:
                 result = {}
                 for name, body in bodies.items():
                     for how, kwargs in (
@@ -124,7 +111,7 @@ def served(model: str, bodies: dict[str, bytes], requests: int) -> dict[tuple[st
                         result[(name, how)] = statistics.median(times) * 1000
                 return result
         finally:
-            stop(proc)
+            server.stop()
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.serve_bench import ensure_models
-from greenr.processes import free_port, stop
+from greenr.processes import ServerProcess
 from tests.helpers.images import bad_corpus, encode, good_corpus
 
 MAX_UPLOAD = 10 * 1024 * 1024  # the server's default MAX_UPLOAD_BYTES
@@ -91,13 +91,6 @@ def build_mix(photos_dir: Path) -> dict[str, list[Upload]]:
     ]
     bad = [Upload("bad", name, data, ctype, status) for name, (data, ctype, status) in bad_corpus(MAX_UPLOAD).items()]
     return {"good": good, "phone": phone, "bad": bad}
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_model() -> str:
@@ -172,23 +165,14 @@ def main() -> None:
     else:  # an untrained stand-in of the same format (same cost per request as a trained one)
         pth, onnx = ensure_models(tmp / "absent.pth", tmp / "absent.onnx", tmp)
         model = onnx if requested.suffix == ".onnx" else pth
-    port = free_port()
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "MODEL_PATH": str(model),
-        "MODEL_PULL": "false",
-        "LOG_LEVEL": "warning",
-        "GREENR_OFFLINE": "1",
-    }
-    log_path = tmp / "server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "serve"], cwd=REPO, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess({"MODEL_PATH": str(model), "MODEL_PULL": "false"}, tmp / "server.log", cwd=REPO)
+    log_path, url = server.log_path, server.url
     try:
-        wait_ready(url, server, log_path)
-        print(f"server pid {server.pid} ready, RSS {rss_mib(server.pid):.0f} MiB; log {log_path}")
+        try:
+            server.wait_ready(timeout=300)
+        except RuntimeError as err:
+            raise SystemExit(f"the server did not get ready ({err}); see {log_path}") from None
+        print(f"server pid {server.proc.pid} ready, RSS {server.rss_bytes() / 2**20:.0f} MiB; log {log_path}")
         print(f"{'requests':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8}  non-2xx by status; unexpected")
 
         statuses: collections.Counter[int] = collections.Counter()
@@ -203,7 +187,7 @@ def main() -> None:
             window.append(result)
             done = sum(statuses.values())
             if len(window) == args.window or done == args.requests:
-                rss.append(rss_mib(server.pid))
+                rss.append(server.rss_bytes() / 2**20)
                 times = [r.seconds * 1000 for r in window]
                 bad = collections.Counter(r.status for r in window if not 200 <= r.status < 300)
                 wrong = sum(r.status != r.expected for r in window)
@@ -217,7 +201,7 @@ def main() -> None:
         asyncio.run(soak(url, uploads, args.concurrency, on_result))
         elapsed = time.perf_counter() - started
     finally:
-        stop(server)
+        server.stop()
         if model.parent == tmp:  # the untrained stand-ins
             for stand_in in tmp.glob("stage-1.*"):
                 stand_in.unlink()
@@ -236,19 +220,6 @@ def main() -> None:
     if load_before[0] >= 1:
         print(f"note: started at load {load_before[0]:.1f}; quote figures only from runs started below 1")
     raise SystemExit(1 if server_errors or unexpected or growth >= RSS_GOAL_MIB else 0)
-
-
-def wait_ready(url: str, server: subprocess.Popen, log_path: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the server did not get ready; see {log_path}")
-        time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -218,3 +218,98 @@ def stop_all(grace_s: float = GRACE_S) -> None:
         children = list(_running)
     for proc in children:
         stop(proc, grace_s)
+
+
+class ServerProcess:
+    """The model server (`python -m serve`, or `argv`) in a child process on 127.0.0.1:<free
+    port>, its output in `log_path`, stopped by its PID: what the tests and benches start.
+
+    The environment binds it to loopback; `env` adds to it (MODEL_PATH, BACKEND, ...). Nothing
+    here imports the server: a bench starts servers built from other code the same way (an
+    argument `{port}` in `argv` becomes the port, for servers that take it as a flag).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        argv: Sequence[str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "GREENR_OFFLINE": "1",
+            "LOG_LEVEL": "warning",
+            **env,
+        }
+        self._log = open(log_path, "wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [str(self.port) if arg == "{port}" else arg for arg in argv or [sys.executable, "-m", "serve"]],
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, Any]:
+        """(status, parsed JSON body) of GET `path`; OSError while nothing listens."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, json.loads(err.read() or b"null")
+
+    def wait_ready(self, timeout: float = 120) -> dict:
+        """/ready's body once the model is loaded and the backend choice has settled (so that the
+        backend does not change under a measurement); RuntimeError at once when the model fails to
+        load or the process exits, and after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                status, body = self.get("/ready")
+            except OSError:  # not listening yet
+                time.sleep(0.1)
+                continue
+            if status == 200 and self.get("/model")[1]["inference"]["settled"]:
+                return self.get("/ready")[1]
+            if status != 200 and body.get("error"):
+                raise RuntimeError(f"model failed to load: {body['error']}\n{self.log_tail()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"model not ready in {timeout:.0f} s\n{self.log_tail()}")
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (every thread)."""
+        fields = (_PROC / str(self.proc.pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        for line in (_PROC / str(self.proc.pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmRSS for pid {self.proc.pid}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self._log.close()

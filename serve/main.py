@@ -29,6 +29,8 @@ from serve.settings import Settings, get_settings
 from serve.state import AppState
 
 log = logging.getLogger("serve")
+# How long shutting down waits for the background timing of backends (a few seconds at most).
+SETTLE_WAIT_S = 20.0
 
 
 async def _initial_load(state: AppState) -> None:
@@ -79,6 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.decoder.shutdown(wait=False, cancel_futures=True)
             # A `dvc pull` of the model still running in a worker thread would hold up the exit.
             await asyncio.to_thread(processes.stop_all)
+            # Backends still being timed run native code: the process must not go away under them.
+            if not await asyncio.to_thread(store.close, SETTLE_WAIT_S):
+                log.warning("backends still being timed after %.0f s; stopping anyway", SETTLE_WAIT_S)
 
     app = FastAPI(
         title="greenr",

@@ -271,6 +271,8 @@ class ModelStore:
         self._reload_lock = threading.Lock()
         # Called with the new current model when a background step replaced it (the backend settled).
         self.on_change: Callable[[LoadedModel], None] | None = None
+        # Threads timing the backends of a load in the background (see close()).
+        self._settling: list[threading.Thread] = []
 
     def load(self, rev: str | None = None, *, initial: bool = False) -> LoadedModel:
         """Load `rev` (default: the configured one) and swap it in; on failure keep the old model.
@@ -307,13 +309,26 @@ class ModelStore:
             self.rev = target
             self.error = self.last_reload_error = None
             if not loaded.selection.settled:
-                threading.Thread(target=self._settle, args=(loaded,), name="backend-settle", daemon=True).start()
+                settling = threading.Thread(target=self._settle, args=(loaded,), name="backend-settle", daemon=True)
+                self._settling = [t for t in self._settling if t.is_alive()] + [settling]
+                settling.start()
             return loaded
+
+    def close(self, timeout: float = 60) -> bool:
+        """Wait for the background timing of backends to finish; False if some is still running
+        after `timeout` s. Native inference cannot be interrupted, and a thread still inside it when
+        the interpreter (or the app) goes away may crash the process."""
+        deadline = time.monotonic() + timeout
+        for settling in self._settling:
+            settling.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._settling)
 
     def _settle(self, loaded: LoadedModel) -> None:
         """Time every backend candidate of `loaded` (it serves meanwhile) and swap in the fastest."""
         provisional = loaded.selection
         assert provisional.settle is not None
+        if self.current is not loaded:
+            return  # a reload replaced it before its timing began: nothing to time
         try:
             final = provisional.settle()
         except Exception as exc:  # the provisional backend agrees with the reference: it keeps serving

@@ -55,7 +55,7 @@ class Readiness(BaseModel):
     model: ModelVersion | None = None
 
 
-class Candidate(BaseModel):
+class BackendCandidate(BaseModel):
     backend: str
     precision: str
     status: str
@@ -73,7 +73,7 @@ class Inference(BaseModel):
     threads: int
     reference: str
     settled: bool  # false while the first backend that agreed serves and the others are being timed
-    candidates: list[Candidate]
+    candidates: list[BackendCandidate]
     # The INT8 export beside the model: its sha256, scheme, tool, calibration images and the backends
     # it passed the export check on; or `absent` saying why there is none.
     int8: dict[str, Any] = {}

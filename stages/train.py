@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from greenr.atomic import write_csv, write_json
-from greenr.data.dataset import read_classes
+from greenr.data.dataset import data_version, read_classes
 from greenr.data.loader import load_samples
 from greenr.errors import exits_cleanly, setup_logging
 from greenr.model import checkpoint
@@ -95,7 +95,7 @@ def main() -> None:
             "best_epoch": result.best_epoch,
             "val_acc": round(result.best.val_acc, 6),
             "val_loss": round(result.best.val_loss, 6),
-            "data_version": tracking.data_version(),
+            "data_version": data_version(root)[0] or "unknown",
         }
         sha256 = checkpoint.save(
             root / MODEL_PATH,

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Candidate:
+class BackendCandidate:
     """What happened to one backend x precision at load time (shown at /model)."""
 
     backend: str
@@ -76,7 +76,7 @@ class Candidate:
 @dataclass(frozen=True)
 class Selection:
     backend: Backend
-    candidates: list[Candidate]
+    candidates: list[BackendCandidate]
     reference: str  # where the reference logits came from
     # Set while `backend` is the first candidate that agreed and the others are not timed yet:
     # `settle()` checks and times them all (the full choice), e.g. in the background.
@@ -148,18 +148,18 @@ def _median_ms(backend: Backend, images: np.ndarray, timed_ms: tuple[float, ...]
 
 def _try(
     name: str, precision: str, building: Future[Backend], probe: np.ndarray, reference: np.ndarray, timed: bool
-) -> tuple[Backend | None, Candidate, float]:
+) -> tuple[Backend | None, BackendCandidate, float]:
     """Check one candidate once built: (the backend if it agrees, what happened, its speed score in ms)."""
     try:
         built = building.result()
         checked = _check(built, probe, reference)
     except Exception as exc:
         log.warning("backend %s %s failed on the probe batch: %s: %s", name, precision, type(exc).__name__, exc)
-        return None, Candidate(name, precision, "failed", detail=f"{type(exc).__name__}: {exc}"), 0.0
+        return None, BackendCandidate(name, precision, "failed", detail=f"{type(exc).__name__}: {exc}"), 0.0
     agreement = checked.agreement
     if checked.precision != precision:
         log.warning("%s ignored PRECISION=%s and computes in %s", name, precision, checked.precision)
-        return None, Candidate(name, precision, f"runs as {checked.precision}", agreement.to_dict()), 0.0
+        return None, BackendCandidate(name, precision, f"runs as {checked.precision}", agreement.to_dict()), 0.0
     if not agreement.ok:
         log.warning(
             "%s %s disagrees with the reference on the probe batch (max |logit diff| %.3g, labels %.0f%% the "
@@ -169,11 +169,11 @@ def _try(
             agreement.max_abs_diff,
             agreement.label_agreement * 100,
         )
-        return None, Candidate(name, precision, "disagrees", agreement.to_dict()), 0.0
+        return None, BackendCandidate(name, precision, "disagrees", agreement.to_dict()), 0.0
     # The speed score: latency (one image) plus throughput (the probe batch), each a median.
     ms1 = _median_ms(built, probe[:1]) if timed else None
     ms_batch = _median_ms(built, probe, (checked.ms_probe_batch,)) if timed else checked.ms_probe_batch
-    candidate = Candidate(name, precision, "agrees", agreement.to_dict(), ms1, ms_batch)
+    candidate = BackendCandidate(name, precision, "agrees", agreement.to_dict(), ms1, ms_batch)
     return built, candidate, (ms1 or 0.0) + ms_batch
 
 
@@ -191,7 +191,7 @@ def _plan(names: list[str], precision: str, bf16_ok: bool, int8_names: list[str]
 
 def _int8_offer(
     usable: list[str], precision: str, int8: ModelFile | None, int8_note: str
-) -> tuple[list[str], list[Candidate]]:
+) -> tuple[list[str], list[BackendCandidate]]:
     """The backends that may run the INT8 export, and a candidate saying why for each that may not."""
     if precision not in ("auto", "int8"):
         return [], []
@@ -199,10 +199,10 @@ def _int8_offer(
     if int8 is None or int8.spec.quantization is None:
         if precision == "int8":
             log.warning("PRECISION=int8, but %s: using fp32", int8_note)
-        return [], [Candidate(n, "int8", int8_note) for n in onnx_backends]
+        return [], [BackendCandidate(n, "int8", int8_note) for n in onnx_backends]
     certified = set(int8.spec.quantization.get("backends") or [])
     names = [n for n in onnx_backends if n in certified]
-    refused = [Candidate(n, "int8", "not certified at export") for n in onnx_backends if n not in certified]
+    refused = [BackendCandidate(n, "int8", "not certified at export") for n in onnx_backends if n not in certified]
     if precision == "int8" and not names:
         log.warning("PRECISION=int8, but no installed backend passed the export's INT8 check: using fp32")
     return names, refused
@@ -253,13 +253,13 @@ def load_backend(
             "the torch backend runs the checkpoint (models/stage-1.pth), onnxruntime and openvino its ONNX "
             "export (models/stage-1.onnx); use BACKEND=auto",
         )
-    candidates: list[Candidate] = []
+    candidates: list[BackendCandidate] = []
     usable = []
     for name in names:
         if installed(name):
             usable.append(name)
         else:
-            candidates.append(Candidate(name, "-", "not installed"))
+            candidates.append(BackendCandidate(name, "-", "not installed"))
     if not usable:
         raise GreenrError(
             f"no backend that runs {model.name} is installed ({', '.join(names)})",
@@ -269,7 +269,7 @@ def load_backend(
     if precision == "bf16" and not bf16_ok:
         log.warning("PRECISION=bf16, but this CPU has no native bf16 (amx_bf16/avx512_bf16): using fp32")
     if not bf16_ok and precision != "fp32":
-        candidates += [Candidate(n, "bf16", "no native bf16") for n in usable if BACKENDS[n].bf16]
+        candidates += [BackendCandidate(n, "bf16", "no native bf16") for n in usable if BACKENDS[n].bf16]
     int8_names, refused = _int8_offer(usable, precision, int8, int8_note)
     candidates += refused
     plan = _plan(usable, precision, bf16_ok, int8_names)
@@ -284,7 +284,7 @@ def load_backend(
         if plan == [("torch", "fp32")]:
             chosen = build("torch", model, "fp32", threads)
             chosen.forward(probe[:1])  # warm-up: the first call allocates
-            return Selection(chosen, [*candidates, Candidate("torch", "fp32", "chosen")], source)
+            return Selection(chosen, [*candidates, BackendCandidate("torch", "fp32", "chosen")], source)
         reference = build("torch", model, "fp32", threads).forward(probe)
     elif reference is None:
         first = next(name for name, prec in plan if prec == "fp32")
@@ -305,7 +305,7 @@ def load_backend(
                 return Selection(built, [*candidates, _chosen(candidate)], source, settle=full_choice)
         # None agrees: the full choice below says why, candidate by candidate.
 
-    agreeing: list[tuple[float, Backend, Candidate]] = []
+    agreeing: list[tuple[float, Backend, BackendCandidate]] = []
     # Built side by side (loading and compiling a graph is mostly single-threaded), then checked
     # and timed one after the other, so that the timings do not disturb each other.
     with ThreadPoolExecutor(len(plan), thread_name_prefix="backend-build") as pool:
@@ -352,8 +352,8 @@ def _build_now(name: str, model: ModelFile, precision: str, threads: int) -> Fut
     return done
 
 
-def _chosen(candidate: Candidate) -> Candidate:
-    return Candidate(**{**asdict(candidate), "status": "chosen"})
+def _chosen(candidate: BackendCandidate) -> BackendCandidate:
+    return BackendCandidate(**{**asdict(candidate), "status": "chosen"})
 
 
 def open_backend(

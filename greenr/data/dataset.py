@@ -16,6 +16,7 @@ from typing import TypeVar
 from greenr.atomic import atomic_open, write_json
 from greenr.data.images import IMAGE_SUFFIXES
 from greenr.errors import GreenrError
+from greenr.paths import DATA_DVC
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "label", "md5", "phash")
@@ -175,3 +176,15 @@ def read_manifest(path: Path) -> list[Example]:
                 "regenerate it with `dvc repro -f split`",
             )
         return [Example(r["path"], r["label"], r["md5"], r.get("phash") or "") for r in reader]
+
+
+def data_version(root: Path) -> tuple[str | None, int | None]:
+    """(md5 of the data directory, its file count) as data.dvc records them; (None, None) when there
+    is no data.dvc or it cannot be read."""
+    import yaml
+
+    try:
+        outs = (yaml.safe_load((root / DATA_DVC).read_text()) or {}).get("outs") or [{}]
+        return outs[0].get("md5"), outs[0].get("nfiles")
+    except (OSError, AttributeError, IndexError, yaml.YAMLError):
+        return None, None

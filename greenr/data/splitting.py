@@ -43,7 +43,7 @@ STRICTNESS = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass(frozen=True)
-class Candidate:
+class HashedExample:
     """An image to place: its manifest row and its perceptual hash (None: never grouped)."""
 
     example: Example
@@ -77,9 +77,9 @@ def file_phash(path: Path) -> tuple[str, str]:
         return "", err.reason
 
 
-def candidate(example: Example) -> Candidate:
+def candidate(example: Example) -> HashedExample:
     """The example with its manifest phash (16 hex digits) as a number."""
-    return Candidate(example, int(example.phash, 16) if example.phash else None)
+    return HashedExample(example, int(example.phash, 16) if example.phash else None)
 
 
 def known_phashes(root: Path) -> dict[str, str]:
@@ -209,7 +209,7 @@ def _quota_targets(n: int, fractions: Mapping[str, float], label: str) -> tuple[
 
 
 def assign_splits(
-    candidates: Iterable[Candidate],
+    candidates: Iterable[HashedExample],
     fractions: Mapping[str, float],
     seed: int,
     previous: Mapping[str, str] | None = None,
@@ -219,12 +219,12 @@ def assign_splits(
     items = sorted(candidates, key=lambda c: c.example.path)
     previous = previous or {}
     group_of = near_duplicate_groups([c.phash for c in items], max_distance)
-    groups: dict[int, list[Candidate]] = {}
+    groups: dict[int, list[HashedExample]] = {}
     for item, gid in zip(items, group_of):
         groups.setdefault(gid, []).append(item)
     position = {c.example.md5: hash_position(c.example.md5, seed) for c in items}
 
-    def anchor(members: list[Candidate]) -> Example:
+    def anchor(members: list[HashedExample]) -> Example:
         return min((m.example for m in members), key=lambda e: (position[e.md5], e.path))
 
     with_history = {c.example.label for c in items if c.example.md5 in previous}

@@ -48,11 +48,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from greenr import scm
 from greenr.atomic import write_bytes
-from greenr.data.dataset import class_folders
+from greenr.data.dataset import class_folders, data_version
 from greenr.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, decode_image
 from greenr.errors import GreenrError
 from greenr.paths import DATA_DIR, DATA_DVC, INBOX_PREFIX, repo_root, state_dir
@@ -227,7 +225,7 @@ class TrustPolicy:
 # ---------------------------------------------------------------------------- where items are kept
 
 
-class Backend(Protocol):
+class ItemStore(Protocol):
     where: str
 
     def put(self, key: str, data: bytes) -> None: ...
@@ -245,7 +243,7 @@ class Backend(Protocol):
     def list(self, prefix: str) -> list[str]: ...
 
 
-class LocalBackend:
+class LocalItemStore:
     """A folder (`.state/inbox/` by default): atomic writes, keys are relative paths; conditional
     writes under a lock file, so several server processes on one machine can share it."""
 
@@ -308,7 +306,7 @@ class LocalBackend:
 PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
-class S3Backend:
+class S3ItemStore:
     """The DVC remote's bucket under `inbox/`, with the remote's endpoint and credentials."""
 
     def __init__(self, remote: Any) -> None:
@@ -403,8 +401,8 @@ class Submitted:
 
 
 class Inbox:
-    def __init__(self, backend: Backend, min_agreeing: int = DEFAULT_MIN_AGREEING) -> None:
-        self.backend = backend
+    def __init__(self, store: ItemStore, min_agreeing: int = DEFAULT_MIN_AGREEING) -> None:
+        self.store = store
         # What the review markers follow: an item needs a reviewer unless the strict policy trusts it.
         self.review_policy = TrustPolicy(min_agreeing)
         # Writers of one item in this process queue here rather than race through the store (fewer
@@ -413,36 +411,36 @@ class Inbox:
 
     @property
     def where(self) -> str:
-        return self.backend.where
+        return self.store.where
 
     def record(self, sha: str, state: str = PENDING) -> Record | None:
-        raw = self.backend.get(f"{state}/{sha}.json")
+        raw = self.store.get(f"{state}/{sha}.json")
         return None if raw is None else Record.parse(raw, f"{self.where}/{state}/{sha}.json")
 
     def records(self, state: str = PENDING) -> list[Record]:
         out = []
-        for key in self.backend.list(state):
+        for key in self.store.list(state):
             if key.endswith(".json"):
-                raw = self.backend.get(key)
+                raw = self.store.get(key)
                 if raw is not None:
                     out.append(Record.parse(raw, f"{self.where}/{key}"))
         return out
 
     def count(self, state: str = PENDING) -> int:
-        return sum(key.endswith(".json") for key in self.backend.list(state))
+        return sum(key.endswith(".json") for key in self.store.list(state))
 
     def image(self, record: Record) -> bytes | None:
-        return self.backend.get(record.image_key)
+        return self.store.get(record.image_key)
 
     def atomic_updates(self) -> bool:
         """Does the store refuse a conditional write whose condition fails? (Else concurrent
         updates from several processes could overwrite each other; one process stays safe.)"""
         probe = f".conditional-write-probe-{uuid.uuid4().hex}"  # one per process: two may start at once
-        self.backend.put(probe, b"probe")
+        self.store.put(probe, b"probe")
         try:
-            return not self.backend.put_if(probe, b"probe again", None)
+            return not self.store.put_if(probe, b"probe again", None)
         finally:
-            self.backend.delete(probe)
+            self.store.delete(probe)
 
     def _change(self, sha: str, change: Callable[[Record | None], Record | None]) -> tuple[Record | None, bool]:
         """Apply `change` to the item's record by compare-and-swap, retried while other writers win.
@@ -453,15 +451,15 @@ class Inbox:
         key = f"{PENDING}/{sha}.json"
         with self._locks[int(sha[:2], 16) % len(self._locks)]:
             for attempt in range(MAX_ATTEMPTS):
-                found = self.backend.get_versioned(key)
+                found = self.store.get_versioned(key)
                 current = None if found is None else Record.parse(found[0], f"{self.where}/{key}")
                 updated = change(copy.deepcopy(current))
                 if updated is None:
                     return current, False
                 if self.review_policy.needs_review(updated):
                     # Before the record: a record that needs review never goes unlisted.
-                    self.backend.put(f"{REVIEW}/{sha}", b"")
-                if self.backend.put_if(key, updated.dumps(), None if found is None else found[1]):
+                    self.store.put(f"{REVIEW}/{sha}", b"")
+                if self.store.put_if(key, updated.dumps(), None if found is None else found[1]):
                     self._sync_marker(sha, updated)
                     return updated, True
                 time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))  # another writer won: read again
@@ -481,12 +479,12 @@ class Inbox:
         """
         marker = f"{REVIEW}/{sha}"
         if record is not None and self.review_policy.needs_review(record):
-            self.backend.put(marker, b"")
+            self.store.put(marker, b"")
             return record
-        self.backend.delete(marker)
+        self.store.delete(marker)
         again = self.record(sha)
         if again is not None and self.review_policy.needs_review(again):
-            self.backend.put(marker, b"")
+            self.store.put(marker, b"")
             return again
         return None
 
@@ -521,7 +519,7 @@ class Inbox:
                     model_sha256=model_sha256,
                 )
                 record.vote(label, voter)
-                self.backend.put(record.image_key, data)  # before its record; the same bytes whoever writes
+                self.store.put(record.image_key, data)  # before its record; the same bytes whoever writes
                 return record
             if not record.vote(label, voter):
                 return None
@@ -553,7 +551,7 @@ class Inbox:
     def find(self, sha_or_prefix: str) -> Record:
         prefix = item_prefix(sha_or_prefix)
         start = len(PENDING) + 1
-        matches = [k for k in self.backend.list(PENDING) if k.endswith(".json") and k[start:].startswith(prefix)]
+        matches = [k for k in self.store.list(PENDING) if k.endswith(".json") and k[start:].startswith(prefix)]
         if not matches:
             raise GreenrError(
                 f"no pending inbox item {prefix} in {self.where}", "`greenr inbox status --items` lists them"
@@ -568,7 +566,7 @@ class Inbox:
     def to_review(self, limit: int = 100) -> list[Record]:
         """Items that need a reviewer, oldest first (the markers say which; stale markers are dropped)."""
         out = []
-        for key in self.backend.list(REVIEW):
+        for key in self.store.list(REVIEW):
             sha = key[len(REVIEW) + 1 :]
             record = self.record(sha)
             if record is None or not self.review_policy.needs_review(record):
@@ -580,16 +578,16 @@ class Inbox:
     def move(self, record: Record, state: str, outcome: dict[str, Any]) -> None:
         """pending -> accepted/rejected: copy image and record first, delete the pending ones last."""
         record.outcome = {**outcome, "at": now()}
-        if self.backend.get(record.image_key) is not None:
-            self.backend.copy(record.image_key, f"{state}/{record.sha256}{record.suffix}")
-        self.backend.put(f"{state}/{record.sha256}.json", record.dumps())
+        if self.store.get(record.image_key) is not None:
+            self.store.copy(record.image_key, f"{state}/{record.sha256}{record.suffix}")
+        self.store.put(f"{state}/{record.sha256}.json", record.dumps())
         self.drop_pending(record)
 
     def drop_pending(self, record: Record) -> None:
         """Delete an item's pending files, its record last (until then it is still pending)."""
-        self.backend.delete(f"{REVIEW}/{record.sha256}")
-        self.backend.delete(record.image_key)
-        self.backend.delete(f"{PENDING}/{record.sha256}.json")
+        self.store.delete(f"{REVIEW}/{record.sha256}")
+        self.store.delete(record.image_key)
+        self.store.delete(f"{PENDING}/{record.sha256}.json")
 
     def status(self, policy: TrustPolicy | None = None) -> dict[str, Any]:
         """Counts of what waits; `acceptable`: the items `accept` with `policy` would take."""
@@ -597,7 +595,7 @@ class Inbox:
         pending = self.records()
         labeled = [r for r in pending if r.label is not None]
         labels = sorted({r.label for r in labeled if r.label is not None})
-        keys = self.backend.list(PENDING)
+        keys = self.store.list(PENDING)
         with_record = {r.sha256 for r in pending}
         return {
             "where": self.where,
@@ -618,7 +616,7 @@ class Inbox:
 
 
 def local_inbox(min_agreeing: int = DEFAULT_MIN_AGREEING) -> Inbox:
-    return Inbox(LocalBackend(state_dir() / INBOX_PREFIX), min_agreeing)
+    return Inbox(LocalItemStore(state_dir() / INBOX_PREFIX), min_agreeing)
 
 
 def store_inbox(root: Path | None = None, min_agreeing: int = DEFAULT_MIN_AGREEING) -> Inbox | None:
@@ -639,7 +637,7 @@ def store_inbox(root: Path | None = None, min_agreeing: int = DEFAULT_MIN_AGREEI
         objectstore.check_remote(remote)
     except GreenrError as err:
         raise InboxUnavailable(f"inbox unavailable: {err.what}", err.fix) from None
-    return Inbox(S3Backend(remote), min_agreeing)
+    return Inbox(S3ItemStore(remote), min_agreeing)
 
 
 def open_inbox(root: Path | None = None, where: str = "auto", min_agreeing: int = DEFAULT_MIN_AGREEING) -> Inbox:
@@ -665,7 +663,7 @@ def all_inboxes(root: Path | None = None, min_agreeing: int = DEFAULT_MIN_AGREEI
     if store is not None:
         found.append(store)
     local = local_inbox(min_agreeing)
-    if store is None or local.backend.list(PENDING):
+    if store is None or local.store.list(PENDING):
         found.append(local)
     return found
 
@@ -745,15 +743,6 @@ class AcceptReport:
             if self.version_after != self.version_before:
                 lines.append(f"next: `dvc repro`, then commit it: `git add {DATA_DVC} dvc.lock splits && git commit`")
         return "\n".join(lines)
-
-
-def data_version(root: Path) -> tuple[str | None, int | None]:
-    """(md5 of the data directory, file count) as data.dvc records them."""
-    try:
-        outs = (yaml.safe_load((root / DATA_DVC).read_text()) or {}).get("outs") or [{}]
-    except FileNotFoundError:
-        return None, None
-    return outs[0].get("md5"), outs[0].get("nfiles")
 
 
 def data_classes(root: Path | None = None) -> list[str]:

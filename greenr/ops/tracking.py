@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from greenr import scm
-from greenr.paths import DATA_DVC, main_checkout, repo_root, state_dir
+from greenr.data.dataset import data_version
+from greenr.paths import main_checkout, repo_root, state_dir
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -51,23 +50,13 @@ def experiment_id() -> str:
     return mlflow.create_experiment(name, artifact_location=default_artifact_location())
 
 
-def data_version(root: Path | None = None) -> str:
-    """The DVC hash of the data folder as recorded in data.dvc."""
-    path = (root or repo_root()) / DATA_DVC
-    try:
-        outs = yaml.safe_load(path.read_text())["outs"]
-        return str(outs[0].get("md5", "unknown"))
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
-        return "unknown"
-
-
 def run_tags(stage: str) -> dict[str, str]:
     commit, dirty = scm.head()
     tags = {
         "mlflow.source.git.commit": commit,
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
-        "data_version": data_version(),
+        "data_version": data_version(repo_root())[0] or "unknown",
         "dvc_stage": stage,
         "checkout": str(main_checkout()),
     }

@@ -16,7 +16,7 @@ from PIL import Image
 from greenr.data.dataset import SPLITS, Example, read_manifest
 from greenr.data.images import decode_image
 from greenr.data.splitting import (
-    Candidate,
+    HashedExample,
     assign_splits,
     near_duplicate_groups,
     near_duplicate_pairs,
@@ -100,7 +100,7 @@ def test_added_images_leave_every_old_image_in_its_split():
     old = examples({"dandelion": 200, "grass": 200})
     first = stratified_split(old, FRACTIONS, seed=42)
     new = examples({"dandelion": 300, "grass": 300}, start=200)
-    second = assign_splits([Candidate(e) for e in old + new], FRACTIONS, 42, previous=history(first))
+    second = assign_splits([HashedExample(e) for e in old + new], FRACTIONS, 42, previous=history(first))
     before, after = split_of(first), split_of(second.splits)
     assert {path: after[path] for path in before} == before
     assert second.kept == 400 and second.placed == 600 and second.moved == []
@@ -116,9 +116,9 @@ def test_new_images_are_placed_the_same_whether_added_at_once_or_in_steps():
     first = stratified_split(base, FRACTIONS, seed=5)
     batch_a = examples({"dandelion": 20, "grass": 20}, start=30)
     batch_b = examples({"dandelion": 20, "grass": 20}, start=50)
-    at_once = assign_splits([Candidate(e) for e in base + batch_a + batch_b], FRACTIONS, 5, history(first))
-    step = assign_splits([Candidate(e) for e in base + batch_a], FRACTIONS, 5, history(first))
-    in_steps = assign_splits([Candidate(e) for e in base + batch_a + batch_b], FRACTIONS, 5, history(step.splits))
+    at_once = assign_splits([HashedExample(e) for e in base + batch_a + batch_b], FRACTIONS, 5, history(first))
+    step = assign_splits([HashedExample(e) for e in base + batch_a], FRACTIONS, 5, history(first))
+    in_steps = assign_splits([HashedExample(e) for e in base + batch_a + batch_b], FRACTIONS, 5, history(step.splits))
     assert paths(at_once.splits) == paths(in_steps.splits)
 
 
@@ -127,7 +127,7 @@ def test_a_renamed_image_keeps_its_split():
     first = stratified_split(rows, FRACTIONS, seed=1)
     test_image = first["test"][0]
     renamed = [Example("data/x/renamed.jpg", e.label, e.md5) if e == test_image else e for e in rows]
-    second = assign_splits([Candidate(e) for e in renamed], FRACTIONS, 1, history(first))
+    second = assign_splits([HashedExample(e) for e in renamed], FRACTIONS, 1, history(first))
     assert split_of(second.splits)["data/x/renamed.jpg"] == "test"
 
 
@@ -136,7 +136,7 @@ def test_removing_images_until_a_split_is_empty_is_a_clear_error():
     first = stratified_split(rows, FRACTIONS, seed=1)
     left = [e for e in rows if not (e.label == "grass" and e in first["val"])]
     with pytest.raises(GreenrError) as err:
-        assign_splits([Candidate(e) for e in left], FRACTIONS, 1, history(first))
+        assign_splits([HashedExample(e) for e in left], FRACTIONS, 1, history(first))
     assert "'grass' has no images in the val split" in err.value.what and "splits/*.csv" in err.value.fix
 
 
@@ -150,8 +150,8 @@ def photo(label: str, seed: int) -> Image.Image:
 twin_bytes = resized_copy
 
 
-def candidate(path: str, label: str, data: bytes) -> Candidate:
-    return Candidate(Example(path, label, hashlib.md5(data).hexdigest()), perceptual_hash(decode_image(data)))
+def candidate(path: str, label: str, data: bytes) -> HashedExample:
+    return HashedExample(Example(path, label, hashlib.md5(data).hexdigest()), perceptual_hash(decode_image(data)))
 
 
 def test_resized_reencoded_copies_are_near_duplicates_and_distinct_photos_are_not():

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from greenr.ops.inbox import Inbox, S3Backend
+from greenr.ops.inbox import Inbox, S3ItemStore
 from greenr.ops.objectstore import Remote
 from greenr.processes import free_ports
 from tests.helpers.images import jpeg_bytes, scene
@@ -329,7 +329,7 @@ def test_feedback_dag_accepts_retrains_commits_on_a_branch_and_reloads(airflow_p
         run(["git", "add", "-A"], repo, env)
         run(["git", "commit", "-qm", "pipeline outputs"], repo, env)
         main_data = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
-        box = Inbox(S3Backend(Remote("minio", "greenr", "dvc", s3.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)))
+        box = Inbox(S3ItemStore(Remote("minio", "greenr", "dvc", s3.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)))
         photos = [jpeg_bytes(scene(label, 90 + i)) for i, label in enumerate(("dandelion", "grass") * 2)]
         for data, label in zip(photos, ("dandelion", "grass") * 2):
             box.submit(data, label=label)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from greenr.ops.inbox import ACCEPTED, Inbox, S3Backend, data_version, sha256_of
+from greenr.data.dataset import data_version
+from greenr.ops.inbox import ACCEPTED, Inbox, S3ItemStore, sha256_of
 from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.processes import process_tree
 from tests.helpers.project import init_project, point_remote_at, project_env, run
@@ -32,7 +33,7 @@ def test_inbox_accept_killed_midway_then_rerun_completes(tmp_path: Path, kill_at
     with running_s3(tmp_path / "s3") as server:
         env |= server.env
         point_remote_at(project, env, int(server.endpoint.rsplit(":", 1)[1]))
-        box = Inbox(S3Backend(remote_for(server.endpoint, "greenr")))
+        box = Inbox(S3ItemStore(remote_for(server.endpoint, "greenr")))
         for i, data in enumerate(photos):
             box.submit(data, label=CLASSES[i % 2])
 

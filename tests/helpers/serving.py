@@ -3,8 +3,6 @@ as a real process on a free loopback port."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +15,7 @@ from fastapi.testclient import TestClient
 from greenr.backends.export import export_onnx
 from greenr.model import checkpoint
 from greenr.model.architectures import build_model, get_arch
-from greenr.processes import free_port, stop
+from greenr.processes import ServerProcess
 from serve.settings import Settings
 from tests.helpers.project import REPO
 
@@ -87,47 +85,17 @@ def wait_ready(
     raise AssertionError("model not ready in time")
 
 
-class Server:
-    """`python -m serve` in a subprocess on 127.0.0.1:<free port>, stopped by its PID."""
+class Server(ServerProcess):
+    """`python -m serve` in a subprocess on 127.0.0.1:<free port>, stopped by its PID; with
+    `without_torch`, what the serving image lacks (torch, ...) cannot be imported in the server."""
 
     def __init__(self, env: dict[str, str], log_path: Path, without_torch: bool = False) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "GREENR_OFFLINE": "1",
-            "LOG_LEVEL": "warning",
-            **env,
-        }
-        self._log = open(log_path, "wb")
-        # `without_torch`: what the serving image lacks (torch, ...) cannot be imported in the server.
-        command = (
+        argv = (
             [sys.executable, "-c", f"{AS_IN_SERVING_IMAGE}; from serve.__main__ import main; main()"]
             if without_torch
-            else [sys.executable, "-m", "serve"]
+            else None
         )
-        self.proc = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 120) -> dict:
-        with httpx.Client(base_url=self.url, timeout=5) as http:
-            return wait_ready(http, timeout, alive=self._alive)
-
-    def _alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+        super().__init__(env, log_path, argv, cwd=REPO)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self._log.close()
+        return self.log_tail()

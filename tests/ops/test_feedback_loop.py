@@ -15,8 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from greenr.data.dataset import SPLITS, read_manifest
-from greenr.ops.inbox import data_version
+from greenr.data.dataset import SPLITS, data_version, read_manifest
 from greenr.paths import ONNX_MODEL_PATH
 from tests.helpers.images import bad_corpus, encode, jpeg_bytes, scene
 from tests.helpers.project import TINY_PARAMS, git, init_project, point_remote_at, project_env, run

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from greenr.data.dataset import data_version
 from greenr.errors import GreenrError
 from greenr.ops.inbox import (
     ACCEPTED,
@@ -24,12 +25,11 @@ from greenr.ops.inbox import (
     ImageLimits,
     Inbox,
     InboxUnavailable,
-    LocalBackend,
+    LocalItemStore,
     Record,
-    S3Backend,
+    S3ItemStore,
     TrustPolicy,
     accept,
-    data_version,
     sha256_of,
     voter_id,
 )
@@ -48,11 +48,11 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(params=["local", "s3"])
 def inbox(request: pytest.FixtureRequest, tmp_path: Path) -> Inbox:
     if request.param == "local":
-        return Inbox(LocalBackend(tmp_path / "inbox"))
+        return Inbox(LocalItemStore(tmp_path / "inbox"))
     server: S3Server = request.getfixturevalue("s3")
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     server.client().create_bucket(Bucket=bucket)
-    return Inbox(S3Backend(remote_for(server.endpoint, bucket)))
+    return Inbox(S3ItemStore(remote_for(server.endpoint, bucket)))
 
 
 # The mechanics of accept are under test here, not the trust policy: one vote is enough.
@@ -62,8 +62,8 @@ VOTERS = [voter_id("address", f"192.0.2.{i}") for i in range(1, 6)]
 
 def same_store(inbox: Inbox) -> Inbox:
     """A second Inbox on the same store, as another server process has (no lock shared with `inbox`)."""
-    backend = inbox.backend
-    twin = LocalBackend(backend.folder) if isinstance(backend, LocalBackend) else S3Backend(backend.remote)
+    store = inbox.store
+    twin = LocalItemStore(store.folder) if isinstance(store, LocalItemStore) else S3ItemStore(store.remote)
     return Inbox(twin)
 
 
@@ -93,7 +93,7 @@ def test_the_same_photo_twice_is_one_item(inbox: Inbox):
     )
     assert record.suffix == ".jpg" and record.source == "feedback" and record.received
     assert inbox.image(record) == data
-    assert sorted(inbox.backend.list(PENDING)) == [f"pending/{record.sha256}.jpg", f"pending/{record.sha256}.json"]
+    assert sorted(inbox.store.list(PENDING)) == [f"pending/{record.sha256}.jpg", f"pending/{record.sha256}.json"]
 
 
 def test_an_uncertain_capture_waits_for_review_until_someone_labels_it(inbox: Inbox):
@@ -111,7 +111,7 @@ def test_an_uncertain_capture_waits_for_review_until_someone_labels_it(inbox: In
     for voter in VOTERS[1:3]:
         assert inbox.submit(data, label="grass", voter=voter).status == "updated"
     assert inbox.to_review() == [] and inbox.status()["acceptable"] == 1
-    assert inbox.backend.list(REVIEW) == []
+    assert inbox.store.list(REVIEW) == []
 
 
 def test_conflicting_labels_go_to_review_and_the_reviewer_decides(inbox: Inbox):
@@ -212,7 +212,7 @@ def test_concurrent_opposite_votes_from_several_writers_lose_none(inbox: Inbox, 
 
 def test_a_stopped_store_is_a_clear_error(tmp_path: Path):
     with running_s3(tmp_path / "s3") as server:
-        box = Inbox(S3Backend(remote_for(server.endpoint, "greenr")))
+        box = Inbox(S3ItemStore(remote_for(server.endpoint, "greenr")))
         box.submit(photo("grass", 5), label="grass")
     with pytest.raises(InboxUnavailable) as err:
         box.submit(photo("grass", 6), label="grass")
@@ -238,7 +238,7 @@ def in_sync(project: Path) -> bool:
 
 
 def test_accept_adds_labeled_images_pushes_them_and_only_then_marks_them_accepted(project: Path, tmp_path: Path):
-    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    box = Inbox(LocalItemStore(tmp_path / "inbox"))
     new_dandelion, new_grass = photo("dandelion", 10), encode(scene("grass", 11, size=64), "PNG")
     box.submit(new_dandelion, label="dandelion")
     box.submit(new_grass, label="grass")
@@ -270,7 +270,7 @@ def test_accept_adds_labeled_images_pushes_them_and_only_then_marks_them_accepte
     accepted = box.record(sha256_of(new_grass), ACCEPTED)
     assert accepted is not None and accepted.outcome and accepted.outcome["path"] == grass
     assert accepted.outcome["data_version"] == report.version_after
-    assert box.backend.get(f"{ACCEPTED}/{sha256_of(new_grass)}.png") == new_grass
+    assert box.store.get(f"{ACCEPTED}/{sha256_of(new_grass)}.png") == new_grass
     assert "data version" in report.summary() and "git add data.dvc" in report.summary()
 
     # Running it again changes nothing; the same photo sent again is known as accepted.
@@ -281,7 +281,7 @@ def test_accept_adds_labeled_images_pushes_them_and_only_then_marks_them_accepte
 
 
 def test_a_failed_push_loses_nothing_and_a_rerun_completes_it(project: Path, tmp_path: Path):
-    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    box = Inbox(LocalItemStore(tmp_path / "inbox"))
     items = [photo("dandelion", 20), photo("grass", 21)]
     for data, label in zip(items, CLASSES):
         box.submit(data, label=label)
@@ -307,17 +307,17 @@ def test_a_failed_push_loses_nothing_and_a_rerun_completes_it(project: Path, tmp
 
 
 def test_an_interrupted_move_is_finished_by_the_next_run(project: Path, tmp_path: Path):
-    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    box = Inbox(LocalItemStore(tmp_path / "inbox"))
     data = photo("grass", 30)
     box.submit(data, label="grass")
     accept([box], project, TRUSTING)
     # Play a crash after the accepted record was written but before the pending files were deleted.
     sha = sha256_of(data)
-    box.backend.put(f"{PENDING}/{sha}.jpg", data)
+    box.store.put(f"{PENDING}/{sha}.jpg", data)
     record = box.record(sha, ACCEPTED)
     assert record is not None
     record.outcome = None
-    box.backend.put(f"{PENDING}/{sha}.json", record.dumps())
+    box.store.put(f"{PENDING}/{sha}.json", record.dumps())
     report = accept([box], project, TRUSTING)
     assert report.accepted == 0 and box.status()["pending"] == 0 and box.status()["orphans"] == 0
     assert box.record(sha, ACCEPTED) is not None and box.record(sha, REJECTED) is None
@@ -325,7 +325,7 @@ def test_an_interrupted_move_is_finished_by_the_next_run(project: Path, tmp_path
 
 def test_accept_with_an_empty_inbox_runs_no_dvc(project: Path, tmp_path: Path):
     lock_before = yaml.safe_load((project / "data.dvc").read_text())
-    report = accept([Inbox(LocalBackend(tmp_path / "inbox"))], project, TRUSTING)
+    report = accept([Inbox(LocalItemStore(tmp_path / "inbox"))], project, TRUSTING)
     assert report.summary().startswith("nothing to accept")
     assert yaml.safe_load((project / "data.dvc").read_text()) == lock_before
 
@@ -344,7 +344,7 @@ def test_greenr_inbox_accept_survives_the_store_dying_midway(tmp_path: Path, kil
     with running_s3(tmp_path / "s3") as server:
         env |= server.env
         point_remote_at(project, env, int(server.endpoint.rsplit(":", 1)[1]))
-        box = Inbox(S3Backend(remote_for(server.endpoint, "greenr")))
+        box = Inbox(S3ItemStore(remote_for(server.endpoint, "greenr")))
         for i, data in enumerate(photos):
             box.submit(data, label=CLASSES[i % 2])
         accept_run = subprocess.Popen(
@@ -371,7 +371,7 @@ def test_greenr_inbox_accept_survives_the_store_dying_midway(tmp_path: Path, kil
 
     with running_s3(tmp_path / "s3") as server:  # the same store again, on new ports
         point_remote_at(project, env, int(server.endpoint.rsplit(":", 1)[1]))
-        box = Inbox(S3Backend(remote_for(server.endpoint, "greenr")))
+        box = Inbox(S3ItemStore(remote_for(server.endpoint, "greenr")))
         pending = {r.sha256 for r in box.records()}
         accepted = {r.sha256 for r in box.records(ACCEPTED)}
         assert pending | accepted == {sha256_of(p) for p in photos} and not pending & accepted, "an item was lost"
@@ -387,7 +387,7 @@ def test_greenr_inbox_accept_survives_the_store_dying_midway(tmp_path: Path, kil
 
 
 def test_accept_refuses_to_record_a_data_version_with_images_missing(project: Path, tmp_path: Path):
-    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    box = Inbox(LocalItemStore(tmp_path / "inbox"))
     box.submit(photo("grass", 40), label="grass")
     (project / "data" / "grass" / "00000000.jpg").unlink()  # as if data/ had not been pulled completely
     before = (project / "data.dvc").read_text()
@@ -404,7 +404,7 @@ def test_greenr_inbox_status_label_and_json_on_the_local_inbox(tmp_path: Path):
     env = project_env(tmp_path / "p", tmp_path / "state")
     project = init_project(tmp_path / "p", env)
     run(["dvc", "remote", "modify", "--local", "minio", "endpointurl", "http://127.0.0.1:9"], project, env)
-    box = Inbox(LocalBackend(tmp_path / "state" / "inbox"))
+    box = Inbox(LocalItemStore(tmp_path / "state" / "inbox"))
     data = photo("grass", 50)
     box.submit(data, label=None, source="uncertain", predicted="dandelion", confidence=0.51)
     box.submit(photo("dandelion", 51), label="dandelion")
@@ -445,7 +445,7 @@ def test_greenr_inbox_status_label_and_json_on_the_local_inbox(tmp_path: Path):
 
 
 def test_accept_takes_only_trusted_labels_and_says_what_it_skipped(project: Path, tmp_path: Path):
-    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    box = Inbox(LocalItemStore(tmp_path / "inbox"))
     # The issue's poisoning attempt: one anonymous vote for a huge black image.
     black = encode(Image.new("RGB", (3000, 3000)), "PNG")
     box.submit(black, label="grass", voter=VOTERS[0])
@@ -491,7 +491,7 @@ def test_accept_takes_only_trusted_labels_and_says_what_it_skipped(project: Path
 
 
 def test_accept_applies_the_limits_of_predict(project: Path, tmp_path: Path):
-    box = Inbox(LocalBackend(tmp_path / "inbox"))
+    box = Inbox(LocalItemStore(tmp_path / "inbox"))
     big = photo("grass", 70)  # 64x64
     heavy = encode(scene("grass", 71, size=64), "PNG")
     box.submit(big, label="grass")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from greenr.ops.inbox import PENDING, Inbox, LocalBackend
+from greenr.ops.inbox import PENDING, Inbox, LocalItemStore
 from greenr.processes import stop
 from serve.main import create_app
 from tests.helpers.images import bad_corpus, encode, jpeg_bytes, scene
@@ -36,7 +36,7 @@ def feedback_app(ckpt: Path, state: Path, **overrides: object) -> Iterator[TestC
 
 
 def local_inbox(state: Path) -> Inbox:
-    return Inbox(LocalBackend(state / "inbox"))
+    return Inbox(LocalItemStore(state / "inbox"))
 
 
 def upload(data: bytes, label: str | None = "dandelion", **fields: str) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from greenr.ops.inbox import Inbox, S3Backend, TrustPolicy
+from greenr.ops.inbox import Inbox, S3ItemStore, TrustPolicy
 from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.s3 import S3Server, dvc_project, remote_for, running_s3
 from tests.helpers.serving import Server
@@ -97,7 +97,7 @@ def test_opposite_labels_at_once_on_two_processes_lose_no_vote_and_all_reach_rev
         by_photo.setdefault(answer.json()["id"], []).append(answer.json()["status"])
     assert all(sorted(statuses) == ["new", "updated"] for statuses in by_photo.values()), by_photo
 
-    inbox = Inbox(S3Backend(remote_for(store.endpoint, "greenr")))
+    inbox = Inbox(S3ItemStore(remote_for(store.endpoint, "greenr")))
     records = {r.sha256: r for r in inbox.records()}
     shas = {hashlib.sha256(p).hexdigest() for p in photos}
     assert shas <= set(records)
@@ -129,7 +129,7 @@ def test_distinct_clients_agreeing_through_both_processes_make_a_trusted_label(
     with ThreadPoolExecutor(len(jobs)) as pool:
         answers = list(pool.map(at_once, jobs))
     assert all(a.status_code in (200, 201) for a in answers), [a.text for a in answers]
-    inbox = Inbox(S3Backend(remote_for(store.endpoint, "greenr")))
+    inbox = Inbox(S3ItemStore(remote_for(store.endpoint, "greenr")))
     record = inbox.record(hashlib.sha256(data).hexdigest())
     assert record is not None and record.vote_counts() == {"grass": 3}
     assert TrustPolicy().verdict(record).label == "grass"

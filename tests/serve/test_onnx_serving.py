@@ -169,6 +169,7 @@ def test_the_first_backend_that_agrees_serves_until_the_fastest_is_known(exporte
     assert len(chosen) == 1 and chosen[0].ms_batch1 and chosen[0].backend == settled.backend.name
     if settled.backend.name == first.backend.name:
         assert settled.backend is first.backend  # the warm backend stays; no second copy serves
+    assert store.close(timeout=60)
 
 
 def test_a_reload_during_settling_is_not_undone(exported) -> None:
@@ -182,5 +183,6 @@ def test_a_reload_during_settling_is_not_undone(exported) -> None:
     while len(changed) < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1)  # the first load's settling, had it not been dropped, would have swapped by now too
+    assert store.close(timeout=60)  # no timing left running under the tests that follow
     assert [c.loaded_at for c in changed] == [second.loaded_at]
     assert store.current is changed[0]

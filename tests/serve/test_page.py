@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from greenr.ops.inbox import Inbox, LocalBackend
+from greenr.ops.inbox import Inbox, LocalItemStore
 from tests.helpers.images import encode, jpeg_bytes, photo, scene
 from tests.helpers.processes import CHROMIUM_ARGS, chromium
 from tests.helpers.serving import CLASSES, Server
@@ -128,14 +128,14 @@ def test_wrong_button_sends_feedback_with_the_other_class(feedback_server: tuple
             expect(page.locator("#choices button").first).to_be_disabled()
         finally:
             browser.close()
-    record = Inbox(LocalBackend(state / "inbox")).record(hashlib.sha256(image.read_bytes()).hexdigest())
+    record = Inbox(LocalItemStore(state / "inbox")).record(hashlib.sha256(image.read_bytes()).hexdigest())
     assert record is not None and record.label == other and record.predicted == predicted
     assert record.model_sha256 and record.confidence is not None
 
 
 def test_review_page_labels_items_with_one_click(feedback_server: tuple[Server, Path]):
     server, state = feedback_server
-    inbox = Inbox(LocalBackend(state / "inbox"))
+    inbox = Inbox(LocalItemStore(state / "inbox"))
     waiting = [encode(scene("grass", 60), "PNG"), jpeg_bytes(scene("dandelion", 61))]
     for data in waiting:
         inbox.submit(data, label=None, source="uncertain", predicted="grass", confidence=0.52)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from greenr import processes, scm
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
-from greenr.paths import DATA_DIR, DATA_DVC, DVC_YAML, EVALUATE_METRICS, main_checkout, repo_root
+from greenr.paths import DATA_DIR, DVC_YAML, EVALUATE_METRICS, main_checkout, repo_root
 
 if TYPE_CHECKING:
     from greenr.ops.inbox import TrustPolicy
@@ -27,74 +27,23 @@ log = logging.getLogger("greenr")
 # ---------------------------------------------------------------------------- the main job
 
 
-def _has_images(folder: Path) -> bool:
-    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
-
-
-def ensure_data(root: Path) -> None:
-    """data/ from the DVC remote if it has them, else ingested from DATA_SOURCE or the web."""
-    if _has_images(root / DATA_DIR):
-        return
-    if (root / DATA_DVC).is_file():
-        if not scm.remote_has_more(DATA_DVC):
-            log.info("no data/ yet, and the DVC remote does not have this data version (a new remote): ingesting")
-        else:
-            log.info("no data/ yet: `dvc pull %s`", DATA_DVC)
-            if scm.dvc("pull", DATA_DVC, check=False).returncode == 0 and _has_images(root / DATA_DIR):
-                return
-            log.warning("`dvc pull %s` did not bring data/ back (see DVC's message above); ingesting instead", DATA_DVC)
-    from greenr.data import ingest
-
-    report = ingest.ingest(ingest.default_source(), root / DATA_DIR)
-    print(report.summary())
-
-
 def print_metrics(root: Path) -> None:
-    path = root / EVALUATE_METRICS
-    if not path.is_file():
-        raise GreenrError(f"{EVALUATE_METRICS} does not exist", "run `greenr run` or `dvc repro`")
-    report = json.loads(path.read_text())
-    boot = report.get("bootstrap") or {}
-    acc_ci = boot.get("accuracy")
-    f1_ci = boot.get("macro_f1")
+    from greenr.evaluation.metrics import read_metrics_file, summary
 
-    def ci(pair: list[float] | None) -> str:
-        return f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
-
-    lines = [
-        f"Test metrics ({report['n']} images, {EVALUATE_METRICS}):",
-        f"  accuracy   {report['accuracy']:.4f}{ci(acc_ci)}",
-        f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",
-        f"  ROC AUC    {report['roc_auc']}",
-        f"  log loss   {report['log_loss']:.4f}",
-        *([f"  ECE        {report['ece']:.4f}  (calibration error of the confidences)"] if "ece" in report else []),
-    ]
-    width = max([10, *(len(name) for name in report["per_class"])])
-    for name, row in report["per_class"].items():
-        lines.append(
-            f"  {name:<{width}} precision {row['precision']:.3f} recall {row['recall']:.3f} "
-            f"f1 {row['f1']:.3f} (n={row['support']})"
-        )
-    matrix = report["confusion_matrix"]
-    width = max(len(name) for name in matrix)
-    lines.append("  confusion matrix (rows actual, columns predicted, in this order):")
-    lines += [f"    {actual:<{width}} {' '.join(f'{n:>5}' for n in row.values())}" for actual, row in matrix.items()]
-    if boot:
-        lines.append(
-            f"  intervals: {boot['confidence']:.0%} bootstrap over {boot['samples']} resamples; "
-            "small test sets make single numbers noisy"
-        )
-    print("\n".join(lines))
+    print(summary(read_metrics_file(root / EVALUATE_METRICS)))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from greenr.data import ingest
     from greenr.ops import objectstore
     from greenr.params import validate_all
 
     root = repo_root()
     validate_all()
     with objectstore.store_available(root) as remote:
-        ensure_data(root)
+        report = ingest.ensure_data(root)
+        if report is not None:
+            print(report.summary())
         try:
             # --pull fetches the outputs the remote has instead of recomputing them; when it has
             # none (a new remote), DVC would only warn about each missing file.
@@ -325,9 +274,9 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from greenr.backends import batch
+    from greenr import predict
 
-    summary = batch.score(
+    summary = predict.score(
         args.source,
         args.out,
         model=args.model,
@@ -336,7 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         threads=args.threads,
         batch_size=args.batch_size,
         workers=args.workers,
-        shard=batch.Shard.parse(args.shard),
+        shard=predict.Shard.parse(args.shard),
         progress=not args.no_progress,
     )
     print(summary.line(args.out))

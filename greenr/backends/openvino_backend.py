@@ -7,12 +7,27 @@ quantize/dequantize pairs, which OpenVINO runs as int8 kernels; what is left bet
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import openvino as ov
 
 from greenr.backends.base import Backend, ModelFile
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+_core: ov.Core | None = None
+_core_lock = threading.Lock()
+
+
+def shared_core() -> ov.Core:
+    """One OpenVINO Core for the process, never released (OpenVINO's own advice): a Core per
+    backend, built in parallel threads and dropped after compiling, lets the CPU plugin be torn down
+    while its thread pool may still run, which crashed a long test session at random points."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core
 
 
 class OpenVinoBackend(Backend):
@@ -20,7 +35,7 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, model: ModelFile, precision: str, threads: int) -> None:
         super().__init__(model, precision, threads)
-        core = ov.Core()
+        core = shared_core()
         network = core.read_model(model.data)
         config = {
             "INFERENCE_PRECISION_HINT": HINTS[precision],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from greenr.atomic import atomic_open, write_json
+from greenr.atomic import write_csv, write_json
 from greenr.data.images import IMAGE_SUFFIXES
 from greenr.errors import GreenrError
 from greenr.paths import DATA_DVC
@@ -155,12 +154,7 @@ def read_classes(path: Path) -> list[str]:
 
 
 def write_manifest(path: Path, rows: Sequence[Example]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_FIELDS)
-    writer.writerows((r.path, r.label, r.md5, r.phash) for r in rows)
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        handle.write(buffer.getvalue())
+    write_csv(path, ({field: getattr(r, field) for field in MANIFEST_FIELDS} for r in rows), MANIFEST_FIELDS)
 
 
 def read_manifest(path: Path) -> list[Example]:

@@ -32,6 +32,7 @@ from greenr.data.dataset import visible_files
 from greenr.data.images import IMAGE_SUFFIXES, ImageError, decode_image
 from greenr.errors import GreenrError
 from greenr.network import offline
+from greenr.paths import DATA_DIR, DATA_DVC
 
 log = logging.getLogger(__name__)
 
@@ -445,3 +446,23 @@ def run_dvc_add(dest: Path, changed: bool = True) -> bool:
 
 def default_source() -> str:
     return os.environ.get("DATA_SOURCE") or DEFAULT_URL_TEMPLATE
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+def ensure_data(root: Path) -> IngestReport | None:
+    """data/ from the DVC remote if it has this data version, else ingested from DATA_SOURCE or
+    the web (the report of that ingest; None when data/ was there or was pulled)."""
+    if _has_images(root / DATA_DIR):
+        return None
+    if (root / DATA_DVC).is_file():
+        if not scm.remote_has_more(DATA_DVC):
+            log.info("no data/ yet, and the DVC remote does not have this data version (a new remote): ingesting")
+        else:
+            log.info("no data/ yet: `dvc pull %s`", DATA_DVC)
+            if scm.dvc("pull", DATA_DVC, check=False).returncode == 0 and _has_images(root / DATA_DIR):
+                return None
+            log.warning("`dvc pull %s` did not bring data/ back (see DVC's message above); ingesting instead", DATA_DVC)
+    return ingest(default_source(), root / DATA_DIR)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from greenr.atomic import atomic_open, write_json
+from greenr.atomic import write_csv, write_json
 from greenr.data.dataset import Example
 from greenr.data.images import ImageError, Preprocessing, prepare, resize_and_crop
 from greenr.data.parallel import ordered_map
@@ -117,12 +117,7 @@ def read_index(folder: Path) -> list[Member]:
 
 
 def write_index(folder: Path, members: Sequence[Member]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(INDEX_FIELDS)
-    writer.writerows(tuple(asdict(m).values()) for m in members)
-    with atomic_open(folder / INDEX, "w", encoding="utf-8") as handle:
-        handle.write(buffer.getvalue())
+    write_csv(folder / INDEX, (asdict(m) for m in members), INDEX_FIELDS)
 
 
 def read_recipe(shards: Path) -> Recipe | None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from greenr.data.dataset import Example, file_md5, read_manifest
 from greenr.errors import GreenrError
-from greenr.evaluation.promote import plot_rows, read_metrics_file
+from greenr.evaluation.metrics import read_metrics_file
+from greenr.evaluation.promote import plot_rows
 from greenr.paths import CONFUSION_PLOT, EVALUATE_METRICS, MODEL_PATH, PRC_PLOT, ROC_PLOT, TRAINING_PLOT, split_manifest
 
 # Outputs reported as bit-identical or not (agreement does not require it).

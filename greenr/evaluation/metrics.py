@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
 
+from greenr import scm
 from greenr.errors import GreenrError
+from greenr.paths import EVALUATE_METRICS
 
 
 def _r(value: float) -> float:
@@ -149,3 +154,64 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     rows = _bins(labels, probs, bins)
     total = sum(count for *_, count in rows)
     return _r(sum(count * abs(acc - conf) for _, _, conf, acc, count in rows) / total) if total else 0.0
+
+
+def summary(report: dict) -> str:
+    """metrics/evaluate.json as the text `greenr run` and `greenr metrics` print."""
+    boot = report.get("bootstrap") or {}
+    acc_ci = boot.get("accuracy")
+    f1_ci = boot.get("macro_f1")
+
+    def ci(pair: list[float] | None) -> str:
+        return f"  [{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
+
+    lines = [
+        f"Test metrics ({report['n']} images, {EVALUATE_METRICS}):",
+        f"  accuracy   {report['accuracy']:.4f}{ci(acc_ci)}",
+        f"  macro F1   {report['macro']['f1']:.4f}{ci(f1_ci)}",
+        f"  ROC AUC    {report['roc_auc']}",
+        f"  log loss   {report['log_loss']:.4f}",
+        *([f"  ECE        {report['ece']:.4f}  (calibration error of the confidences)"] if "ece" in report else []),
+    ]
+    width = max([10, *(len(name) for name in report["per_class"])])
+    for name, row in report["per_class"].items():
+        lines.append(
+            f"  {name:<{width}} precision {row['precision']:.3f} recall {row['recall']:.3f} "
+            f"f1 {row['f1']:.3f} (n={row['support']})"
+        )
+    matrix = report["confusion_matrix"]
+    width = max(len(name) for name in matrix)
+    lines.append("  confusion matrix (rows actual, columns predicted, in this order):")
+    lines += [f"    {actual:<{width}} {' '.join(f'{n:>5}' for n in row.values())}" for actual, row in matrix.items()]
+    if boot:
+        lines.append(
+            f"  intervals: {boot['confidence']:.0%} bootstrap over {boot['samples']} resamples; "
+            "small test sets make single numbers noisy"
+        )
+    return "\n".join(lines)
+
+
+def read_metrics_at(rev: str, root: Path, path: str = EVALUATE_METRICS) -> dict[str, Any] | None:
+    """The metrics file as committed at `rev`; None when that revision has no such file."""
+    text = scm.show(rev, path, cwd=root)
+    return None if text is None else _parse(text, f"{rev}:{path}")
+
+
+def read_metrics_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GreenrError(f"{path} does not exist", "run `dvc repro` to evaluate the candidate") from None
+    return _parse(text, str(path))
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+        float(data["accuracy"]), float(data["macro"]["f1"])
+    except (ValueError, KeyError, TypeError):
+        raise GreenrError(
+            f"{source} is not an evaluate metrics file (needs accuracy and macro.f1)",
+            "regenerate it with `dvc repro evaluate`",
+        ) from None
+    return data

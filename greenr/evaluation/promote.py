@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from greenr import scm
-from greenr.errors import GreenrError
+from greenr.evaluation.metrics import read_metrics_at, read_metrics_file
 from greenr.params import PromoteParams, load_section
 from greenr.paths import CONFUSION_PLOT, EVALUATE_METRICS, MODEL_PATH, repo_root
 
@@ -35,32 +34,6 @@ class Check:
     name: str
     passed: bool
     detail: str
-
-
-def read_metrics_at(rev: str, root: Path, path: str = EVALUATE_METRICS) -> dict[str, Any] | None:
-    """The metrics file as committed at `rev`; None when that revision has no such file."""
-    text = scm.show(rev, path, cwd=root)
-    return None if text is None else _parse(text, f"{rev}:{path}")
-
-
-def read_metrics_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GreenrError(f"{path} does not exist", "run `dvc repro` to evaluate the candidate") from None
-    return _parse(text, str(path))
-
-
-def _parse(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-        float(data["accuracy"]), float(data["macro"]["f1"])
-    except (ValueError, KeyError, TypeError):
-        raise GreenrError(
-            f"{source} is not an evaluate metrics file (needs accuracy and macro.f1)",
-            "regenerate it with `dvc repro evaluate`",
-        ) from None
-    return data
 
 
 def plot_rows(root: Path, rel: str, rev: str | None = None) -> list[dict[str, str]]:

@@ -10,13 +10,13 @@ confusion matrix, ROC) of this change beside the base's, rendered as PNG files n
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from greenr import scm
 from greenr.atomic import atomic_open
-from greenr.evaluation.promote import SplitChange, plot_rows, read_metrics_at, split_change
+from greenr.evaluation.metrics import read_metrics_at, read_metrics_file
+from greenr.evaluation.promote import SplitChange, plot_rows, split_change
 from greenr.paths import CONFUSION_PLOT, EVALUATE_METRICS, ROC_PLOT, TRAINING_PLOT, repo_root
 
 NOISE_NOTE = (
@@ -219,7 +219,7 @@ def build_report(root: Path, base: str, out: Path, plots: bool = True) -> str:
     fix = "check that the base revision exists (`git fetch origin main` in CI)"
     metrics_diff = scm.dvc_json("metrics", "diff", base, "--all", cwd=root, fix=fix) or {}
     params_diff = scm.dvc_json("params", "diff", base, cwd=root, fix=fix) or {}
-    candidate = json.loads((root / EVALUATE_METRICS).read_text(encoding="utf-8"))
+    candidate = read_metrics_file(root / EVALUATE_METRICS)
     base_metrics = read_metrics_at(base, root)
     parts = [
         f"## greenr: this change against `{base}`",

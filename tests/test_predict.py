@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from greenr.backends.batch import BAD_IMAGE, OK, READ_ERROR, Shard, columns, score
 from greenr.backends.loading import open_backend
 from greenr.data.images import prepare
 from greenr.errors import GreenrError
+from greenr.predict import BAD_IMAGE, OK, READ_ERROR, Shard, columns, score
 from tests.helpers.images import class_image, jpeg_bytes
 from tests.helpers.project import REPO, VENV_BIN, project_env, run
 from tests.helpers.s3 import running_s3

@@ -13,6 +13,7 @@ does, `true` fails the stage and `auto` ships it offered nowhere. Switched off, 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import time
@@ -36,6 +37,11 @@ from greenr.params import EvaluateParams, ExportParams, load_section
 from greenr.paths import EXPORT_METRICS, INT8_MODEL_PATH, MODEL_PATH, ONNX_MODEL_PATH, repo_root
 
 log = logging.getLogger("stages.export")
+
+# Images per backend call in the parity checks. Each backend keeps the activation buffers of the
+# largest batch it has run, and four or five backends are alive at once: at 16 images the stage
+# peaks near 1.6 GB, at 64 near 3.2 GB (docs/scale.md). The figures compared do not depend on it.
+PARITY_BATCH = 16
 
 
 def int8_failure(passed: list[str], params: ExportParams) -> str | None:
@@ -80,7 +86,7 @@ def export_int8(
     spec = exported.spec
     calibration = train_set.subset(spread(len(train_set), params.calibration_images))
     started = time.perf_counter()
-    images = (batch.images.numpy() for batch in batches(calibration, spec.preprocessing.image_size, 16))
+    images = (batch.images.numpy() for batch in batches(calibration, spec.preprocessing.image_size, PARITY_BATCH))
     quantized = quantize_int8(exported.data, images, len(calibration))
     log.info("quantized to INT8 on %d training images in %.0f s", len(calibration), time.perf_counter() - started)
 
@@ -114,6 +120,7 @@ def export_int8(
             "passes": changed <= params.max_label_changes and inside,
         }
         log.info("INT8 on %s: %s", name, parity[name])
+        del backend  # before the next backend's buffers
     passed = [name for name, result in parity.items() if result["passes"]]
     quantization = {
         "scheme": "int8",
@@ -157,7 +164,7 @@ def main() -> None:
     size = ckpt.preprocessing.image_size
 
     def test_batches() -> Iterable[np.ndarray]:
-        return (batch.images.numpy() for batch in batches(test_set, size, 64))
+        return (batch.images.numpy() for batch in batches(test_set, size, PARITY_BATCH))
 
     # Streamed: every backend scores each test batch once; only the logits are kept.
     logits: dict[str, list[np.ndarray]] = {key: [] for key in ["reference", *candidates]}
@@ -169,6 +176,9 @@ def main() -> None:
         key: np.concatenate(parts) if parts else np.empty((0, len(ckpt.classes))) for key, parts in logits.items()
     }
     reference = joined.pop("reference")
+    # The fp32 runtimes are done: their buffers go before the INT8 ones are built.
+    del candidates, reference_backend
+    gc.collect()
     parity = {}
     for key, values in joined.items():
         agreement = compare(values, reference, TOLERANCE[key.rsplit("_", 1)[1]])

@@ -26,6 +26,7 @@ Torch-free: the prepare stage runs without torch.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -130,16 +131,25 @@ def read_recipe(shards: Path) -> Recipe | None:
 # ---------------------------------------------------------------------------- encoding
 
 
-def encode_image(source: Path, recipe: Recipe) -> tuple[bytes, int, int, str]:
-    """(JPEG bytes of the model's input square, original width, height, "") or (b"", 0, 0, why not).
+# encode_image's reason for a file whose bytes are not those the split manifest hashed.
+CHANGED_SINCE_SPLIT = "changed since the split stage hashed it"
+
+
+def encode_image(source: Path, recipe: Recipe, md5: str = "") -> tuple[bytes, int, int, str]:
+    """(JPEG bytes of the model's input square, original width, height, "") or (b"", 0, 0, why not);
+    with `md5`, a file with other bytes gives CHANGED_SINCE_SPLIT.
 
     Module-level, so that worker processes run it (greenr.data.parallel.ordered_map)."""
     try:
-        model_input = prepare(source, Preprocessing(recipe.image_size))
-    except ImageError as err:
-        return b"", 0, 0, err.reason
+        data = source.read_bytes()
     except OSError as err:
         return b"", 0, 0, f"could not be read ({err.strerror or err})"
+    if md5 and hashlib.md5(data).hexdigest() != md5:
+        return b"", 0, 0, CHANGED_SINCE_SPLIT
+    try:
+        model_input = prepare(data, Preprocessing(recipe.image_size))
+    except ImageError as err:
+        return b"", 0, 0, err.reason
     buffer = io.BytesIO()
     # 4:4:4 chroma: the model sees colour at full resolution, as it does when serving.
     Image.fromarray(model_input.array.transpose(1, 2, 0)).save(
@@ -272,8 +282,12 @@ def prepare_split(
         for member, row in copies:
             add(read_bytes(folder / member.shard, member.offset, member.size), row, member.width, member.height)
             report.copied += 1
-        encoded = ordered_map(encode_image_task, [(root / row.path, recipe) for row in fresh], workers, chunk=16)
+        tasks = [(root / row.path, recipe, row.md5) for row in fresh]
+        encoded = ordered_map(encode_image_task, tasks, workers, chunk=16)
         for row, (jpeg, width, height, reason) in zip(fresh, encoded):
+            if reason == CHANGED_SINCE_SPLIT:
+                # The stage does not depend on data/ itself (dvc.yaml): the manifests speak for it.
+                raise GreenrError(f"{row.path} {reason}", "run `dvc repro`: the split stage hashes data/ again")
             if reason:
                 report.skipped.append(f"{row.path}: {reason}")
                 continue
@@ -312,7 +326,7 @@ def _fresh_rows(
     return out
 
 
-def encode_image_task(task: tuple[Path, Recipe]) -> tuple[bytes, int, int, str]:
+def encode_image_task(task: tuple[Path, Recipe, str]) -> tuple[bytes, int, int, str]:
     return encode_image(*task)
 
 

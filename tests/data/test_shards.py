@@ -17,6 +17,7 @@ from PIL import Image
 from greenr.data.dataset import Example, file_md5
 from greenr.data.images import Preprocessing, load_model_input
 from greenr.data.shards import Recipe, decode_member, iter_members, prepare_split, read_index
+from greenr.errors import GreenrError
 from tests.helpers.images import class_image, jpeg_bytes
 from tests.helpers.project import TINY_PARAMS, copy_project, project_env, run, set_params
 
@@ -102,8 +103,19 @@ def test_the_same_images_give_the_same_shard_bytes(tmp_path: Path) -> None:
 def test_an_unreadable_image_is_skipped_and_named(tmp_path: Path) -> None:
     rows = write_images(tmp_path, "grass", range(3))
     (tmp_path / rows[1].path).write_bytes(b"\xff\xd8 truncated")
+    rows[1] = Example(rows[1].path, "grass", file_md5(tmp_path / rows[1].path))
     members, report = prepare_split(tmp_path / "shards", "val", rows, tmp_path, RECIPE, 100, workers=1)
     assert len(members) == 2 and report.skipped and rows[1].path in report.skipped[0]
+
+
+def test_a_photo_changed_since_the_split_stops_prepare_and_says_to_rerun_split(tmp_path: Path) -> None:
+    # prepare does not depend on data/ in dvc.yaml: the manifests' md5s stand for the photos.
+    rows = write_images(tmp_path, "grass", range(3))
+    (tmp_path / rows[2].path).write_bytes(jpeg_bytes(class_image("grass", 99, size=64)))
+    with pytest.raises(GreenrError, match=rf"{rows[2].path} changed since the split") as raised:
+        prepare_split(tmp_path / "shards", "val", rows, tmp_path, RECIPE, 100, workers=1)
+    assert "dvc repro" in raised.value.fix
+    assert not list((tmp_path / "shards" / "val").glob("*.tar"))
 
 
 def test_prepare_stage_rebuilds_when_the_recipe_changes(tmp_path: Path) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from greenr.data.images import Preprocessing, flip_view, flip_view_names
+from greenr.data.images import flip_view, flip_view_names
+from greenr.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,68 +48,6 @@ TOLERANCE = {"fp32": 1e-3, "bf16": 0.15, "int8": 0.5}
 # scale need not keep their label (0: every label must agree).
 FLIP_MARGIN = {"fp32": 0.0, "bf16": 0.0, "int8": 0.5}
 PROBE_COUNT = 8
-SPEC_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything about a model except its weights: carried by the checkpoint and by the ONNX metadata."""
-
-    arch: str
-    classes: list[str]
-    preprocessing: Preprocessing
-    temperature: float = 1.0
-    # Test-time augmentation: average the logits of the image and of its horizontal mirror
-    # and/or vertical flips (greenr.data.images.flip_view_names).
-    flip_average: bool = False
-    vflip_average: bool = False
-    checkpoint_sha256: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-    # The reference's (torch fp32) logits of probe_batch(image_size), stored at export, so a
-    # backend can be checked where torch is not installed. None: not known (a torch checkpoint).
-    reference_logits: np.ndarray | None = None
-    # Set in the INT8 export only (greenr.backends.quantize): how it was quantized, and `backends`,
-    # those whose INT8 results passed the export stage's test-split check.
-    quantization: dict[str, Any] | None = None
-
-    @property
-    def image_size(self) -> int:
-        return self.preprocessing.image_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": SPEC_FORMAT,
-            "arch": self.arch,
-            "classes": list(self.classes),
-            "preprocessing": self.preprocessing.to_dict(),
-            "temperature": self.temperature,
-            "flip_average": self.flip_average,
-            "vflip_average": self.vflip_average,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "meta": self.meta,
-            "probe": None
-            if self.reference_logits is None
-            else {"count": len(self.reference_logits), "logits": self.reference_logits.tolist()},
-            **({"quantization": self.quantization} if self.quantization else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
-        if raw.get("format") != SPEC_FORMAT:
-            raise ValueError(f"model spec format {raw.get('format')!r}, expected {SPEC_FORMAT}")
-        probe = raw.get("probe")
-        return cls(
-            arch=str(raw["arch"]),
-            classes=[str(c) for c in raw["classes"]],
-            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
-            temperature=float(raw.get("temperature", 1.0)),
-            flip_average=bool(raw.get("flip_average", False)),
-            vflip_average=bool(raw.get("vflip_average", False)),
-            checkpoint_sha256=str(raw.get("checkpoint_sha256", "")),
-            meta=dict(raw.get("meta") or {}),
-            reference_logits=None if not probe else np.asarray(probe["logits"], dtype=np.float32),
-            quantization=dict(raw["quantization"]) if raw.get("quantization") else None,
-        )
 
 
 def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

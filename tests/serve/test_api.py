@@ -39,9 +39,9 @@ def test_predict_matches_shared_inference(client: TestClient, ckpt_path: Path) -
     assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
     # Same numbers as the shared code path used by evaluation.
     ckpt = checkpoint.load(ckpt_path)
-    image = torch.from_numpy(load_model_input(data, ckpt.preprocessing))
-    expected = predict_proba(ckpt.build(), image[None], ckpt.preprocessing)[0]
-    got = torch.tensor([body["probabilities"][c] for c in ckpt.classes])
+    image = torch.from_numpy(load_model_input(data, ckpt.spec.preprocessing))
+    expected = predict_proba(ckpt.build(), image[None], ckpt.spec.preprocessing)[0]
+    got = torch.tensor([body["probabilities"][c] for c in ckpt.spec.classes])
     assert torch.allclose(got, expected, atol=1e-5)
 
 

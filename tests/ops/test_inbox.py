@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from greenr.data.dataset import data_version
+from greenr.data.upload_corpus import encode
 from greenr.errors import GreenrError
 from greenr.ops.inbox import (
     ACCEPTED,
@@ -33,7 +34,7 @@ from greenr.ops.inbox import (
     sha256_of,
     voter_id,
 )
-from tests.helpers.images import encode, jpeg_bytes, scene
+from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.project import init_project, point_remote_at, project_env, run
 from tests.helpers.s3 import S3Server, remote_for, running_s3
 from tests.helpers.serving import CLASSES

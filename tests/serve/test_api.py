@@ -12,10 +12,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from greenr.data.images import decode_image, load_model_input
+from greenr.data.upload_corpus import encode, good_corpus, photo
 from greenr.model import checkpoint
 from greenr.model.inference import predict_proba
 from serve.main import create_app
-from tests.helpers.images import encode, good_corpus, photo
 from tests.helpers.serving import CLASSES, RELOAD_TOKEN, make_settings, wait_ready, write_checkpoint
 
 AUTH = {"Authorization": f"Bearer {RELOAD_TOKEN}"}
@@ -183,7 +183,7 @@ def test_reload_disabled_without_token(ckpt_path: Path) -> None:
 
 
 def test_exif_rotation_is_applied(client: TestClient) -> None:
-    from tests.helpers.images import exif_rotated_jpeg
+    from greenr.data.upload_corpus import exif_rotated_jpeg
 
     rotated, upright = exif_rotated_jpeg()
     assert decode_image(rotated).size == decode_image(upright).size == (80, 60)

@@ -8,7 +8,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers.images import bad_corpus, encode, photo
+from greenr.data.upload_corpus import bad_corpus, encode, photo
 from tests.helpers.serving import Server
 
 MAX_UPLOAD = 10 * 1024 * 1024

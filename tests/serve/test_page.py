@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from greenr.data.upload_corpus import encode, photo
 from greenr.ops.inbox import Inbox, LocalItemStore
-from tests.helpers.images import encode, jpeg_bytes, photo, scene
+from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.processes import CHROMIUM_ARGS, chromium
 from tests.helpers.serving import CLASSES, Server
 

@@ -488,7 +488,7 @@ class Inbox:
             return again
         return None
 
-    def submit(
+    def add_vote(
         self,
         data: bytes,
         *,
@@ -605,7 +605,7 @@ class Inbox:
             "to_review": sum(self.review_policy.needs_review(r) for r in pending),
             "conflicts": sum(len(r.labels_given) > 1 and not r.reviewed for r in pending),
             "uncertain": sum(r.source == "uncertain" for r in pending),
-            # Images without a record: a submit in flight, or one interrupted before its record (harmless).
+            # Images without a record: an add_vote in flight, or one interrupted before its record (harmless).
             "orphans": sum(not k.endswith(".json") and Path(k).stem not in with_record for k in keys),
             "accepted": self.count(ACCEPTED),
             "rejected": self.count(REJECTED),

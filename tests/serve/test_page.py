@@ -139,7 +139,7 @@ def test_review_page_labels_items_with_one_click(feedback_server: tuple[Server, 
     inbox = Inbox(LocalItemStore(state / "inbox"))
     waiting = [encode(scene("grass", 60), "PNG"), jpeg_bytes(scene("dandelion", 61))]
     for data in waiting:
-        inbox.submit(data, label=None, source="uncertain", predicted="grass", confidence=0.52)
+        inbox.add_vote(data, label=None, source="uncertain", predicted="grass", confidence=0.52)
     # Also on review: a single vote sent from the page by the test before (fewer than 3 agreeing).
     ids = {r.sha256 for r in inbox.to_review()}
     assert {hashlib.sha256(d).hexdigest() for d in waiting} <= ids

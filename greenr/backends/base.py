@@ -28,21 +28,11 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # Largest |logit - reference logit| accepted on the probe batch, as a share of the logits' scale
-# (the largest |reference logit|, at least 1: float rounding grows with the values). fp32 backends
-# differ from torch by rounding (measured: 2e-7 to 6e-6 on logits of a few units). bf16 keeps 8
-# bits of mantissa and EfficientNet's depthwise layers add its rounding up: OpenVINO bf16 on AMX,
-# Lite0 at 224 px, was 0.20 off on the probe batch, whose synthetic images reach logits of only
-# 1.65 (12%), and 0.26 on the 400 data-set images (logits up to 6.8: 4%), every label the same and
-# calibrated probabilities within 0.031 (ResNet18: 3e-3). Its bound sits above that; a broken
-# conversion misses it by far. The labels must agree in every case.
-# INT8 (the export stage's post-training quantization, greenr.backends.quantize) rounds every
-# activation to 8 bits: Lite0 at 224 px was 0.47 off on the probe batch (logits up to 1.69: 28%)
-# with OpenVINO, 0.73 (43%) with onnxruntime running the same file. A broken quantization (wrong
-# scales, saturating kernels) is off by several units. Its label check spares the probe images whose
-# reference logits are within the tolerance of a tie (probe margins are 0.8 to 2.8): 8-bit rounding
-# may move those and still be right. What INT8 does to real images is checked per backend by the
-# export stage on the test split (labels, probabilities, accuracy): only the backends that pass
-# there are offered INT8 at load.
+# (the largest |reference logit|, at least 1: float rounding grows with the values). fp32 differs
+# from torch by rounding only; bf16 and INT8 round more, and their bounds sit above what was
+# measured and far below what a broken conversion gives (the figures: docs/serving.md, "Backends"
+# and "The INT8 export"). The labels must agree in every case, for INT8 where the reference is not
+# near a tie (FLIP_MARGIN); what INT8 does to real images the export stage checks on the test split.
 TOLERANCE = {"fp32": 1e-3, "bf16": 0.15, "int8": 0.5}
 # Probe images whose reference top-2 logit margin is below FLIP_MARGIN[precision] x the logits'
 # scale need not keep their label (0: every label must agree).

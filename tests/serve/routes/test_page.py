@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from playwright.sync_api import expect, sync_playwright
 
 from greenr.data.upload_corpus import encode, photo
@@ -168,3 +169,9 @@ def test_review_page_labels_items_with_one_click(feedback_server: tuple[Server, 
             browser.close()
     record = inbox.record(str(first))
     assert record is not None and record.label == "grass" and record.reviewed
+
+
+def test_page_is_served(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    assert 'id="drop"' in response.text and "predict" in response.text

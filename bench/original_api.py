@@ -20,8 +20,8 @@ from greenr.model import checkpoint
 
 ckpt = checkpoint.load(os.environ.get("MODEL_PATH", "models/stage-1.pth"))
 model = ckpt.build("cpu")
-classes = ckpt.classes
-spec = ckpt.preprocessing
+classes = ckpt.spec.classes
+spec = ckpt.spec.preprocessing
 
 app = FastAPI()
 

@@ -231,11 +231,11 @@ def ensure_models(pth: Path, onnx: Path, tmp: Path) -> tuple[Path, Path]:
     from greenr.backends.export import export_onnx
     from greenr.model import checkpoint
     from greenr.model.architectures import build_model, get_arch
+    from greenr.model.spec import ModelSpec
 
     pth, onnx = tmp / "stage-1.pth", tmp / "stage-1.onnx"
-    checkpoint.save(
-        pth, build_model("resnet18", 2), "resnet18", ["dandelion", "grass"], get_arch("resnet18").preprocessing(128)
-    )
+    spec = ModelSpec("resnet18", ["dandelion", "grass"], get_arch("resnet18").preprocessing(128))
+    checkpoint.save(pth, build_model("resnet18", 2), spec)
     onnx.write_bytes(export_onnx(checkpoint.load(pth)))
     print(f"no pipeline model: using an untrained ResNet18 at 128 px ({pth}, {onnx})")
     return pth, onnx

@@ -12,7 +12,7 @@ window (goal under 50 MiB), the CPU model and the load average before and after.
     .venv/bin/python bench/soak.py                       # the full run (quiet machine)
     .venv/bin/python bench/soak.py --requests 300 --window 100   # a smoke run
 
-The corpus is the one tests/serve uses (tests/helpers/images.py), so the soak and the tests
+The corpus is the one tests/serve uses (greenr.data.upload_corpus), so the soak and the tests
 send the same hostile inputs. Exit status 1 when a goal is missed.
 """
 
@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.serve_bench import ensure_models
+from greenr.data.upload_corpus import bad_corpus, encode, good_corpus
 from greenr.processes import ServerProcess
-from tests.helpers.images import bad_corpus, encode, good_corpus
 
 MAX_UPLOAD = 10 * 1024 * 1024  # the server's default MAX_UPLOAD_BYTES
 PHONE_SIZES = ((4032, 3024), (3024, 4032))

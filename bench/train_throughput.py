@@ -1,9 +1,10 @@
 """Training throughput (images/s), side by side in one process:
 
   (a) pure compute  - forward + backward + optimizer step on in-memory float tensors
-  (b) train stage   - `greenr.model.training.train_one_epoch` streaming the prepared shards
-                      (`greenr.data.loader`, decoding in worker processes), with the augmentation
-                      from params.yaml
+  (a16)             - (a) as train.precision bf16 runs it (channels_last, bf16 autocast)
+  (b) train stage   - `greenr.model.training.train_one_epoch` over shards made once
+                      (`greenr.data.shards.prepare_split`, read by `greenr.data.loader`), with
+                      the augmentation from params.yaml
   (c) original      - torchvision ImageFolder + Resize/ToTensor/Normalize + DataLoader,
                       decoding every image every epoch (num_workers 0 and 2)
   (p) prep only     - augment + normalize of (b) without the model: where (b) loses to (a)

@@ -88,43 +88,37 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 def cmd_store(args: argparse.Namespace) -> None:
     from greenr.ops import objectstore
 
-    root = repo_root()
     if args.action == "start":
-        remote = objectstore.ensure_credentials(root)
-        if objectstore.endpoint_answers(remote.endpoint) and objectstore.LocalStore(remote).pid() is None:
-            objectstore.check_remote(remote)
-            print(f"an object store already answers at {remote.endpoint}; using it as is")
+
+        def ready(remote: objectstore.Remote, pid: int) -> None:
+            print(
+                f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
+                f"bucket {remote.bucket}; Ctrl-C or SIGTERM stops it",
+                flush=True,
+            )
+
+        started = objectstore.start_store(on_ready=ready if args.foreground else None)
+        if started.exit_code is not None:
+            raise SystemExit(started.exit_code)
+        if started.pid is None:
+            print(f"an object store already answers at {started.remote.endpoint}; using it as is")
             return
-        if args.foreground:
-
-            def ready(pid: int) -> None:
-                print(
-                    f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
-                    f"bucket {remote.bucket}; Ctrl-C or SIGTERM stops it",
-                    flush=True,
-                )
-
-            raise SystemExit(objectstore.LocalStore(remote).run_foreground(ready))
-        pid = objectstore.LocalStore(remote).start()
         print(
-            f"local object store running (pid {pid}): endpoint {remote.endpoint}, "
-            f"bucket {remote.bucket}; stop it with `greenr store stop`"
+            f"local object store running (pid {started.pid}): endpoint {started.remote.endpoint}, "
+            f"bucket {started.remote.bucket}; stop it with `greenr store stop`"
         )
     elif args.action == "stop":
-        store = objectstore.LocalStore(objectstore.read_remote(root))
-        print("stopped" if store.stop() else "the local object store was not running")
+        print("stopped" if objectstore.stop_store() else "the local object store was not running")
     elif args.action == "status":
-        remote = objectstore.read_remote(root)
-        local_pid = objectstore.LocalStore(remote).pid()
-        answers = objectstore.endpoint_answers(remote.endpoint)
+        status = objectstore.store_status()
+        remote = status.remote
         print(
             f"remote {remote.name}: s3://{remote.bucket}/{remote.prefix} at {remote.endpoint}; "
-            f"{'answering' if answers else 'not answering'}"
-            f"{f'; local store pid {local_pid}' if local_pid else ''}"
+            f"{'answering' if status.answers else 'not answering'}"
+            f"{f'; local store pid {status.local_pid}' if status.local_pid else ''}"
         )
     else:
-        remote = objectstore.read_remote(root)
-        objectstore.check_remote(remote)
+        remote = objectstore.check_store()
         print(f"ok: s3://{remote.bucket} at {remote.endpoint} accepts these credentials")
 
 
@@ -159,7 +153,7 @@ def _server_settings() -> Settings:
 
 
 def cmd_inbox(args: argparse.Namespace) -> None:
-    from greenr.ops import inbox, objectstore
+    from greenr.ops import inbox
 
     root = repo_root()
     settings = _server_settings()
@@ -168,32 +162,17 @@ def cmd_inbox(args: argparse.Namespace) -> None:
     policy = inbox.TrustPolicy(min_agreeing, trust_feedback=getattr(args, "trust_feedback", False))
     if args.action == "accept":
         limits = inbox.ImageLimits(settings.max_upload_bytes, settings.max_pixels)
-        # Like `greenr push`: the local store is started for the duration if nothing answers.
-        with objectstore.store_available(root):
-            boxes = inbox.all_inboxes(root, min_agreeing)
-            print(inbox.accept(boxes, root, policy, new_classes=args.new_class or (), limits=limits).summary())
+        print(inbox.accept_trusted(root, policy, limits, new_classes=args.new_class or ()).summary())
         return
     if args.action == "label":
-        label = inbox.check_label(args.label, inbox.data_classes(root), new_class=args.new_class)
-        prefix = inbox.item_prefix(args.item)  # a malformed id is said so, not "no such item"
-        for box in inbox.all_inboxes(root, min_agreeing):
-            try:
-                record = box.set_label(prefix, label)
-            except inbox.InboxUnavailable:
-                raise
-            except GreenrError:  # not in this inbox: try the next
-                continue
-            print(f"{record.sha256[:12]} labeled {record.label} in {box.where}")
-            return
-        raise GreenrError(f"no pending inbox item {prefix}", "`greenr inbox status --items` lists them")
-    inboxes = inbox.all_inboxes(root, min_agreeing)
-    statuses = [box.status(policy) for box in inboxes]
-    if args.json:
-        totals = {key: sum(s[key] for s in statuses) for key in ("acceptable", "to_review", "pending")}
-        labeled = sum(sum(s["labeled"].values()) for s in statuses)
-        print(json.dumps({"labeled": labeled, **totals, "inboxes": statuses}, indent=2))
+        record, box = inbox.label_item(root, args.item, args.label, args.new_class, min_agreeing)
+        print(f"{record.sha256[:12]} labeled {record.label} in {box.where}")
         return
-    for box, status in zip(inboxes, statuses):
+    overview = inbox.overview(root, policy)
+    if args.json:
+        print(json.dumps(overview.totals(), indent=2))
+        return
+    for box, status in zip(overview.inboxes, overview.statuses):
         labeled = ", ".join(f"{k} {v}" for k, v in status["labeled"].items()) or "none"
         print(
             f"inbox {status['where']}: {status['pending']} pending (labeled: {labeled}; "
@@ -261,13 +240,43 @@ def cmd_plots_template(args: argparse.Namespace) -> None:
 def cmd_agreement(args: argparse.Namespace) -> None:
     from greenr.evaluation import agreement
 
-    raise SystemExit(agreement.check(args.runs))
+    outcome = agreement.compare_runs(args.runs)
+    print(outcome.headline())
+    for line in outcome.summaries:
+        print(line)
+    for problem in outcome.problems:
+        print(f"DISAGREE {problem}", file=sys.stderr)
+    if outcome.agree:
+        print(f"all {len(outcome.runs)} runs agree")
+    raise SystemExit(0 if outcome.agree else 1)
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
     from greenr.evaluation import promote
 
-    raise SystemExit(promote.run_gate(args.base, args.candidate, args.register))
+    result = promote.run_gate(args.base, args.candidate)
+    for check in result.checks:
+        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+    if not result.base_found:
+        print(f"note: {result.base_rev} has no {EVALUATE_METRICS}; only the floors apply")
+    elif result.split_change is not None:
+        print("\n".join(result.split_change.lines()))
+    if failed := result.failed:
+        print(
+            f"rejected: {len(failed)} of {len(result.checks)} checks failed ({', '.join(c.name for c in failed)})",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    print(f"promoted: the candidate passes all {len(result.checks)} checks against {result.base_rev}")
+    if args.register:
+        registered = promote.register()
+        print(f"registered {registered.model} version {registered.version} as @{registered.alias}")
+
+
+def _named_run(arg: str) -> tuple[str, Path]:
+    """`NAME=DIR` or `DIR` (named after itself)."""
+    name, sep, path = arg.partition("=")
+    return (name, Path(path)) if sep else (arg, Path(arg))
 
 
 # ---------------------------------------------------------------------------- services
@@ -528,7 +537,11 @@ def parser() -> argparse.ArgumentParser:
         "agreement", help="do runs (other Pythons, machines) agree: split, labels, metrics in the interval"
     )
     agree.add_argument(
-        "runs", nargs="+", metavar="[NAME=]DIR", help="checkouts after `greenr run`; the first is the reference"
+        "runs",
+        nargs="+",
+        type=_named_run,
+        metavar="[NAME=]DIR",
+        help="checkouts after `greenr run`; the first is the reference",
     )
     agree.set_defaults(func=cmd_agreement)
 

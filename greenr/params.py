@@ -45,7 +45,7 @@ class SplitParams(Section):
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     # Two images whose 64-bit perceptual hashes differ in at most this many bits are one photo
-    # (resized or re-encoded) and share a split. Measured here: re-encodes 0-6 bits, distinct photos 14+.
+    # (resized or re-encoded) and share a split (why 8: docs/scale.md).
     near_duplicate_distance: int = Field(8, ge=0, le=32)
 
     @model_validator(mode="after")

@@ -360,9 +360,8 @@ def _run(
     and classified; decoding (in `workers` threads) and the forward pass take turns.
 
     Why not decode during the forward pass: the backend splits each layer across all cores and
-    waits for the slowest part, so a decoding thread on one core stalls every layer; on 2 cores
-    decoding beside the model reached 0.66-0.83 of the model-alone throughput, taking turns
-    more (docs/serving.md)."""
+    waits for the slowest part, so a decoding thread on one core stalls every layer (measured:
+    docs/serving.md, "`greenr predict` against the model alone")."""
     from tqdm import tqdm
 
     with (
@@ -373,16 +372,16 @@ def _run(
         tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, mininterval=1.0) as bar,
     ):
 
-        def submit(batch: list[str]) -> list[Future]:
+        def start_reads(batch: list[str]) -> list[Future]:
             return [readers.submit(_read, images, key) for key in batch]
 
         started = time.perf_counter()
         sample: np.ndarray | None = None  # the fullest batch, for the model-alone ceiling
         batches = list(_batches(todo, batch_size))
-        pending = submit(batches[0]) if batches else []
+        pending = start_reads(batches[0]) if batches else []
         for number, batch in enumerate(batches):
             read = [f.result() for f in pending]
-            pending = submit(batches[number + 1]) if number + 1 < len(batches) else []
+            pending = start_reads(batches[number + 1]) if number + 1 < len(batches) else []
             loaded = list(decoders.map(_decode, read, [chosen] * len(read)))
             rows, inputs = _rows(batch, loaded, chosen)
             output.write(rows)

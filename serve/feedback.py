@@ -219,7 +219,7 @@ class FeedbackService:
         found = self.recent.get((client, sha, label))
         return None if found is None else (sha, found[0])
 
-    def submit(self, sent: Sent, *, limits: RateLimits, **fields: object) -> Submitted:
+    def store(self, sent: Sent, *, limits: RateLimits, **fields: object) -> Submitted:
         """Store one item (blocking). Raises RateLimited, InboxFull or InboxUnavailable; nothing else.
 
         The client pays one event of `limits`, refunded when the inbox had it already.
@@ -228,7 +228,7 @@ class FeedbackService:
         try:
             inbox = self.inbox()
             self._check_room(inbox)
-            done = inbox.submit(sent.data, label=sent.label, voter=sent.client, **fields)  # type: ignore[arg-type]
+            done = inbox.add_vote(sent.data, label=sent.label, voter=sent.client, **fields)  # type: ignore[arg-type]
         except (InboxFull, InboxUnavailable):
             limits.give_back(sent.client)
             raise
@@ -261,7 +261,7 @@ class FeedbackService:
         if self.resent(sent.client, sent.data, None) is not None:
             return  # this client's photo was captured already
         try:
-            done = self.submit(
+            done = self.store(
                 sent,
                 limits=self.capture_limits,
                 source="uncertain",

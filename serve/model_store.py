@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from greenr import scm
-from greenr.backends.base import Backend, ModelSpec
+from greenr.backends.base import Backend
 from greenr.backends.loading import Selection, load_backend
 from greenr.backends.model_file import (
     ModelFile,
@@ -37,6 +37,7 @@ from greenr.backends.model_file import (
     read_model,
 )
 from greenr.errors import GreenrError
+from greenr.model.spec import ModelSpec
 from greenr.ops.drift import DriftReference
 from greenr.paths import DRIFT_REFERENCE, DVC_LOCK, EVALUATE_METRICS, repo_root
 

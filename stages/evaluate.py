@@ -84,12 +84,12 @@ def main() -> None:
     # The reference backend: the code the model was trained with (the export stage checks the
     # ONNX backends against it).
     backend = TorchBackend(model, "fp32", threads)
-    test_set = load_samples(root, ["test"], ckpt.classes)
+    test_set = load_samples(root, ["test"], ckpt.spec.classes)
     probs = predict(backend, test_set, params.batch_size)
     labels = test_set.labels
     report = score(probs, labels, backend, params)
     write_json(root / EVALUATE_METRICS, report)
-    names = ckpt.classes
+    names = ckpt.spec.classes
     write_csv(
         root / CONFUSION_PLOT,
         sorted(

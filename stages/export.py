@@ -153,7 +153,7 @@ def main() -> None:
     ckpt = checkpoint_file.checkpoint
     data = export_onnx(ckpt)
     exported = read_model(data, ONNX_MODEL_PATH)
-    test_set = load_samples(root, ["test"], ckpt.classes)
+    test_set = load_samples(root, ["test"], ckpt.spec.classes)
     candidates = {}
     for name, info in BACKENDS.items():
         if "onnx" not in info.formats or not installed(name):
@@ -161,7 +161,7 @@ def main() -> None:
         for precision in ("bf16", "fp32") if info.bf16 and native_bf16() else ("fp32",):
             candidates[f"{name}_{precision}"] = build(name, exported, precision, threads)
     reference_backend = build("torch", checkpoint_file, "fp32", threads)
-    size = ckpt.preprocessing.image_size
+    size = ckpt.spec.image_size
 
     def test_batches() -> Iterable[np.ndarray]:
         return (batch.images.numpy() for batch in batches(test_set, size, PARITY_BATCH))
@@ -173,7 +173,7 @@ def main() -> None:
         for key, backend in candidates.items():
             logits[key].append(backend.predict_logits(images))
     joined = {
-        key: np.concatenate(parts) if parts else np.empty((0, len(ckpt.classes))) for key, parts in logits.items()
+        key: np.concatenate(parts) if parts else np.empty((0, len(ckpt.spec.classes))) for key, parts in logits.items()
     }
     reference = joined.pop("reference")
     # The fp32 runtimes are done: their buffers go before the INT8 ones are built.
@@ -190,7 +190,7 @@ def main() -> None:
             agreement.max_abs_diff,
             agreement.label_agreement * 100,
         )
-    train_set = load_samples(root, ["train"], ckpt.classes)
+    train_set = load_samples(root, ["train"], ckpt.spec.classes)
     int8 = export_int8(train_set, exported, test_batches, reference, test_set.labels, threads)
     report = {
         "checkpoint_sha256": ckpt.sha256,

@@ -16,6 +16,7 @@ from greenr.errors import exits_cleanly, setup_logging
 from greenr.model import checkpoint
 from greenr.model.device import configure_threads, resolve_device, use_bf16
 from greenr.model.recipe import resolve, train_classifier
+from greenr.model.spec import ModelSpec
 from greenr.model.training import EpochStats, init_distributed, seed_everything
 from greenr.ops import tracking
 from greenr.params import load_section
@@ -100,13 +101,15 @@ def main() -> None:
         sha256 = checkpoint.save(
             root / MODEL_PATH,
             trained.model,
-            recipe.arch,
-            classes,
-            spec,
-            meta,
-            temperature=trained.temperature,
-            flip_average=model_params.flip_average,
-            vflip_average=model_params.vflip_average,
+            ModelSpec(
+                recipe.arch,
+                classes,
+                spec,
+                meta=meta,
+                temperature=trained.temperature,
+                flip_average=model_params.flip_average,
+                vflip_average=model_params.vflip_average,
+            ),
         )
         write_history(root / TRAINING_PLOT, result.history)
         write_json(

@@ -16,99 +16,28 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from greenr.data.images import Preprocessing, flip_view, flip_view_names
+from greenr.data.images import flip_view, flip_view_names
+from greenr.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # Largest |logit - reference logit| accepted on the probe batch, as a share of the logits' scale
-# (the largest |reference logit|, at least 1: float rounding grows with the values). fp32 backends
-# differ from torch by rounding (measured: 2e-7 to 6e-6 on logits of a few units). bf16 keeps 8
-# bits of mantissa and EfficientNet's depthwise layers add its rounding up: OpenVINO bf16 on AMX,
-# Lite0 at 224 px, was 0.20 off on the probe batch, whose synthetic images reach logits of only
-# 1.65 (12%), and 0.26 on the 400 data-set images (logits up to 6.8: 4%), every label the same and
-# calibrated probabilities within 0.031 (ResNet18: 3e-3). Its bound sits above that; a broken
-# conversion misses it by far. The labels must agree in every case.
-# INT8 (the export stage's post-training quantization, greenr.backends.quantize) rounds every
-# activation to 8 bits: Lite0 at 224 px was 0.47 off on the probe batch (logits up to 1.69: 28%)
-# with OpenVINO, 0.73 (43%) with onnxruntime running the same file. A broken quantization (wrong
-# scales, saturating kernels) is off by several units. Its label check spares the probe images whose
-# reference logits are within the tolerance of a tie (probe margins are 0.8 to 2.8): 8-bit rounding
-# may move those and still be right. What INT8 does to real images is checked per backend by the
-# export stage on the test split (labels, probabilities, accuracy): only the backends that pass
-# there are offered INT8 at load.
+# (the largest |reference logit|, at least 1: float rounding grows with the values). fp32 differs
+# from torch by rounding only; bf16 and INT8 round more, and their bounds sit above what was
+# measured and far below what a broken conversion gives (the figures: docs/serving.md, "Backends"
+# and "The INT8 export"). The labels must agree in every case, for INT8 where the reference is not
+# near a tie (FLIP_MARGIN); what INT8 does to real images the export stage checks on the test split.
 TOLERANCE = {"fp32": 1e-3, "bf16": 0.15, "int8": 0.5}
 # Probe images whose reference top-2 logit margin is below FLIP_MARGIN[precision] x the logits'
 # scale need not keep their label (0: every label must agree).
 FLIP_MARGIN = {"fp32": 0.0, "bf16": 0.0, "int8": 0.5}
 PROBE_COUNT = 8
-SPEC_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything about a model except its weights: carried by the checkpoint and by the ONNX metadata."""
-
-    arch: str
-    classes: list[str]
-    preprocessing: Preprocessing
-    temperature: float = 1.0
-    # Test-time augmentation: average the logits of the image and of its horizontal mirror
-    # and/or vertical flips (greenr.data.images.flip_view_names).
-    flip_average: bool = False
-    vflip_average: bool = False
-    checkpoint_sha256: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-    # The reference's (torch fp32) logits of probe_batch(image_size), stored at export, so a
-    # backend can be checked where torch is not installed. None: not known (a torch checkpoint).
-    reference_logits: np.ndarray | None = None
-    # Set in the INT8 export only (greenr.backends.quantize): how it was quantized, and `backends`,
-    # those whose INT8 results passed the export stage's test-split check.
-    quantization: dict[str, Any] | None = None
-
-    @property
-    def image_size(self) -> int:
-        return self.preprocessing.image_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": SPEC_FORMAT,
-            "arch": self.arch,
-            "classes": list(self.classes),
-            "preprocessing": self.preprocessing.to_dict(),
-            "temperature": self.temperature,
-            "flip_average": self.flip_average,
-            "vflip_average": self.vflip_average,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "meta": self.meta,
-            "probe": None
-            if self.reference_logits is None
-            else {"count": len(self.reference_logits), "logits": self.reference_logits.tolist()},
-            **({"quantization": self.quantization} if self.quantization else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
-        if raw.get("format") != SPEC_FORMAT:
-            raise ValueError(f"model spec format {raw.get('format')!r}, expected {SPEC_FORMAT}")
-        probe = raw.get("probe")
-        return cls(
-            arch=str(raw["arch"]),
-            classes=[str(c) for c in raw["classes"]],
-            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
-            temperature=float(raw.get("temperature", 1.0)),
-            flip_average=bool(raw.get("flip_average", False)),
-            vflip_average=bool(raw.get("vflip_average", False)),
-            checkpoint_sha256=str(raw.get("checkpoint_sha256", "")),
-            meta=dict(raw.get("meta") or {}),
-            reference_logits=None if not probe else np.asarray(probe["logits"], dtype=np.float32),
-            quantization=dict(raw["quantization"]) if raw.get("quantization") else None,
-        )
 
 
 def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

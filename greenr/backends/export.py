@@ -2,9 +2,9 @@
 
 The graph starts with the normalisation (greenr.data.tensors.normalize), so an ONNX backend
 takes the same uint8 arrays the torch backend does and nothing outside the file can get the
-mean/std wrong. The batch dimension is dynamic. The metadata (`greenr`, JSON) holds what a
-server needs without the checkpoint: classes, preprocessing, arch, temperature, the checkpoint's
-SHA-256, and the reference (torch fp32) logits of the probe batch (greenr.backends.base).
+mean/std wrong. The batch dimension is dynamic. The metadata (`greenr`, JSON) holds the
+checkpoint's spec (greenr.model.spec: classes, preprocessing, arch, temperature, ...), the
+checkpoint's SHA-256, and the reference (torch fp32) logits of the probe batch (greenr.backends.base).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from greenr.backends.base import probe_batch
-from greenr.backends.model_file import ONNX_METADATA_KEY, spec_from_checkpoint
+from greenr.backends.model_file import ONNX_METADATA_KEY
 from greenr.data.images import Preprocessing
 from greenr.model.checkpoint import Checkpoint
 from greenr.model.inference import predict_logits
@@ -61,8 +61,8 @@ def export_onnx(ckpt: Checkpoint) -> bytes:
     model = ckpt.build("cpu")
     # The exporter traces a contiguous (NCHW) model; channels_last is a torch-side speed-up only.
     model = model.to(memory_format=torch.contiguous_format)
-    wrapper = Normalized(model, ckpt.preprocessing).eval()
-    example = torch.from_numpy(probe_batch(ckpt.image_size, 2))
+    wrapper = Normalized(model, ckpt.spec.preprocessing).eval()
+    example = torch.from_numpy(probe_batch(ckpt.spec.image_size, 2))
     with tempfile.TemporaryDirectory(prefix="greenr-export-") as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
         path = Path(folder) / "model.onnx"
@@ -78,7 +78,9 @@ def export_onnx(ckpt: Checkpoint) -> bytes:
         )
         proto = onnx.load_model(str(path))
     spec = dataclasses.replace(
-        spec_from_checkpoint(ckpt), reference_logits=reference_logits(ckpt.build("cpu"), ckpt.preprocessing)
+        ckpt.spec,
+        checkpoint_sha256=ckpt.sha256,
+        reference_logits=reference_logits(ckpt.build("cpu"), ckpt.spec.preprocessing),
     )
     entry = proto.metadata_props.add()
     entry.key = ONNX_METADATA_KEY

@@ -1,21 +1,22 @@
 """A model file as the backends see it: a PyTorch checkpoint (.pth) or its ONNX export (.onnx).
 
-Both carry the same `ModelSpec` (classes, preprocessing, temperature, ...): the checkpoint in its
-own keys, the ONNX file as JSON in its metadata under `greenr`. Reading an ONNX file needs the
+Both carry the same `ModelSpec` dict (greenr.model.spec: classes, preprocessing, temperature, ...):
+the checkpoint beside its weights, the ONNX file as JSON in its metadata under `greenr`. Reading an ONNX file needs the
 `onnx` package, not torch; reading a checkpoint imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from greenr import scm
-from greenr.backends.base import ModelFile, ModelSpec
+from greenr.backends.base import ModelFile
 from greenr.errors import GreenrError
+from greenr.model.spec import ModelSpec
 from greenr.paths import MODEL_PATH, ONNX_MODEL_PATH
 
 # The ONNX metadata key that holds the ModelSpec as JSON.
@@ -44,21 +45,6 @@ PICKLE_PROTO = b"\x80"
 ONNX_FIRST_BYTE = b"\x08"
 
 
-def spec_from_checkpoint(ckpt: Any) -> ModelSpec:
-    """The ModelSpec of a greenr.model.checkpoint.Checkpoint."""
-    return ModelSpec(
-        arch=ckpt.arch,
-        classes=list(ckpt.classes),
-        preprocessing=ckpt.preprocessing,
-        temperature=float(ckpt.temperature),
-        # Optional in the checkpoint format: absent means no test-time flip averaging.
-        flip_average=bool(getattr(ckpt, "flip_average", False)),
-        vflip_average=bool(getattr(ckpt, "vflip_average", False)),
-        checkpoint_sha256=ckpt.sha256,
-        meta=dict(ckpt.meta),
-    )
-
-
 def read_model(data: bytes, name: str, fmt: str | None = None) -> ModelFile:
     """Parse a model file's bytes; GreenrError (with a fix) when they are not a usable model.
 
@@ -75,7 +61,8 @@ def read_model(data: bytes, name: str, fmt: str | None = None) -> ModelFile:
             f"serve its ONNX export instead: MODEL_PATH={ONNX_MODEL_PATH} (made by `dvc repro export`)",
         ) from None
     ckpt = checkpoint.from_bytes(data, source=name)
-    return ModelFile(name, "torch", spec_from_checkpoint(ckpt), sha256, data, checkpoint=ckpt)
+    spec = dataclasses.replace(ckpt.spec, checkpoint_sha256=sha256)
+    return ModelFile(name, "torch", spec, sha256, data, checkpoint=ckpt)
 
 
 def load_model_file(path: str | Path, name: str | None = None) -> ModelFile:

@@ -123,7 +123,7 @@ def _chunking(n: int, max_distance: int) -> tuple[list[tuple[int, int]], int]:
         widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
         probes = [sum(math.comb(w, k) for k in range(r + 1)) for w in widths]
         # Each probe is one pass over the n hashes; each candidate pair costs about a fifth of a
-        # pass's per-hash work (measured with NumPy on 100,000 clustered hashes: m = 5 wins there).
+        # pass's per-hash work (measured: docs/scale.md).
         cost = n * sum(probes) + 0.2 * sum(p * n * n / 2.0**w for p, w in zip(probes, widths))
         if best is None or cost < best[0]:
             best = (cost, m)

@@ -6,12 +6,12 @@ Each argument is a checkout after `greenr run` (optionally named `NAME=DIR`); th
 reference. The others agree with it when they have the same test split, predict the same label for
 every test image, and have accuracy and macro F1 inside the reference's bootstrap interval (numbers
 that are not bit-identical are expected across CPUs and library builds; labels are the contract).
-Exit 0: all agree; exit 1: they do not, each difference printed; exit 2: a run is incomplete.
+The CLI exits 0: all agree; 1: they do not, each difference printed; 2: a run is incomplete.
 """
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,29 +105,35 @@ def summary(ref: Run, other: Run) -> str:
     return f"{other.name} vs {ref.name}: {same}/{len(ref.labels)} labels same; {metrics}; {files}"
 
 
-def parse_run(arg: str) -> tuple[str, Path]:
-    """`NAME=DIR` or `DIR` (named after itself)."""
-    name, sep, path = arg.partition("=")
-    return (name, Path(path)) if sep else (arg, Path(arg))
+@dataclass(frozen=True)
+class Outcome:
+    """How runs compare with the first (the reference): one summary line per other run, and every
+    difference that breaks agreement."""
+
+    reference: Run
+    runs: list[Run]
+    summaries: list[str]
+    problems: list[str]
+
+    @property
+    def agree(self) -> bool:
+        return not self.problems
+
+    def headline(self) -> str:
+        ref = self.reference
+        return (
+            f"{ref.name}: accuracy {_value(ref.metrics, ('accuracy',))}, macro F1 "
+            f"{_value(ref.metrics, ('macro', 'f1'))}, bootstrap {ref.metrics.get('bootstrap')}"
+        )
 
 
-def check(args: list[str]) -> int:
-    """Compare the runs (the first is the reference), print the outcome; 0 when all agree, else 1."""
-    if len(args) < 2:
+def compare_runs(named_roots: Sequence[tuple[str, Path]]) -> Outcome:
+    """Compare the runs (NAME, checkout), the first being the reference; GreenrError when fewer
+    than two are given or one is incomplete."""
+    if len(named_roots) < 2:
         raise GreenrError("agreement needs the reference and at least one run to compare", "name two checkouts")
-    runs = [load_run(name, root) for name, root in map(parse_run, args)]
+    runs = [load_run(name, root) for name, root in named_roots]
     ref = runs[0]
-    print(
-        f"{ref.name}: accuracy {_value(ref.metrics, ('accuracy',))}, macro F1 "
-        f"{_value(ref.metrics, ('macro', 'f1'))}, bootstrap {ref.metrics.get('bootstrap')}"
-    )
-    problems: list[str] = []
-    for other in runs[1:]:
-        print(summary(ref, other))
-        problems += differences(ref, other)
-    for problem in problems:
-        print(f"DISAGREE {problem}", file=sys.stderr)
-    if problems:
-        return 1
-    print(f"all {len(runs)} runs agree")
-    return 0
+    summaries = [summary(ref, other) for other in runs[1:]]
+    problems = [problem for other in runs[1:] for problem in differences(ref, other)]
+    return Outcome(ref, runs, summaries, problems)

@@ -7,7 +7,7 @@ revision's (`git show BASE:metrics/evaluate.json`) and with the absolute floors 
 `promote:` section of params.yaml. When the test split changed between them (new data), it says
 so and also compares the two on the test images both share (per-image predictions from
 plots/evaluate/confusion.csv); the checks themselves stay on the whole test splits.
-Exit 0: promote; exit 1: rejected, with every reason printed; exit 2: the gate could not decide
+The CLI exits 0: promote; 1: rejected, with every reason printed; 2: the gate could not decide
 (missing or unreadable metrics).
 With `--register`, a promoted model is registered in the MLflow Model Registry and given the
 alias `promote.alias` (`champion`).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,40 +146,50 @@ def gate(candidate: dict[str, Any], base: dict[str, Any] | None, rules: PromoteP
     return checks
 
 
-def register(root: Path, rules: PromoteParams) -> str:
-    """Register the workspace checkpoint's MLflow model under `rules.alias`; return the version."""
+@dataclass(frozen=True)
+class Registered:
+    model: str
+    version: str
+    alias: str
+
+
+def register(root: Path | None = None) -> Registered:
+    """Register the workspace checkpoint's MLflow model under `promote.alias`."""
     from greenr.model import checkpoint
     from greenr.ops import tracking
 
+    root = root or repo_root()
+    rules = load_section("promote")
     ckpt = checkpoint.load(root / MODEL_PATH)
     version = tracking.register_checkpoint_model(ckpt.sha256, rules.registered_model, rules.alias)
-    return version
+    return Registered(rules.registered_model, version, rules.alias)
 
 
-def run_gate(base_rev: str = "main", candidate_path: Path | None = None, register_model: bool = False) -> int:
-    """Print every check; 0 when the candidate is promoted, 1 when rejected."""
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's verdict on a candidate against `base_rev`."""
+
+    base_rev: str
+    checks: list[Check]
+    base_found: bool  # False: the base has no metrics, only the floors applied
+    split_change: SplitChange | None  # the test split changed between base and candidate
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def promoted(self) -> bool:
+        return not self.failed
+
+
+def run_gate(base_rev: str = "main", candidate_path: Path | None = None) -> GateResult:
+    """Every check of the candidate's metrics (default: the workspace's) against `base_rev`'s and
+    the floors; GreenrError when the metrics cannot be read."""
     root = repo_root()
     rules = load_section("promote")
     candidate = read_metrics_file(candidate_path or root / EVALUATE_METRICS)
     base = read_metrics_at(base_rev, root)
     checks = gate(candidate, base, rules)
-    for check in checks:
-        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
-    if base is None:
-        print(f"note: {base_rev} has no {EVALUATE_METRICS}; only the floors apply")
-    else:
-        change = split_change(root, base_rev, base, candidate)
-        if change is not None:
-            print("\n".join(change.lines()))
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        print(
-            f"rejected: {len(failed)} of {len(checks)} checks failed ({', '.join(c.name for c in failed)})",
-            file=sys.stderr,
-        )
-        return 1
-    print(f"promoted: the candidate passes all {len(checks)} checks against {base_rev}")
-    if register_model:
-        version = register(root, rules)
-        print(f"registered {rules.registered_model} version {version} as @{rules.alias}")
-    return 0
+    change = None if base is None else split_change(root, base_rev, base, candidate)
+    return GateResult(base_rev, checks, base is not None, change)

@@ -1,13 +1,10 @@
-"""The checkpoint format: weights plus what rebuilds the model, never a pickled module.
+"""The checkpoint format: weights plus the model's spec, never a pickled module.
 
-    {"format": 1, "model": state_dict, "arch": str, "classes": [str], "image_size": int,
-     "preprocessing": {...}, "meta": {...}, "temperature": float, "flip_average": bool,
-     "vflip_average": bool}
+    {"format": 1, "model": state_dict, **ModelSpec.to_dict()}
 
-`temperature` (optional, 1.0 when absent) divides the logits before the softmax, so that the
-probabilities are calibrated (fitted on validation; greenr.model.calibration). `flip_average`
-and `vflip_average` (optional, false when absent) ask every consumer to average the logits of the
-image and its mirror and/or vertical flips (greenr.data.images.flip_view_names).
+that is "arch", "classes", "image_size", "preprocessing", "meta", "temperature", "flip_average",
+"vflip_average" (greenr.model.spec: the ONNX export carries the same dict). `temperature`
+(1.0 when absent) and `flip_average`/`vflip_average` (false when absent) are optional.
 
 Loaded with `weights_only=True`, so a checkpoint cannot run code.
 """
@@ -16,92 +13,53 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from greenr.atomic import write_bytes
-from greenr.data.images import Preprocessing
 from greenr.errors import GreenrError
 from greenr.model.architectures import build_model
+from greenr.model.spec import SPEC_FORMAT, ModelSpec
 from greenr.paths import MODEL_PATH
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = SPEC_FORMAT
 REQUIRED_KEYS = ("format", "model", "arch", "classes", "image_size", "preprocessing")
 
 
 @dataclass
 class Checkpoint:
+    spec: ModelSpec
     state_dict: dict[str, torch.Tensor]
-    arch: str
-    classes: list[str]
-    preprocessing: Preprocessing
-    meta: dict[str, Any] = field(default_factory=dict)
-    sha256: str = ""
-    temperature: float = 1.0
-    flip_average: bool = False
-    vflip_average: bool = False
-
-    @property
-    def image_size(self) -> int:
-        return self.preprocessing.image_size
+    sha256: str = ""  # of the file's bytes
 
     def build(self, device: str | torch.device = "cpu") -> nn.Module:
         """The model in eval mode with these weights."""
-        model = build_model(self.arch, len(self.classes), pretrained=False)
+        arch = self.spec.arch
+        model = build_model(arch, len(self.spec.classes), pretrained=False)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
             raise GreenrError(
-                f"checkpoint weights do not fit arch {self.arch!r}: {exc}", "retrain with `dvc repro train`"
+                f"checkpoint weights do not fit arch {arch!r}: {exc}", "retrain with `dvc repro train`"
             ) from None
         return model.to(device).eval()
 
 
-def to_bytes(
-    model: nn.Module,
-    arch: str,
-    classes: list[str],
-    preprocessing: Preprocessing,
-    meta: dict[str, Any] | None = None,
-    temperature: float = 1.0,
-    flip_average: bool = False,
-    vflip_average: bool = False,
-) -> bytes:
+def to_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {
-        "format": FORMAT_VERSION,
-        "model": state,
-        "arch": arch,
-        "classes": list(classes),
-        "image_size": preprocessing.image_size,
-        "preprocessing": preprocessing.to_dict(),
-        "meta": dict(meta or {}),
-        "temperature": float(temperature),
-        "flip_average": bool(flip_average),
-        "vflip_average": bool(vflip_average),
-    }
+    # `format` first, then the weights, then the rest of the spec: the order checkpoints have always had.
+    payload = {"format": FORMAT_VERSION, "model": state} | spec.to_dict()
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
 
 
-def save(
-    path: str | Path,
-    model: nn.Module,
-    arch: str,
-    classes: list[str],
-    preprocessing: Preprocessing,
-    meta: dict[str, Any] | None = None,
-    temperature: float = 1.0,
-    flip_average: bool = False,
-    vflip_average: bool = False,
-) -> str:
+def save(path: str | Path, model: nn.Module, spec: ModelSpec) -> str:
     """Write the checkpoint atomically; return its SHA-256."""
-    data = to_bytes(model, arch, classes, preprocessing, meta, temperature, flip_average, vflip_average)
+    data = to_bytes(model, spec)
     write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
@@ -116,17 +74,11 @@ def from_bytes(data: bytes, source: str = "checkpoint") -> Checkpoint:
         raise GreenrError(f"{source} lacks the checkpoint keys {list(REQUIRED_KEYS)}", fix)
     if raw["format"] != FORMAT_VERSION:
         raise GreenrError(f"{source} has checkpoint format {raw['format']}, expected {FORMAT_VERSION}", fix)
-    return Checkpoint(
-        state_dict=raw["model"],
-        arch=str(raw["arch"]),
-        classes=list(raw["classes"]),
-        preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
-        meta=dict(raw.get("meta") or {}),
-        sha256=hashlib.sha256(data).hexdigest(),
-        temperature=float(raw.get("temperature", 1.0)),
-        flip_average=bool(raw.get("flip_average", False)),
-        vflip_average=bool(raw.get("vflip_average", False)),
-    )
+    try:
+        spec = ModelSpec.from_dict(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GreenrError(f"{source} has an unreadable model spec: {type(exc).__name__}: {exc}", fix) from None
+    return Checkpoint(spec=spec, state_dict=raw["model"], sha256=hashlib.sha256(data).hexdigest())
 
 
 def load(path: str | Path) -> Checkpoint:

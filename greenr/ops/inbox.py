@@ -488,7 +488,7 @@ class Inbox:
             return again
         return None
 
-    def submit(
+    def add_vote(
         self,
         data: bytes,
         *,
@@ -605,7 +605,7 @@ class Inbox:
             "to_review": sum(self.review_policy.needs_review(r) for r in pending),
             "conflicts": sum(len(r.labels_given) > 1 and not r.reviewed for r in pending),
             "uncertain": sum(r.source == "uncertain" for r in pending),
-            # Images without a record: a submit in flight, or one interrupted before its record (harmless).
+            # Images without a record: an add_vote in flight, or one interrupted before its record (harmless).
             "orphans": sum(not k.endswith(".json") and Path(k).stem not in with_record for k in keys),
             "accepted": self.count(ACCEPTED),
             "rejected": self.count(REJECTED),
@@ -919,3 +919,55 @@ def _check_image(record: Record, data: bytes | None, limits: ImageLimits) -> tup
     except ImageError as err:
         return f"its image does not decode within the limits of /predict: {err.reason}", None
     return None, image.size
+
+
+# ---------------------------------------------------------------------------- `greenr inbox`
+
+
+def accept_trusted(
+    root: Path, policy: TrustPolicy, limits: ImageLimits, new_classes: Sequence[str] = ()
+) -> AcceptReport:
+    """`accept` over every inbox; like `greenr push`, the local object store is started for the
+    duration if nothing answers."""
+    from greenr.ops import objectstore
+
+    with objectstore.store_available(root):
+        return accept(all_inboxes(root, policy.min_agreeing), root, policy, new_classes=new_classes, limits=limits)
+
+
+def label_item(
+    root: Path, item: str, label: str, new_class: bool = False, min_agreeing: int = DEFAULT_MIN_AGREEING
+) -> tuple[Record, Inbox]:
+    """A reviewer's label for the pending item `item` (its SHA-256 or a prefix), in whichever inbox
+    holds it; the record as labeled and that inbox."""
+    label = check_label(label, data_classes(root), new_class=new_class)
+    prefix = item_prefix(item)  # a malformed id is said so, not "no such item"
+    for box in all_inboxes(root, min_agreeing):
+        try:
+            return box.set_label(prefix, label), box
+        except InboxUnavailable:
+            raise
+        except GreenrError:  # not in this inbox: try the next
+            continue
+    raise GreenrError(f"no pending inbox item {prefix}", "`greenr inbox status --items` lists them")
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Every inbox with its status (Inbox.status) under one trust policy."""
+
+    policy: TrustPolicy
+    inboxes: list[Inbox]
+    statuses: list[dict[str, Any]]
+
+    def totals(self) -> dict[str, Any]:
+        """The counts over all inboxes, then each inbox's status."""
+        keys = ("acceptable", "to_review", "pending")
+        totals = {key: sum(s[key] for s in self.statuses) for key in keys}
+        labeled = sum(sum(s["labeled"].values()) for s in self.statuses)
+        return {"labeled": labeled, **totals, "inboxes": self.statuses}
+
+
+def overview(root: Path, policy: TrustPolicy) -> Overview:
+    inboxes = all_inboxes(root, policy.min_agreeing)
+    return Overview(policy, inboxes, [box.status(policy) for box in inboxes])

@@ -415,3 +415,60 @@ def store_available(root: Path | None = None):
     finally:
         if started is not None:
             started.stop()
+
+
+# ---------------------------------------------------------------------------- `greenr store`
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    remote: Remote
+    answers: bool  # something answers at the remote's endpoint
+    local_pid: int | None  # the local store this checkout started, if it runs
+
+    @property
+    def other_store_answers(self) -> bool:
+        """An object store answers that is not the local one started here (a MinIO, another checkout's)."""
+        return self.answers and self.local_pid is None
+
+
+def store_status(root: Path | None = None) -> StoreStatus:
+    remote = read_remote(root)
+    return StoreStatus(remote, endpoint_answers(remote.endpoint), LocalStore(remote).pid())
+
+
+@dataclass(frozen=True)
+class StoreStart:
+    """What `start_store` did: used a store that already answered (`pid` None), or started the local one."""
+
+    remote: Remote
+    pid: int | None
+    exit_code: int | None = None  # run in the foreground: its exit status once stopped
+
+
+def start_store(root: Path | None = None, on_ready: Callable[[Remote, int], None] | None = None) -> StoreStart:
+    """Start the local object store, with credentials generated if there are none; a store that
+    already answers at the endpoint is checked (bucket, credentials) and used as is.
+
+    With `on_ready`, the store runs in this process until a signal stops it (`on_ready(remote, pid)`
+    once it answers); else in the background."""
+    remote = ensure_credentials(root)
+    store = LocalStore(remote)
+    if endpoint_answers(remote.endpoint) and store.pid() is None:
+        check_remote(remote)
+        return StoreStart(remote, None)
+    if on_ready is not None:
+        return StoreStart(remote, None, store.run_foreground(lambda pid: on_ready(remote, pid)))
+    return StoreStart(remote, store.start())
+
+
+def stop_store(root: Path | None = None) -> bool:
+    """Stop the local object store; False when it was not running."""
+    return LocalStore(read_remote(root)).stop()
+
+
+def check_store(root: Path | None = None) -> Remote:
+    """The remote, once its bucket has accepted the credentials (GreenrError says what is wrong)."""
+    remote = read_remote(root)
+    check_remote(remote)
+    return remote

@@ -143,7 +143,7 @@ def build_router(settings: Settings) -> APIRouter:
         except ImageError as err:
             raise HTTPException(STATUS_FOR_KIND.get(err.kind, 400), detail=err.reason) from None
         done = await _inbox_call(
-            service.submit,
+            service.store,
             Sent(client, data, label),
             limits=service.feedback_limits,
             source="feedback",

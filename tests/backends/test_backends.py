@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from greenr.backends.base import TOLERANCE, ModelSpec, compare, probabilities, probe_batch
+from greenr.backends.base import TOLERANCE, compare, probabilities, probe_batch
 from greenr.backends.export import export_onnx
 from greenr.backends.loading import build, load_backend, open_backend
 from greenr.backends.model_file import ONNX_METADATA_KEY, load_model_file, model_format, onnx_metadata, read_model
@@ -23,6 +23,7 @@ from greenr.hardware import native_bf16
 from greenr.model import checkpoint
 from greenr.model.architectures import ARCHS, build_model, get_arch
 from greenr.model.inference import predict_flip_averaged_logits, predict_logits
+from greenr.model.spec import ModelSpec
 from tests.helpers.images import class_image, jpeg_bytes
 from tests.helpers.project import REPO
 from tests.helpers.serving import AS_IN_SERVING_IMAGE, CLASSES
@@ -38,7 +39,7 @@ def images(size: int, count: int = 6) -> np.ndarray:
 
 def torch_logits(pth: Path, batch: np.ndarray) -> np.ndarray:
     ckpt = checkpoint.load(pth)
-    return predict_logits(ckpt.build(), torch.from_numpy(batch), ckpt.preprocessing).numpy()
+    return predict_logits(ckpt.build(), torch.from_numpy(batch), ckpt.spec.preprocessing).numpy()
 
 
 def with_metadata(onnx_path: Path, change) -> bytes:
@@ -84,9 +85,8 @@ def test_export_of_every_arch_matches_torch_in_every_onnx_backend(arch: str, tmp
     torch.manual_seed(0)
     size = 64
     pth = tmp_path / "stage-1.pth"
-    sha = checkpoint.save(
-        pth, build_model(arch, 2), arch, CLASSES, get_arch(arch).preprocessing(size), meta={"a": 1}, temperature=1.5
-    )
+    spec = ModelSpec(arch, CLASSES, get_arch(arch).preprocessing(size), temperature=1.5, meta={"a": 1})
+    sha = checkpoint.save(pth, build_model(arch, 2), spec)
     model = read_model(export_onnx(checkpoint.load(pth)), "stage-1.onnx")
     assert model.format == "onnx"
     spec = model.spec
@@ -230,9 +230,11 @@ def test_training_evaluation_and_every_backend_average_the_same_flips(tmp_path: 
     torch.manual_seed(3)
     spec = get_arch("resnet18").preprocessing(64)
     pth = tmp_path / "stage-1.pth"
-    checkpoint.save(pth, build_model("resnet18", 2), "resnet18", CLASSES, spec, flip_average=True, vflip_average=True)
+    checkpoint.save(
+        pth, build_model("resnet18", 2), ModelSpec("resnet18", CLASSES, spec, flip_average=True, vflip_average=True)
+    )
     ckpt = checkpoint.load(pth)
-    assert (ckpt.flip_average, ckpt.vflip_average) == (True, True)
+    assert (ckpt.spec.flip_average, ckpt.spec.vflip_average) == (True, True)
     (tmp_path / "stage-1.onnx").write_bytes(export_onnx(ckpt))
     batch = images(64, 4)
     expected = predict_flip_averaged_logits(ckpt.build(), torch.from_numpy(batch), spec, True, True).numpy()

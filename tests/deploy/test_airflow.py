@@ -332,7 +332,7 @@ def test_feedback_dag_accepts_retrains_commits_on_a_branch_and_reloads(airflow_p
         box = Inbox(S3ItemStore(Remote("minio", "greenr", "dvc", s3.endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)))
         photos = [jpeg_bytes(scene(label, 90 + i)) for i, label in enumerate(("dandelion", "grass") * 2)]
         for data, label in zip(photos, ("dandelion", "grass") * 2):
-            box.submit(data, label=label)
+            box.add_vote(data, label=label)
 
         home = tmp_path / "airflow-home"
         af_env = airflow_env(

@@ -80,19 +80,19 @@ def fitted_checkpoint(path: Path) -> checkpoint.Checkpoint:
     write_checkpoint(path)
     ckpt = checkpoint.load(path)
     model = ckpt.build()
-    images = torch.stack([torch.from_numpy(load_model_input(p, ckpt.preprocessing)) for p in PHOTOS.values()])
-    labels = torch.tensor([ckpt.classes.index(label) for label in PHOTOS])
+    images = torch.stack([torch.from_numpy(load_model_input(p, ckpt.spec.preprocessing)) for p in PHOTOS.values()])
+    labels = torch.tensor([ckpt.spec.classes.index(label) for label in PHOTOS])
     model.eval()  # features as inference computes them; only the classifier learns
     head, model.fc = model.fc, torch.nn.Identity()
     with torch.no_grad():
-        features = model(normalize(images, ckpt.preprocessing))
+        features = model(normalize(images, ckpt.spec.preprocessing))
     optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
     for _ in range(200):
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(head(features), labels).backward()
         optimizer.step()
     model.fc = head
-    checkpoint.save(path, model, ckpt.arch, ckpt.classes, ckpt.preprocessing)
+    checkpoint.save(path, model, ckpt.spec)
     return checkpoint.load(path)
 
 
@@ -106,9 +106,9 @@ def onnx_model(tmp_path: Path) -> tuple[Path, dict[str, list[float]]]:
     model = ckpt.build()
     expected = {}
     for label, photo in PHOTOS.items():
-        image = torch.from_numpy(load_model_input(photo, ckpt.preprocessing))
-        expected[label] = predict_proba(model, image[None], ckpt.preprocessing)[0].tolist()
-        assert expected[label][ckpt.classes.index(label)] > 0.9, "the fitted reference must be sure of each photo"
+        image = torch.from_numpy(load_model_input(photo, ckpt.spec.preprocessing))
+        expected[label] = predict_proba(model, image[None], ckpt.spec.preprocessing)[0].tolist()
+        assert expected[label][ckpt.spec.classes.index(label)] > 0.9, "the fitted reference must be sure of each photo"
     models = tmp_path / "models"
     models.mkdir(mode=0o755)
     models.chmod(0o755)  # the container's user (uid 10001) reads the mount

@@ -35,7 +35,7 @@ def test_inbox_accept_killed_midway_then_rerun_completes(tmp_path: Path, kill_at
         point_remote_at(project, env, int(server.endpoint.rsplit(":", 1)[1]))
         box = Inbox(S3ItemStore(remote_for(server.endpoint, "greenr")))
         for i, data in enumerate(photos):
-            box.submit(data, label=CLASSES[i % 2])
+            box.add_vote(data, label=CLASSES[i % 2])
 
         accept = subprocess.Popen(
             ["greenr", "inbox", "accept", "--trust-feedback"],  # single votes: the faults are under test

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from greenr.backends.export import export_onnx
 from greenr.model import checkpoint
 from greenr.model.architectures import build_model, get_arch
+from greenr.model.spec import ModelSpec
 from greenr.processes import ServerProcess
 from serve.settings import Settings
 from tests.helpers.project import REPO
@@ -36,9 +37,8 @@ def write_checkpoint(path: Path, seed: int = 0, image_size: int = IMAGE_SIZE) ->
     """An untrained ResNet18 at `image_size` px (fast to load, deterministic per seed)."""
     torch.manual_seed(seed)
     model = build_model("resnet18", len(CLASSES))
-    return checkpoint.save(
-        path, model, "resnet18", CLASSES, get_arch("resnet18").preprocessing(image_size), meta={"seed": seed}
-    )
+    spec = ModelSpec("resnet18", CLASSES, get_arch("resnet18").preprocessing(image_size), meta={"seed": seed})
+    return checkpoint.save(path, model, spec)
 
 
 def write_onnx(checkpoint_path: Path, onnx_path: Path) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from greenr.errors import GreenrError
 from greenr.model import checkpoint
 from greenr.model.architectures import build_model
 from greenr.model.inference import predict_proba
+from greenr.model.spec import ModelSpec
 
-SPEC = Preprocessing(image_size=32)
+PREPROCESSING = Preprocessing(image_size=32)
 CLASSES = ["dandelion", "grass"]
+SPEC = ModelSpec("resnet18", CLASSES, PREPROCESSING)
 
 
 @pytest.fixture
@@ -32,28 +35,28 @@ def images() -> torch.Tensor:
 
 def test_round_trip_gives_the_same_probabilities(tmp_path: Path, model: nn.Module, images: torch.Tensor):
     path = tmp_path / "models" / "stage-1.pth"
-    sha = checkpoint.save(path, model, "resnet18", CLASSES, SPEC, meta={"best_epoch": 3})
+    spec = dataclasses.replace(SPEC, meta={"best_epoch": 3}, temperature=1.5, flip_average=True)
+    sha = checkpoint.save(path, model, spec)
 
     loaded = checkpoint.load(path)
 
-    assert (loaded.arch, loaded.classes, loaded.image_size) == ("resnet18", CLASSES, 32)
-    assert loaded.preprocessing == SPEC and loaded.meta == {"best_epoch": 3} and loaded.sha256 == sha
+    assert loaded.spec == spec and loaded.spec.image_size == 32 and loaded.sha256 == sha
     rebuilt = loaded.build("cpu")
     assert not rebuilt.training
-    assert torch.equal(predict_proba(rebuilt, images, SPEC), predict_proba(model, images, SPEC))
+    assert torch.equal(predict_proba(rebuilt, images, PREPROCESSING), predict_proba(model, images, PREPROCESSING))
     assert not list(path.parent.glob(".*.tmp"))
 
 
 def test_the_file_loads_with_weights_only(tmp_path: Path, model: nn.Module):
     path = tmp_path / "ckpt.pth"
-    checkpoint.save(path, model, "resnet18", CLASSES, SPEC)
+    checkpoint.save(path, model, SPEC)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["format"] == checkpoint.FORMAT_VERSION and "fc.weight" in raw["model"]
 
 
 def test_same_model_gives_the_same_bytes(model: nn.Module):
-    first = checkpoint.to_bytes(model, "resnet18", CLASSES, SPEC)
-    assert checkpoint.to_bytes(model, "resnet18", CLASSES, SPEC) == first
+    first = checkpoint.to_bytes(model, SPEC)
+    assert checkpoint.to_bytes(model, SPEC) == first
 
 
 def test_a_pickled_module_is_refused():
@@ -65,7 +68,7 @@ def test_a_pickled_module_is_refused():
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path, model: nn.Module):
     path = tmp_path / "ckpt.pth"
-    checkpoint.save(path, model, "resnet18", CLASSES, SPEC)
+    checkpoint.save(path, model, SPEC)
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(GreenrError) as err:
         checkpoint.load(path)
@@ -80,7 +83,7 @@ def test_missing_keys_are_a_clear_error():
 
 
 def test_other_format_version_is_a_clear_error(model: nn.Module):
-    raw = torch.load(io.BytesIO(checkpoint.to_bytes(model, "resnet18", CLASSES, SPEC)), weights_only=True)
+    raw = torch.load(io.BytesIO(checkpoint.to_bytes(model, SPEC)), weights_only=True)
     raw["format"] = 99
     buffer = io.BytesIO()
     torch.save(raw, buffer)
@@ -95,7 +98,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path):
 
 
 def test_weights_that_do_not_fit_the_classes_are_a_clear_error(model: nn.Module):
-    ckpt = checkpoint.from_bytes(checkpoint.to_bytes(model, "resnet18", ["a", "b", "c"], SPEC))
+    ckpt = checkpoint.from_bytes(checkpoint.to_bytes(model, dataclasses.replace(SPEC, classes=["a", "b", "c"])))
     with pytest.raises(GreenrError, match="do not fit"):
         ckpt.build()
 
@@ -104,7 +107,7 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp_file(
     tmp_path: Path, model: nn.Module, monkeypatch: pytest.MonkeyPatch
 ):
     path = tmp_path / "ckpt.pth"
-    checkpoint.save(path, model, "resnet18", CLASSES, SPEC)
+    checkpoint.save(path, model, SPEC)
     before = path.read_bytes()
 
     def full_disk(*args, **kwargs):
@@ -112,6 +115,6 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temp_file(
 
     monkeypatch.setattr("greenr.atomic.os.fsync", full_disk)
     with pytest.raises(GreenrError, match="no space left .* as it was before this write"):
-        checkpoint.save(path, model, "resnet18", ["x", "y"], SPEC)
+        checkpoint.save(path, model, dataclasses.replace(SPEC, classes=["x", "y"]))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]

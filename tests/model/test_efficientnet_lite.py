@@ -22,6 +22,7 @@ from greenr.model import checkpoint
 from greenr.model.architectures import build_model, get_arch, resolve_finetune, resolve_pretrained
 from greenr.model.backbones import efficientnet_lite as lite
 from greenr.model.inference import predict_proba
+from greenr.model.spec import ModelSpec
 from greenr.model.training import make_optimizer, set_train_mode, train_one_epoch
 from greenr.params import TrainParams
 from tests.helpers.project import run
@@ -108,13 +109,13 @@ def test_checkpoint_round_trip_rebuilds_it(tmp_path: Path) -> None:
     spec = arch.preprocessing(64)
     model = build_model(arch.name, 2, pretrained=True).eval()
     path = tmp_path / "model.pth"
-    checkpoint.save(path, model, arch.name, ["dandelion", "grass"], spec)
+    checkpoint.save(path, model, ModelSpec(arch.name, ["dandelion", "grass"], spec))
     loaded = checkpoint.load(path)
-    assert loaded.arch == "efficientnet_lite0"
-    assert loaded.preprocessing == spec
+    assert loaded.spec.arch == "efficientnet_lite0"
+    assert loaded.spec.preprocessing == spec
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     torch.testing.assert_close(
-        predict_proba(loaded.build(), images, loaded.preprocessing), predict_proba(model, images, spec)
+        predict_proba(loaded.build(), images, loaded.spec.preprocessing), predict_proba(model, images, spec)
     )
 
 
@@ -153,18 +154,18 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.
     for stage in ("split", "prepare", "train", "evaluate"):
         run([sys.executable, "-m", f"stages.{stage}"], repo, env)
     ckpt = checkpoint.load(repo / "models" / "stage-1.pth")
-    assert ckpt.arch == "efficientnet_lite0"
-    assert ckpt.preprocessing.mean == pytest.approx(lite.MEAN)
+    assert ckpt.spec.arch == "efficientnet_lite0"
+    assert ckpt.spec.preprocessing.mean == pytest.approx(lite.MEAN)
     train = json.loads((repo / "metrics" / "train.json").read_text())
     assert train["pretrained"] is True
     assert train["finetune"] == get_arch("efficientnet_lite0").default_finetune
     report = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert report["n"] == len((repo / "splits" / "test.csv").read_text().splitlines()) - 1
     # What the server does with an upload: decode, resize, normalise with the checkpoint's spec.
-    image = load_model_input((repo / "data" / "grass" / "00.jpg").read_bytes(), ckpt.preprocessing)
-    probs = predict_proba(ckpt.build(), torch.from_numpy(image)[None], ckpt.preprocessing)
+    image = load_model_input((repo / "data" / "grass" / "00.jpg").read_bytes(), ckpt.spec.preprocessing)
+    probs = predict_proba(ckpt.build(), torch.from_numpy(image)[None], ckpt.spec.preprocessing)
     assert probs.shape == (1, 2) and float(probs.sum()) == pytest.approx(1.0)
-    assert isinstance(ckpt.preprocessing, Preprocessing)
+    assert isinstance(ckpt.spec.preprocessing, Preprocessing)
     # The promotion gate's --register: the run is found by the checkpoint's SHA-256 tag.
     from greenr.ops import tracking
 

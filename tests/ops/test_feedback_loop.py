@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from greenr.data.dataset import SPLITS, data_version, read_manifest
+from greenr.data.upload_corpus import bad_corpus, encode
 from greenr.paths import ONNX_MODEL_PATH
-from tests.helpers.images import bad_corpus, encode, jpeg_bytes, scene
+from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.project import TINY_PARAMS, git, init_project, point_remote_at, project_env, run
 from tests.helpers.s3 import running_s3
 from tests.helpers.serving import RELOAD_TOKEN, Server

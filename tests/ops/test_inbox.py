@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from greenr.data.dataset import data_version
+from greenr.data.upload_corpus import encode
 from greenr.errors import GreenrError
 from greenr.ops.inbox import (
     ACCEPTED,
@@ -33,7 +34,7 @@ from greenr.ops.inbox import (
     sha256_of,
     voter_id,
 )
-from tests.helpers.images import encode, jpeg_bytes, scene
+from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.project import init_project, point_remote_at, project_env, run
 from tests.helpers.s3 import S3Server, remote_for, running_s3
 from tests.helpers.serving import CLASSES
@@ -80,8 +81,8 @@ def photo(label: str, seed: int) -> bytes:
 
 def test_the_same_photo_twice_is_one_item(inbox: Inbox):
     data = photo("dandelion", 1)
-    first = inbox.submit(data, label="dandelion", predicted="grass", confidence=0.61, model_sha256="a" * 64)
-    again = inbox.submit(data, label="dandelion", predicted="grass", confidence=0.61, model_sha256="a" * 64)
+    first = inbox.add_vote(data, label="dandelion", predicted="grass", confidence=0.61, model_sha256="a" * 64)
+    again = inbox.add_vote(data, label="dandelion", predicted="grass", confidence=0.61, model_sha256="a" * 64)
     assert (first.status, again.status) == ("new", "unchanged")
     assert [r.sha256 for r in inbox.records()] == [sha256_of(data)]
     record = inbox.records()[0]
@@ -98,37 +99,37 @@ def test_the_same_photo_twice_is_one_item(inbox: Inbox):
 
 def test_an_uncertain_capture_waits_for_review_until_someone_labels_it(inbox: Inbox):
     data = encode(scene("grass", 2, size=64), "PNG")
-    inbox.submit(data, label=None, source="uncertain", predicted="grass", confidence=0.55)
+    inbox.add_vote(data, label=None, source="uncertain", predicted="grass", confidence=0.55)
     assert [r.sha256 for r in inbox.to_review()] == [sha256_of(data)]
     assert inbox.records()[0].suffix == ".png"
-    assert inbox.submit(data, label=None, source="uncertain").status == "unchanged"
-    assert inbox.submit(data, label="grass").status == "updated"
+    assert inbox.add_vote(data, label=None, source="uncertain").status == "unchanged"
+    assert inbox.add_vote(data, label="grass").status == "updated"
     # One vote is a label, not yet a trusted one: the item stays on review until 3 agree.
     assert inbox.records()[0].label == "grass" and len(inbox.to_review()) == 1
     status = inbox.status()
     assert status["labeled"] == {"grass": 1} and status["to_review"] == 1 and status["uncertain"] == 1
     assert status["acceptable"] == 0 and inbox.status(TRUSTING)["acceptable"] == 1
     for voter in VOTERS[1:3]:
-        assert inbox.submit(data, label="grass", voter=voter).status == "updated"
+        assert inbox.add_vote(data, label="grass", voter=voter).status == "updated"
     assert inbox.to_review() == [] and inbox.status()["acceptable"] == 1
     assert inbox.store.list(REVIEW) == []
 
 
 def test_conflicting_labels_go_to_review_and_the_reviewer_decides(inbox: Inbox):
     data = photo("dandelion", 3)
-    inbox.submit(data, label="dandelion")
-    inbox.submit(data, label="grass")
+    inbox.add_vote(data, label="dandelion")
+    inbox.add_vote(data, label="grass")
     (waiting,) = inbox.to_review()
     assert waiting.label is None and waiting.labels_given == ["dandelion", "grass"]
     assert inbox.status()["conflicts"] == 1
     reviewed = inbox.set_label(waiting.sha256[:8], "dandelion")
     assert reviewed.reviewed and reviewed.label == "dandelion"
-    assert inbox.submit(data, label="grass").status == "unchanged"  # a reviewer's label is final
+    assert inbox.add_vote(data, label="grass").status == "unchanged"  # a reviewer's label is final
     assert inbox.records()[0].label == "dandelion" and inbox.to_review() == []
 
 
 def test_item_ids_must_be_hex_long_enough_and_unambiguous(inbox: Inbox):
-    inbox.submit(photo("grass", 4), label="grass")
+    inbox.add_vote(photo("grass", 4), label="grass")
     with pytest.raises(GreenrError, match="not an item id"):
         inbox.find("xyz123")
     with pytest.raises(GreenrError, match="too short: give 6 or more digits"):
@@ -139,15 +140,15 @@ def test_item_ids_must_be_hex_long_enough_and_unambiguous(inbox: Inbox):
 
 def test_votes_are_attributed_and_a_clients_repeats_count_once(inbox: Inbox):
     data = photo("dandelion", 7)
-    assert inbox.submit(data, label="dandelion", voter=VOTERS[0]).status == "new"
-    assert inbox.submit(data, label="dandelion", voter=VOTERS[0]).status == "unchanged"
-    assert inbox.submit(data, label="dandelion", voter=VOTERS[1]).status == "updated"
+    assert inbox.add_vote(data, label="dandelion", voter=VOTERS[0]).status == "new"
+    assert inbox.add_vote(data, label="dandelion", voter=VOTERS[0]).status == "unchanged"
+    assert inbox.add_vote(data, label="dandelion", voter=VOTERS[1]).status == "updated"
     (record,) = inbox.records()
     assert record.vote_counts() == {"dandelion": 2} and record.votes["dandelion"] == sorted(VOTERS[:2])
     assert TrustPolicy().verdict(record).kind == "few_votes"
     assert TrustPolicy(min_agreeing=2).verdict(record).label == "dandelion"
     # A client that gives both labels disagrees with itself: a conflict, for a reviewer.
-    assert inbox.submit(data, label="grass", voter=VOTERS[0]).status == "updated"
+    assert inbox.add_vote(data, label="grass", voter=VOTERS[0]).status == "updated"
     (record,) = inbox.records()
     assert record.label is None and record.vote_counts() == {"dandelion": 2, "grass": 1}
     assert TrustPolicy(trust_feedback=True).verdict(record).kind == "conflict"
@@ -191,7 +192,7 @@ def test_concurrent_opposite_votes_from_several_writers_lose_none(inbox: Inbox, 
         try:
             start.wait()
             for data in photos:
-                boxes[k].submit(data, label=("dandelion", "grass")[k % 2], voter=voter_id("token", f"writer-{k}"))
+                boxes[k].add_vote(data, label=("dandelion", "grass")[k % 2], voter=voter_id("token", f"writer-{k}"))
         except BaseException as exc:  # reported below, with the others
             failures.append(exc)
 
@@ -213,9 +214,9 @@ def test_concurrent_opposite_votes_from_several_writers_lose_none(inbox: Inbox, 
 def test_a_stopped_store_is_a_clear_error(tmp_path: Path):
     with running_s3(tmp_path / "s3") as server:
         box = Inbox(S3ItemStore(remote_for(server.endpoint, "greenr")))
-        box.submit(photo("grass", 5), label="grass")
+        box.add_vote(photo("grass", 5), label="grass")
     with pytest.raises(InboxUnavailable) as err:
-        box.submit(photo("grass", 6), label="grass")
+        box.add_vote(photo("grass", 6), label="grass")
     assert "not answering" in err.value.what and "greenr store start" in (err.value.fix or "")
 
 
@@ -240,12 +241,12 @@ def in_sync(project: Path) -> bool:
 def test_accept_adds_labeled_images_pushes_them_and_only_then_marks_them_accepted(project: Path, tmp_path: Path):
     box = Inbox(LocalItemStore(tmp_path / "inbox"))
     new_dandelion, new_grass = photo("dandelion", 10), encode(scene("grass", 11, size=64), "PNG")
-    box.submit(new_dandelion, label="dandelion")
-    box.submit(new_grass, label="grass")
-    box.submit(photo("grass", 12), label=None, source="uncertain")  # waits for a label
-    box.submit((project / "data/grass/00000001.jpg").read_bytes(), label="grass")  # already in the data
-    box.submit((project / "data/dandelion/00000002.jpg").read_bytes(), label="grass")  # in the data as the other class
-    box.submit(b"\xff\xd8\xff\xe0 not a jpeg at all", label="grass", suffix=".jpg")  # does not decode
+    box.add_vote(new_dandelion, label="dandelion")
+    box.add_vote(new_grass, label="grass")
+    box.add_vote(photo("grass", 12), label=None, source="uncertain")  # waits for a label
+    box.add_vote((project / "data/grass/00000001.jpg").read_bytes(), label="grass")  # already in the data
+    box.add_vote((project / "data/dandelion/00000002.jpg").read_bytes(), label="grass")  # in the data, other class
+    box.add_vote(b"\xff\xd8\xff\xe0 not a jpeg at all", label="grass", suffix=".jpg")  # does not decode
     before, files_before = data_version(project)
 
     report = accept([box], project, TRUSTING)
@@ -277,14 +278,14 @@ def test_accept_adds_labeled_images_pushes_them_and_only_then_marks_them_accepte
     again = accept([box], project, TRUSTING)
     assert (again.accepted, again.rejected, again.version_after) == (0, [], None)
     assert data_version(project) == (report.version_after, report.files_after)
-    assert box.submit(new_dandelion, label="grass").status == "accepted"
+    assert box.add_vote(new_dandelion, label="grass").status == "accepted"
 
 
 def test_a_failed_push_loses_nothing_and_a_rerun_completes_it(project: Path, tmp_path: Path):
     box = Inbox(LocalItemStore(tmp_path / "inbox"))
     items = [photo("dandelion", 20), photo("grass", 21)]
     for data, label in zip(items, CLASSES):
-        box.submit(data, label=label)
+        box.add_vote(data, label=label)
     env = project_env(project, tmp_path / "state")
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the remote's folder should be")
@@ -309,7 +310,7 @@ def test_a_failed_push_loses_nothing_and_a_rerun_completes_it(project: Path, tmp
 def test_an_interrupted_move_is_finished_by_the_next_run(project: Path, tmp_path: Path):
     box = Inbox(LocalItemStore(tmp_path / "inbox"))
     data = photo("grass", 30)
-    box.submit(data, label="grass")
+    box.add_vote(data, label="grass")
     accept([box], project, TRUSTING)
     # Play a crash after the accepted record was written but before the pending files were deleted.
     sha = sha256_of(data)
@@ -346,7 +347,7 @@ def test_greenr_inbox_accept_survives_the_store_dying_midway(tmp_path: Path, kil
         point_remote_at(project, env, int(server.endpoint.rsplit(":", 1)[1]))
         box = Inbox(S3ItemStore(remote_for(server.endpoint, "greenr")))
         for i, data in enumerate(photos):
-            box.submit(data, label=CLASSES[i % 2])
+            box.add_vote(data, label=CLASSES[i % 2])
         accept_run = subprocess.Popen(
             ["greenr", "inbox", "accept", "--trust-feedback"],
             cwd=project,
@@ -388,7 +389,7 @@ def test_greenr_inbox_accept_survives_the_store_dying_midway(tmp_path: Path, kil
 
 def test_accept_refuses_to_record_a_data_version_with_images_missing(project: Path, tmp_path: Path):
     box = Inbox(LocalItemStore(tmp_path / "inbox"))
-    box.submit(photo("grass", 40), label="grass")
+    box.add_vote(photo("grass", 40), label="grass")
     (project / "data" / "grass" / "00000000.jpg").unlink()  # as if data/ had not been pulled completely
     before = (project / "data.dvc").read_text()
     with pytest.raises(GreenrError) as err:
@@ -406,8 +407,8 @@ def test_greenr_inbox_status_label_and_json_on_the_local_inbox(tmp_path: Path):
     run(["dvc", "remote", "modify", "--local", "minio", "endpointurl", "http://127.0.0.1:9"], project, env)
     box = Inbox(LocalItemStore(tmp_path / "state" / "inbox"))
     data = photo("grass", 50)
-    box.submit(data, label=None, source="uncertain", predicted="dandelion", confidence=0.51)
-    box.submit(photo("dandelion", 51), label="dandelion")
+    box.add_vote(data, label=None, source="uncertain", predicted="dandelion", confidence=0.51)
+    box.add_vote(photo("dandelion", 51), label="dandelion")
     status = run(["greenr", "inbox", "status", "--items"], project, env).stdout
     assert "2 pending (labeled: dandelion 1; 0 acceptable as they stand" in status, status
     assert "2 to review" in status and str(tmp_path / "state" / "inbox") in status
@@ -448,21 +449,21 @@ def test_accept_takes_only_trusted_labels_and_says_what_it_skipped(project: Path
     box = Inbox(LocalItemStore(tmp_path / "inbox"))
     # The poisoning attempt: one anonymous vote for a huge black image.
     black = encode(Image.new("RGB", (3000, 3000)), "PNG")
-    box.submit(black, label="grass", voter=VOTERS[0])
+    box.add_vote(black, label="grass", voter=VOTERS[0])
     agreed = photo("dandelion", 60)
     for voter in VOTERS[:3]:
-        box.submit(agreed, label="dandelion", voter=voter)
+        box.add_vote(agreed, label="dandelion", voter=voter)
     repeated = photo("grass", 61)  # one client three times: one vote
     for _ in range(3):
-        box.submit(repeated, label="grass", voter=VOTERS[4])
+        box.add_vote(repeated, label="grass", voter=VOTERS[4])
     disputed = photo("grass", 62)
     for voter, label in zip(VOTERS, ("grass", "grass", "grass", "dandelion")):
-        box.submit(disputed, label=label, voter=voter)
+        box.add_vote(disputed, label=label, voter=voter)
     reviewed = photo("grass", 63)
-    box.submit(reviewed, label="dandelion", voter=VOTERS[0])
+    box.add_vote(reviewed, label="dandelion", voter=VOTERS[0])
     box.set_label(sha256_of(reviewed), "grass")
     new_class = photo("dandelion", 64)
-    box.submit(new_class, label=None, source="uncertain")
+    box.add_vote(new_class, label=None, source="uncertain")
     box.set_label(sha256_of(new_class), "rose")  # a reviewer's label that data/ has no folder for
 
     report = accept([box], project)
@@ -494,8 +495,8 @@ def test_accept_applies_the_limits_of_predict(project: Path, tmp_path: Path):
     box = Inbox(LocalItemStore(tmp_path / "inbox"))
     big = photo("grass", 70)  # 64x64
     heavy = encode(scene("grass", 71, size=64), "PNG")
-    box.submit(big, label="grass")
-    box.submit(heavy, label="grass")
+    box.add_vote(big, label="grass")
+    box.add_vote(heavy, label="grass")
     report = accept([box], project, TRUSTING, limits=ImageLimits(max_bytes=len(heavy) - 1, max_pixels=64 * 64 - 1))
     reasons = sorted(reason for _, reason in report.rejected)
     assert len(reasons) == 2 and report.added == []

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from greenr.data.upload_corpus import bad_corpus, encode, photo
 from serve.main import create_app
-from tests.helpers.images import bad_corpus, encode, photo
 from tests.helpers.project import REPO
 from tests.helpers.serving import RELOAD_TOKEN, make_settings, wait_ready, write_checkpoint
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.images import encode, photo
+from greenr.data.upload_corpus import encode, photo
 from tests.helpers.processes import tool
 from tests.helpers.serving import Server
 

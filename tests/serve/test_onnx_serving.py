@@ -29,8 +29,8 @@ from tests.helpers.serving import CLASSES, PROBABILITY_ATOL, Server, make_settin
 
 def reference_probs(pth: Path, data: bytes) -> np.ndarray:
     ckpt = checkpoint.load(pth)
-    image = torch.from_numpy(load_model_input(data, ckpt.preprocessing))[None]
-    return probabilities(predict_logits(ckpt.build(), image, ckpt.preprocessing).numpy(), ckpt.temperature)[0]
+    image = torch.from_numpy(load_model_input(data, ckpt.spec.preprocessing))[None]
+    return probabilities(predict_logits(ckpt.build(), image, ckpt.spec.preprocessing).numpy(), ckpt.spec.temperature)[0]
 
 
 @pytest.fixture(scope="module")

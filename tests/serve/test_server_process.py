@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from greenr.data.upload_corpus import encode, photo
 from greenr.model import checkpoint
-from tests.helpers.images import encode, photo
 from tests.helpers.serving import CLASSES, Server
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from greenr.data.upload_corpus import bad_corpus, encode
 from greenr.ops.inbox import PENDING, Inbox, LocalItemStore
 from greenr.processes import stop
 from serve.main import create_app
-from tests.helpers.images import bad_corpus, encode, jpeg_bytes, scene
+from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.s3 import dvc_project, running_s3
 from tests.helpers.serving import make_settings, wait_ready
 

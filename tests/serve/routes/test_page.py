@@ -9,10 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from playwright.sync_api import expect, sync_playwright
 
+from greenr.data.upload_corpus import encode, photo
 from greenr.ops.inbox import Inbox, LocalItemStore
-from tests.helpers.images import encode, jpeg_bytes, photo, scene
+from tests.helpers.images import jpeg_bytes, scene
 from tests.helpers.processes import CHROMIUM_ARGS, chromium
 from tests.helpers.serving import CLASSES, Server
 
@@ -138,7 +140,7 @@ def test_review_page_labels_items_with_one_click(feedback_server: tuple[Server, 
     inbox = Inbox(LocalItemStore(state / "inbox"))
     waiting = [encode(scene("grass", 60), "PNG"), jpeg_bytes(scene("dandelion", 61))]
     for data in waiting:
-        inbox.submit(data, label=None, source="uncertain", predicted="grass", confidence=0.52)
+        inbox.add_vote(data, label=None, source="uncertain", predicted="grass", confidence=0.52)
     # Also on review: a single vote sent from the page by the test before (fewer than 3 agreeing).
     ids = {r.sha256 for r in inbox.to_review()}
     assert {hashlib.sha256(d).hexdigest() for d in waiting} <= ids
@@ -167,3 +169,9 @@ def test_review_page_labels_items_with_one_click(feedback_server: tuple[Server, 
             browser.close()
     record = inbox.record(str(first))
     assert record is not None and record.label == "grass" and record.reviewed
+
+
+def test_page_is_served(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    assert 'id="drop"' in response.text and "predict" in response.text

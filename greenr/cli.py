@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from greenr import processes, scm
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
-from greenr.paths import DATA_DIR, DVC_YAML, EVALUATE_METRICS, main_checkout, repo_root
+from greenr.paths import DATA_DIR, EVALUATE_METRICS, main_checkout, repo_root
 
 if TYPE_CHECKING:
     from greenr.ops.inbox import TrustPolicy
@@ -34,33 +34,10 @@ def print_metrics(root: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from greenr.data import ingest
-    from greenr.ops import objectstore
-    from greenr.params import validate_all
+    from greenr import pipeline
 
     root = repo_root()
-    validate_all()
-    with objectstore.store_available(root) as remote:
-        report = ingest.ensure_data(root)
-        if report is not None:
-            print(report.summary())
-        try:
-            # --pull fetches the outputs the remote has instead of recomputing them; when it has
-            # none (a new remote), DVC would only warn about each missing file.
-            pull = scm.remote_has_more(DVC_YAML)
-            if not pull:
-                log.info("the DVC remote has none of the pipeline's outputs yet: every stage runs here")
-            scm.dvc("repro", *(["--force"] if args.force else []), *(["--pull"] if pull else []))
-            scm.dvc("push")
-        except GreenrError as err:
-            if objectstore.endpoint_answers(remote.endpoint):
-                raise
-            # Say so instead of DVC's connection retries; rerunning loses nothing (see README).
-            again = "rerun `greenr run`" if remote.is_loopback else "bring it back, then rerun `greenr run`"
-            raise GreenrError(
-                f"{err.what}: the object store at {remote.endpoint} stopped answering during the run",
-                f"{again}: it skips the stages that finished and pushes only what the remote lacks",
-            ) from None
+    pipeline.run(root, force=args.force, on_ingest=lambda report: print(report.summary()))
     print_metrics(root)
 
 
@@ -309,23 +286,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_mlflow_ui(args: argparse.Namespace) -> None:
     from greenr.ops import tracking
 
-    uri = tracking.tracking_uri()
-    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C or SIGTERM stops it)", flush=True)
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "ui",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        # One user on loopback: one worker starts in seconds instead of four.
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        uri,
-    ]
-    if artifacts := tracking.default_artifact_location():
-        cmd += ["--default-artifact-root", artifacts]
+    cmd = tracking.ui_command(args.port)
+    print(
+        f"MLflow UI for {tracking.tracking_uri()} on http://127.0.0.1:{args.port} (Ctrl-C or SIGTERM stops it)",
+        flush=True,
+    )
     # Its own process group, stopped whole when this command is: `mlflow ui` alone would leave
     # its uvicorn workers, job runner and task consumers running.
     raise SystemExit(processes.run(cmd, env=scm.tool_env(), cwd=main_checkout()).returncode)

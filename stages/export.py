@@ -39,8 +39,8 @@ from greenr.paths import EXPORT_METRICS, INT8_MODEL_PATH, MODEL_PATH, ONNX_MODEL
 log = logging.getLogger("stages.export")
 
 # Images per backend call in the parity checks. Each backend keeps the activation buffers of the
-# largest batch it has run, and four or five backends are alive at once: at 16 images the stage
-# peaks near 1.6 GB, at 64 near 3.2 GB (docs/scale.md). The figures compared do not depend on it.
+# largest batch it has run, and several are alive at once: small batches keep the stage's peak
+# memory low (docs/scale.md, memory). The figures compared do not depend on it.
 PARITY_BATCH = 16
 
 

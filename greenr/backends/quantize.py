@@ -6,13 +6,9 @@ OpenVINO both run; `with_quantization` records how it was made, and on which bac
 the export stage's check, in its `greenr` metadata. Calibration reads uint8 batches from any
 iterable, once: the export stage streams them from the training shards.
 
-Why NNCF and not onnxruntime's `quantize_static`: on the shipped data (EfficientNet-Lite0 at 224
-px, 280 training images to calibrate, 60 test images), the best of five `quantize_static` QDQ
-settings (per-channel weights, stem convolution and head kept fp32) moved calibrated probabilities
-by up to 0.18 and flipped 1 test label of 60 (1.7%, over the export stage's 1%), under onnxruntime
-and OpenVINO alike. NNCF's (min-max ranges plus fast bias correction: each layer's bias absorbs the
-mean shift that rounding its weights causes, which depthwise convolutions suffer most) moved them
-by at most 0.06 and flipped none on OpenVINO (docs/serving.md).
+NNCF rather than onnxruntime's `quantize_static`: its fast bias correction (each layer's bias absorbs
+the mean shift that rounding its weights causes, which depthwise convolutions suffer most) keeps the
+test answers where QDQ min-max does not (the comparison: docs/serving.md, INT8).
 """
 
 from __future__ import annotations

@@ -230,8 +230,8 @@ def loader_workers(batches: int) -> int:
     (GREENR_LOADER_WORKERS overrides); none for a couple of batches, where starting processes costs
     more than it saves."""
     cores = available_cpus()
-    # The training process needs cores of its own to launch kernels and copy batches: on 16 cores
-    # with an H200, ResNet18 trained 15% faster with 12 decoding processes than with 16.
+    # The training process needs cores of its own to launch kernels and copy batches (measured on
+    # a GPU machine: docs/scale.md, On a GPU).
     wanted = int(os.environ.get("GREENR_LOADER_WORKERS") or (cores - cores // 4 if cores >= 8 else cores))
     return 0 if batches <= 2 else min(wanted, batches)
 

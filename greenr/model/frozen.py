@@ -55,8 +55,8 @@ HEAD_CHUNK = 4096
 # generator: the features are then the same for any extraction batch size (a multiple) and rank count.
 AUG_BLOCK = 64
 # Images per backbone pass on a CPU. The extraction batch (views drawn per AUG_BLOCK) goes through
-# the backbone in chunks of this many: the activations of 32 images take a third less memory than
-# those of 64, run at least as fast on 2 cores, and give the same features bit for bit (docs/scale.md).
+# the backbone in chunks of this many: less activation memory, no slower on a CPU, and the same
+# features bit for bit (docs/scale.md, memory).
 CPU_FORWARD_IMAGES = 32
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,26 @@ def default_artifact_location() -> str | None:
     folder = state_dir() / "mlflow" / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     return folder.as_uri()
+
+
+def ui_command(port: int) -> list[str]:
+    """`mlflow ui` on 127.0.0.1:`port` over this project's tracking store and artifacts."""
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        # One user on loopback: one worker starts in seconds instead of four.
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        tracking_uri(),
+    ]
+    if artifacts := default_artifact_location():
+        cmd += ["--default-artifact-root", artifacts]
+    return cmd
 
 
 def experiment_id() -> str:

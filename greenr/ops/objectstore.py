@@ -320,6 +320,7 @@ class LocalStore:
                 if attempt == 49:
                     raise
                 time.sleep(0.2)
+        self._wait_until_readable(deadline)
         log.info(
             "local object store (SeaweedFS, pid %d) listening on %s, bucket %s, data in %s",
             proc.pid,
@@ -327,6 +328,27 @@ class LocalStore:
             self.remote.bucket,
             self.folder / "data",
         )
+
+    def _wait_until_readable(self, deadline: float) -> None:
+        """Until an object already in the bucket can be read. A restarted store lists its bucket
+        before its volume server has loaded the volumes from disk, and reads meanwhile fail with
+        InternalError: `dvc pull` right after `greenr store start` would."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = s3_client(self.remote)
+        while True:
+            try:
+                listed = client.list_objects_v2(Bucket=self.remote.bucket, MaxKeys=1).get("Contents", [])
+                if listed:
+                    client.get_object(Bucket=self.remote.bucket, Key=listed[0]["Key"], Range="bytes=0-0")["Body"].read()
+                return
+            except (BotoCoreError, ClientError) as exc:
+                if time.monotonic() > deadline:
+                    raise GreenrError(
+                        f"the local object store answers but cannot read its objects yet ({exc})",
+                        f"see {self.log_file}; `greenr store stop`, then `greenr store start` again",
+                    ) from None
+                time.sleep(0.2)
 
     def start(self, wait: float = 30.0) -> int:
         """Start the server in the background (if not running), wait until S3 answers, create

@@ -100,8 +100,10 @@ class TrainParams(Section):
     weight_decay: float = Field(0.01, ge=0)
     # full: train everything; frozen: train only the head (BatchNorm of the backbone kept
     # in eval mode); discriminative: train everything, backbone at lr * backbone_lr_scale;
-    # auto: what won on validation for model.arch (greenr/model/architectures.py ARCHS; full from scratch).
-    finetune: Literal["auto", "full", "frozen", "discriminative"] = "auto"
+    # top: the last block(s), head convolution and classifier train on cached activations of the
+    # frozen blocks below (efficientnet_lite0); auto: what won on validation for model.arch
+    # (greenr/model/architectures.py ARCHS; full from scratch).
+    finetune: Literal["auto", "full", "frozen", "top", "discriminative"] = "auto"
     backbone_lr_scale: float = Field(0.1, gt=0, le=1)
     # Learning-rate schedule, stepped per batch: constant; cosine (to 0 over all epochs);
     # onecycle (warm-up to lr over the first quarter, then anneal).
@@ -110,8 +112,8 @@ class TrainParams(Section):
     # Which epoch's weights to keep: the best on validation (accuracy, then loss), or the last
     # (for schedules that anneal to zero, where the last epoch is the intended one).
     select: Literal["best", "last"] = "last"
-    # finetune frozen: backbone features are computed once per view of each training image, the
-    # centre and mirror views plus this many randomly augmented ones, and the head trains on them.
+    # finetune frozen and top: backbone outputs are computed once per view of each training image,
+    # the centre and mirror views plus this many randomly augmented ones, and the head trains on them.
     feature_views: int = Field(8, ge=0, le=64)
     # Images per backbone pass when features are extracted (a multiple of 64; 0: 256 on a GPU, 64
     # on a CPU, where larger batches only cost memory). The features do not depend on it.

@@ -151,6 +151,7 @@ def feature_key(recipe: Any) -> str:
         [
             recipe.model.model_dump(),
             recipe.pretrained,
+            train.finetune,
             train.feature_views,
             train.augment.model_dump(),
             train.seed,
@@ -202,7 +203,7 @@ def cross_validate(
             device = resolve_device(recipe.train.device)
             seed_everything(recipe.train.seed)
             bank: FrozenFeatures | None = None
-            if recipe.train.finetune == "frozen":
+            if recipe.train.finetune in frozen.CACHED:
                 key = feature_key(recipe)
                 if key not in banks:
                     model = build_model(recipe.arch, len(classes), pretrained=recipe.pretrained)
@@ -230,8 +231,10 @@ def cross_validate(
                 )
                 with torch.no_grad():
                     if bank is not None:
-                        head = getattr(trained.model, frozen.head_name(recipe.arch))
-                        fold_logits = frozen.head_logits(head, bank.val.subset(held_out))
+                        part = frozen.trainable_part(
+                            trained.model, recipe.arch, recipe.train.finetune, recipe.model.image_size
+                        )
+                        fold_logits = frozen.head_logits(part, bank.val.subset(held_out))
                     else:
                         fold_logits = predict_samples(
                             trained.model,

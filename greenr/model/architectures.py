@@ -29,6 +29,10 @@ class Arch:
     # validation (docs/experiments.md has the comparison and the command that made it).
     default_pretrained: bool = False
     default_finetune: str = "full"
+    # (model, image size) -> (lower part, top part) for `train.finetune: top`: the lower part maps
+    # normalized images to flattened activations, the top part maps those to logits and is what
+    # trains (greenr.model.frozen). None: the arch has no such split.
+    split_top: Callable[[nn.Module, int], tuple[nn.Module, nn.Module]] | None = None
 
     def preprocessing(self, image_size: int) -> Preprocessing:
         return Preprocessing(image_size=image_size, mean=self.mean, std=self.std)
@@ -82,6 +86,7 @@ def _lite0_arch() -> Arch:
         lite.STD,
         default_pretrained=True,
         default_finetune="frozen",
+        split_top=lite.split_top,
     )
 
 
@@ -109,6 +114,12 @@ def resolve_pretrained(arch: str, pretrained: bool | str) -> bool:
 
 def resolve_finetune(arch: str, pretrained: bool, finetune: str) -> str:
     """`auto` -> the arch's winning setting; a backbone without pretrained weights is trained fully."""
+    if finetune == "top" and get_arch(arch).split_top is None:
+        with_top = [name for name, a in ARCHS.items() if a.split_top is not None]
+        raise GreenrError(
+            f"train.finetune: top needs an arch whose top blocks can be split off; {arch} has none",
+            f"use model.arch: {' or '.join(with_top)}, or another train.finetune",
+        )
     if finetune != "auto":
         return finetune
     return get_arch(arch).default_finetune if pretrained else "full"

@@ -41,8 +41,8 @@ from greenr.model.training import (
     FitResult,
     augment,
     distributed_context,
-    make_optimizer,
     make_scheduler,
+    part_optimizer,
 )
 from greenr.params import AugmentParams, TrainParams
 
@@ -82,6 +82,32 @@ def view_images(images: torch.Tensor, view: str, aug: AugmentParams, generator: 
 
 def head_name(arch: str) -> str:
     return get_arch(arch).head_prefix.rstrip(".")
+
+
+# The finetune settings that train on cached backbone outputs (this module) instead of images.
+CACHED = ("frozen", "top")
+
+
+def trainable_part(model: nn.Module, arch: str, finetune: str, image_size: int) -> nn.Module:
+    """What trains on the cached outputs, sharing the model's modules: the head (frozen), or the top
+    blocks with the head (top)."""
+    if finetune == "top":
+        split = get_arch(arch).split_top
+        assert split is not None  # greenr.model.architectures.resolve_finetune checked it
+        return split(model, image_size)[1]
+    return getattr(model, head_name(arch))
+
+
+@contextlib.contextmanager
+def lower_part(model: nn.Module, arch: str, finetune: str, image_size: int) -> Iterator[nn.Module]:
+    """What computes the cached outputs, in eval mode: images -> (B, F)."""
+    if finetune != "top":
+        with features_only(model, arch) as backbone:
+            yield backbone
+        return
+    split = get_arch(arch).split_top
+    assert split is not None
+    yield split(model, image_size)[0].eval()
 
 
 @contextlib.contextmanager
@@ -142,6 +168,7 @@ def extract(
     batch_size: int = 256,
     bf16: bool = False,
     gpu_decode: bool = False,
+    finetune: str = "frozen",
 ) -> FeatureBank:
     """Features of every image of `samples` in every view, written to `path` (float16, (N, V, F)).
 
@@ -151,7 +178,7 @@ def extract(
     if batch_size % AUG_BLOCK:
         raise ValueError(f"the extraction batch size must be a multiple of {AUG_BLOCK}, got {batch_size}")
     rank, world = distributed_context()
-    with features_only(model.to(device), arch) as backbone:
+    with lower_part(model.to(device), arch, finetune, spec.image_size) as backbone:
         dim = feature_dim(backbone, spec, device)
         shape = (len(samples), len(views), dim)
         if rank == 0:
@@ -222,15 +249,16 @@ def extract(
 def head_logits(head: nn.Module, bank: FeatureBank) -> torch.Tensor:
     """Mean logits over each image's views -> (N, C): one view, or an image and its flips."""
     out = []
-    for start in range(0, len(bank), HEAD_CHUNK):
-        feats = bank.take(np.arange(start, min(start + HEAD_CHUNK, len(bank))))
+    rows = getattr(head, "chunk_rows", HEAD_CHUNK)
+    for start in range(0, len(bank), rows):
+        feats = bank.take(np.arange(start, min(start + rows, len(bank))))
         out.append(head(feats.flatten(0, 1)).view(feats.shape[0], feats.shape[1], -1).mean(1))
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def fit_head(
     model: nn.Module,
-    arch: str,
+    head: nn.Module,
     train: FeatureBank,
     train_labels: torch.Tensor,
     val: FeatureBank,
@@ -238,23 +266,28 @@ def fit_head(
     params: TrainParams,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
-    """Train the model's head on cached features; validation picks the epoch like `fit` does.
+    """Train `head`, the model's trainable part (trainable_part), on cached features; validation
+    picks the epoch like `fit` does. The rest of the model does not change.
 
     `train` (N images, V views): every epoch visits the N images in a seeded order, each through
     one of its V views drawn at random. `val` (M images, 1, 2 or 4 views): the images (and flips).
     """
-    head = getattr(model, head_name(arch))
     head.cpu()
     n, views = len(train), len(train.views)
     if n == 0:
         raise GreenrError("no training images to train the head on", "check splits/train.csv (`dvc repro split`)")
-    optimizer = make_optimizer(model, arch, params)  # finetune is frozen: the head's parameters only
+    optimizer = part_optimizer(model, head, params)
     scheduler = make_scheduler(optimizer, params, math.ceil(n / params.batch_size))
     generator = torch.Generator().manual_seed(params.seed)
     keeper = EpochKeeper(head, params.select)
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()
         head.train()
+        # BatchNorm keeps the released statistics: batches of one view of a few dozen images estimate
+        # them worse than ImageNet did, and evaluation would then see other statistics than training.
+        for module in head.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
         order = torch.randperm(n, generator=generator).numpy()
         pick = torch.randint(0, views, (n,), generator=generator).numpy()
         total_loss, correct = 0.0, 0

@@ -89,6 +89,7 @@ def frozen_features(
             size,
             bf16,
             params.gpu_decode,
+            params.finetune,
         )
 
     return FrozenFeatures(
@@ -118,16 +119,17 @@ def train_classifier(
     torch.manual_seed(params.seed)  # the head's initial weights: the same in every run and fold
     model = build_model(recipe.arch, num_classes, pretrained=recipe.pretrained)
     val_labels = val_set.label_tensor
-    if params.finetune == "frozen":
+    if params.finetune in frozen.CACHED:
         with contextlib.ExitStack() as stack:
             if features is None:
                 folder = Path(stack.enter_context(shared_temp_dir("features")))
                 features = frozen_features(model, recipe, train_set, val_set, device, folder)
+            part = frozen.trainable_part(model, recipe.arch, params.finetune, recipe.model.image_size)
             fitted = frozen.fit_head(
-                model, recipe.arch, features.train, train_set.label_tensor, features.val, val_labels, params, on_epoch
+                model, part, features.train, train_set.label_tensor, features.val, val_labels, params, on_epoch
             )
             with torch.no_grad():
-                val_logits = frozen.head_logits(getattr(model, frozen.head_name(recipe.arch)), features.val)
+                val_logits = frozen.head_logits(part, features.val)
             features = None  # the memory maps close before their folder goes
     else:
         fitted = fit(model, recipe.arch, train_set, val_set, recipe.spec, params, device, on_epoch)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,6 +169,18 @@ def make_optimizer(model: nn.Module, arch: str, params: TrainParams) -> torch.op
         groups = [{"params": backbone, "lr": params.lr * params.backbone_lr_scale}, {"params": head, "lr": params.lr}]
     else:
         groups = [{"params": backbone + head, "lr": params.lr}]
+    return _optimizer(groups, params)
+
+
+def part_optimizer(model: nn.Module, part: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    """The optimizer of `part` alone (a module of `model`); every other parameter of the model is frozen."""
+    trained = {id(p) for p in part.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained)
+    return _optimizer([{"params": list(part.parameters()), "lr": params.lr}], params)
+
+
+def _optimizer(groups: list[dict[str, Any]], params: TrainParams) -> torch.optim.Optimizer:
     if params.optimizer == "adam":
         return torch.optim.Adam(groups, lr=params.lr, weight_decay=params.weight_decay)
     if params.optimizer == "adamw":

@@ -11,6 +11,7 @@ import torch
 
 from greenr.data.images import flip_view_names
 from greenr.data.loader import Samples, batches
+from greenr.errors import GreenrError
 from greenr.model import frozen
 from greenr.model.architectures import build_model
 from greenr.model.recipe import Recipe, frozen_features, resolve, train_classifier
@@ -106,3 +107,39 @@ def test_reusing_precomputed_features_gives_the_same_model(data, tmp_path: Path)
     second = train_classifier(r, 2, data["train"], data["val"], CPU, features=features)
     assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
     assert first.temperature == second.temperature
+
+
+TOP_PREFIXES = ("_blocks.15.", "_conv_head.", "_bn1.", "_fc.")
+
+
+def test_top_trains_the_last_block_and_head_on_cached_activations(data) -> None:
+    """finetune: top changes the weights of the last block, head convolution and classifier (their
+    BatchNorm statistics stay released); the blocks below stay the released weights; the full model
+    from pixels scores what was validated."""
+    torch.set_num_threads(2)
+    r = recipe(finetune="top", epochs=6)
+    trained = train_classifier(r, 2, data["train"], data["val"], CPU)
+    assert trained.fitted.history[-1].val_acc >= 0.9
+    released = build_model("efficientnet_lite0", 2, pretrained=True).state_dict()
+    state = trained.model.state_dict()
+    lower = [k for k in state if not k.startswith(TOP_PREFIXES)]
+    upper = [k for k, _ in trained.model.named_parameters() if k.startswith(TOP_PREFIXES)]
+    assert lower and all(torch.equal(state[k], released[k]) for k in lower)
+    assert upper and all(not torch.equal(state[k], released[k]) for k in upper if not k.startswith("_fc."))
+    logits = predict_samples(trained.model, data["val"], r.spec, CPU, 16)
+    accuracy = (logits.argmax(1) == data["val"].label_tensor).float().mean()
+    assert accuracy == pytest.approx(trained.fitted.history[-1].val_acc)
+
+
+def test_top_split_computes_what_the_model_computes() -> None:
+    model = build_model("efficientnet_lite0", 3, pretrained=True).eval()
+    with frozen.lower_part(model, "efficientnet_lite0", "top", 64) as lower:
+        top = frozen.trainable_part(model, "efficientnet_lite0", "top", 64).eval()
+        x = torch.rand(2, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.equal(top(lower(x)), model(x))
+
+
+def test_top_needs_an_arch_with_a_split() -> None:
+    with pytest.raises(GreenrError, match="finetune: top"):
+        resolve(ModelParams(arch="resnet18", image_size=64), TrainParams(finetune="top"))

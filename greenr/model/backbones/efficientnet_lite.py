@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,3 +88,73 @@ def build_efficientnet_lite0(num_classes: int, pretrained: bool) -> nn.Module:
     model._dropout = nn.Identity()
     model._fc = nn.Sequential(nn.Dropout(DROPOUT), nn.Linear(FEATURES, num_classes))
     return model
+
+
+# `train.finetune: top` trains the last TOP_BLOCKS MBConv blocks, the head convolution and the
+# classifier on cached outputs of the blocks below them (greenr.model.frozen).
+TOP_BLOCKS = 1
+
+
+def _drop_connect_rate(model: Any, idx: int) -> float:
+    """The drop-connect rate of block `idx`, as the library's extract_features scales it."""
+    rate = float(model._global_params.drop_connect_rate or 0.0)
+    return rate * idx / len(model._blocks)
+
+
+class LowerBlocks(nn.Module):
+    """Stem and every block below the top ones: images -> their activations, flattened (B, C*H*W)."""
+
+    def __init__(self, model: Any, first_top: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
+        self.blocks = nn.ModuleList(model._blocks[:first_top])
+        self.rates = [_drop_connect_rate(model, i) for i in range(first_top)]
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block, rate in zip(self.blocks, self.rates, strict=True):
+            x = block(x, drop_connect_rate=rate)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activations(x).flatten(1)
+
+
+class TopBlocks(nn.Module):
+    """The top blocks, head convolution, pooling and classifier: flattened activations -> logits.
+    Holds the model's own modules, so training it trains the model."""
+
+    # Rows per call when all views of many images are scored (greenr.model.frozen.head_logits): the
+    # expanded 7x7 activations of a block cost about 1 MB per row.
+    chunk_rows = 256
+
+    def __init__(self, model: Any, first_top: int, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+        self.blocks = nn.ModuleList(model._blocks[first_top:])
+        self.rates = [_drop_connect_rate(model, i) for i in range(first_top, len(model._blocks))]
+        self.head = nn.Sequential(model._conv_head, model._bn1, model._swish)
+        self.pool, self.dropout, self.fc = model._avg_pooling, model._dropout, model._fc
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = feats.view(-1, *self.shape)
+        for block, rate in zip(self.blocks, self.rates, strict=True):
+            x = block(x, drop_connect_rate=rate)
+        x = self.pool(self.head(x)).flatten(1)
+        return self.fc(self.dropout(x))
+
+
+@torch.no_grad()
+def split_top(model: Any, image_size: int) -> tuple[nn.Module, nn.Module]:
+    """(LowerBlocks, TopBlocks) of the model, sharing its modules."""
+    first_top = len(model._blocks) - TOP_BLOCKS
+    lower = LowerBlocks(model, first_top)
+    training = model.training
+    model.eval()
+    probe = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
+    shape = tuple(lower.activations(probe).shape[1:])
+    model.train(training)
+    lower.train(training)
+    top = TopBlocks(model, first_top, shape)
+    top.train(training)
+    return lower, top

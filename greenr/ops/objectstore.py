@@ -448,11 +448,6 @@ class StoreStatus:
     answers: bool  # something answers at the remote's endpoint
     local_pid: int | None  # the local store this checkout started, if it runs
 
-    @property
-    def other_store_answers(self) -> bool:
-        """An object store answers that is not the local one started here (a MinIO, another checkout's)."""
-        return self.answers and self.local_pid is None
-
 
 def store_status(root: Path | None = None) -> StoreStatus:
     remote = read_remote(root)

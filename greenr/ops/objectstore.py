@@ -31,6 +31,11 @@ from greenr.paths import main_checkout, repo_root, state_dir
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# A busy machine can take tens of seconds to start the store; an exit is noticed at once anyway.
+READY_WAIT_S = 60.0
+# SeaweedFS's filer sometimes waits about 10 s for its streams to close before it exits (measured
+# up to 12.4 s for the whole store, more under load); SIGKILL only for a store that hangs.
+STOP_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -292,9 +297,10 @@ class LocalStore:
         ]
 
     def _wait_until_ready(self, proc: subprocess.Popen, wait: float) -> None:
-        """Until S3 answers and the bucket exists; GreenrError if the server exits or never answers."""
+        """Until the store serves `dvc pull`; GreenrError if the server exits first or is still not
+        ready after `wait` seconds."""
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        while (not_ready := self._not_ready()) is not None:
             if proc.poll() is not None:
                 last = (
                     self.log_file.read_text(errors="replace").strip().splitlines()[-3:]
@@ -306,21 +312,12 @@ class LocalStore:
                     + "".join(f"\n  | {line[-300:]}" for line in last),
                     f"see {self.log_file}",
                 )
-            if endpoint_answers(self.remote.endpoint, timeout=0.5):
-                break
+            if time.monotonic() > deadline:
+                raise GreenrError(
+                    f"the local object store was not ready within {wait:.0f}s: {not_ready}",
+                    f"see {self.log_file}; `greenr store stop`, then `greenr store start` again",
+                )
             time.sleep(0.2)
-        else:
-            raise GreenrError(f"the local object store did not answer within {wait:.0f}s", f"see {self.log_file}")
-        # S3 accepts connections slightly before the filer is ready for bucket operations.
-        for attempt in range(50):
-            try:
-                check_remote(self.remote, create_bucket=True)
-                break
-            except GreenrError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.2)
-        self._wait_until_readable(deadline)
         log.info(
             "local object store (SeaweedFS, pid %d) listening on %s, bucket %s, data in %s",
             proc.pid,
@@ -329,28 +326,27 @@ class LocalStore:
             self.folder / "data",
         )
 
-    def _wait_until_readable(self, deadline: float) -> None:
-        """Until an object already in the bucket can be read. A restarted store lists its bucket
-        before its volume server has loaded the volumes from disk, and reads meanwhile fail with
-        InternalError: `dvc pull` right after `greenr store start` would."""
+    def _not_ready(self) -> str | None:
+        """What the store cannot do yet (None once it serves): S3 accepts connections before
+        the filer handles buckets, and a restarted store lists its bucket before its volume
+        server has loaded the volumes, so reads fail with InternalError meanwhile."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        client = s3_client(self.remote)
-        while True:
-            try:
-                listed = client.list_objects_v2(Bucket=self.remote.bucket, MaxKeys=1).get("Contents", [])
-                if listed:
-                    client.get_object(Bucket=self.remote.bucket, Key=listed[0]["Key"], Range="bytes=0-0")["Body"].read()
-                return
-            except (BotoCoreError, ClientError) as exc:
-                if time.monotonic() > deadline:
-                    raise GreenrError(
-                        f"the local object store answers but cannot read its objects yet ({exc})",
-                        f"see {self.log_file}; `greenr store stop`, then `greenr store start` again",
-                    ) from None
-                time.sleep(0.2)
+        if not endpoint_answers(self.remote.endpoint, timeout=0.5):
+            return "S3 does not answer"
+        try:
+            check_remote(self.remote, create_bucket=True)
+            client = s3_client(self.remote)
+            listed = client.list_objects_v2(Bucket=self.remote.bucket, MaxKeys=1).get("Contents", [])
+            if listed:
+                client.get_object(Bucket=self.remote.bucket, Key=listed[0]["Key"], Range="bytes=0-0")["Body"].read()
+        except GreenrError as exc:
+            return exc.what
+        except (BotoCoreError, ClientError) as exc:
+            return f"it cannot read its objects ({exc})"
+        return None
 
-    def start(self, wait: float = 30.0) -> int:
+    def start(self, wait: float = READY_WAIT_S) -> int:
         """Start the server in the background (if not running), wait until S3 answers, create
         the bucket; it keeps running after this command (`stop()` ends it)."""
         if pid := self.pid():
@@ -372,7 +368,7 @@ class LocalStore:
             raise
         return proc.pid
 
-    def run_foreground(self, on_ready: Callable[[int], None], wait: float = 30.0) -> int:
+    def run_foreground(self, on_ready: Callable[[int], None], wait: float = READY_WAIT_S) -> int:
         """Run the server as a child of this command until it exits or the command is stopped
         (Ctrl-C, SIGTERM: the server stops with it); the server's exit code."""
         if pid := self.pid():
@@ -384,7 +380,7 @@ class LocalStore:
         cmd = self._command()
         with (
             open(self.log_file, "ab") as logf,
-            processes.supervised(cmd, stdout=logf, stderr=subprocess.STDOUT) as proc,
+            processes.supervised(cmd, grace_s=STOP_GRACE_S, stdout=logf, stderr=subprocess.STDOUT) as proc,
         ):
             self.pid_file.write_text(f"{proc.pid}\n")
             try:
@@ -394,7 +390,7 @@ class LocalStore:
             finally:
                 self.pid_file.unlink(missing_ok=True)
 
-    def stop(self, timeout: float = 15.0) -> bool:
+    def stop(self, timeout: float = STOP_GRACE_S) -> bool:
         """Stop the server by its PID; True if one was running."""
         pid = self.pid()
         if pid is None:

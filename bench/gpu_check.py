@@ -124,7 +124,7 @@ def main() -> None:
         def extract(gpu_decode: bool = gpu_decode) -> None:
             frozen.extract(
                 lite, "efficientnet_lite0", samples, spec, views, AugmentParams(), 0, device,
-                root / "features.npy", 256, cuda, gpu_decode,
+                {"frozen": root / "features.npy"}, 256, cuda, gpu_decode,
             )  # fmt: skip
 
         passes = cuda_rate(extract, len(samples) * len(views))

@@ -62,8 +62,8 @@ def main() -> None:
                     AugmentParams(),
                     0,
                     torch.device("cpu"),
-                    Path(folder) / name,
-                )
+                    {"frozen": Path(folder) / name},
+                )["frozen"]
                 feats[name] = (np.asarray(bank.array[:, 0], dtype=np.float32), data.labels)
         seconds = time.perf_counter() - started
         scores = []

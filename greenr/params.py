@@ -101,9 +101,15 @@ class TrainParams(Section):
     # full: train everything; frozen: train only the head (BatchNorm of the backbone kept
     # in eval mode); discriminative: train everything, backbone at lr * backbone_lr_scale;
     # top: the last block(s), head convolution and classifier train on cached activations of the
-    # frozen blocks below (efficientnet_lite0); auto: what won on validation for model.arch
-    # (greenr/model/architectures.py ARCHS; full from scratch).
+    # frozen blocks below (efficientnet_lite0); auto: efficientnet_lite0 trains each of frozen,
+    # top, discriminative and full that fits `budget` and keeps the lowest validation log loss
+    # (greenr.model.recipe.choose); other archs: full.
     finetune: Literal["auto", "full", "frozen", "top", "discriminative"] = "auto"
+    # finetune auto: the candidates together may cost this many times the frozen recipe's training
+    # compute (FLOPs per image, the same on every machine). At 30 epochs and 8 feature views top
+    # costs 1.2 and discriminative and full 9 each: 3 admits frozen and top, 12 discriminative
+    # too, 21 all four (what a GPU affords).
+    budget: float = Field(3.0, ge=1, le=1000)
     backbone_lr_scale: float = Field(0.1, gt=0, le=1)
     # Learning-rate schedule, stepped per batch: constant; cosine (to 0 over all epochs);
     # onecycle (warm-up to lr over the first quarter, then anneal).

@@ -15,7 +15,7 @@ from greenr.data.loader import load_samples
 from greenr.errors import exits_cleanly, setup_logging
 from greenr.model import checkpoint
 from greenr.model.device import configure_threads, resolve_device, use_bf16
-from greenr.model.recipe import resolve, train_classifier
+from greenr.model.recipe import choose, resolve
 from greenr.model.spec import ModelSpec
 from greenr.model.training import EpochStats, init_distributed, seed_everything
 from greenr.ops import tracking
@@ -39,9 +39,10 @@ def main() -> None:
     rank, world = init_distributed(device)
     threads = configure_threads(params.num_threads)
     seed_everything(params.seed)
-    # `auto` becomes the arch's winning setting here, once; MLflow and train.json record it.
+    # `auto` becomes the candidates that fit the budget here, once; MLflow and train.json record
+    # them and the one kept.
     recipe = resolve(model_params, params)
-    params, spec = recipe.train, recipe.spec
+    asked, params, spec = params.finetune, recipe.train, recipe.spec
     classes = read_classes(root / CLASSES_FILE)
     train_set = load_samples(root, ["train"], classes)
     val_set = load_samples(root, ["val"], classes)
@@ -49,7 +50,7 @@ def main() -> None:
         "training %s (%s, finetune %s) on %s (%d threads, %s): %d train / %d val images of %d classes at %d px",
         recipe.arch,
         "ImageNet weights" if recipe.pretrained else "from scratch",
-        params.finetune,
+        " or ".join(recipe.candidates),
         device,
         threads,
         "bf16" if use_bf16(params.precision, device) else "fp32",
@@ -60,7 +61,7 @@ def main() -> None:
     )
 
     if rank != 0:
-        train_classifier(recipe, len(classes), train_set, val_set, device)
+        choose(recipe, len(classes), train_set, val_set, device)
         return
     if world > 1:
         log.info("data-parallel over %d processes", world)
@@ -70,7 +71,10 @@ def main() -> None:
             {f"model.{k}": v for k, v in model_params.model_dump().items() if k != "pretrained"}
             | {"model.pretrained": recipe.pretrained}
         )
-        tracking.mlflow.log_params({f"train.{k}": v for k, v in params.model_dump().items()})
+        tracking.mlflow.log_params(
+            {f"train.{k}": v for k, v in params.model_dump().items() if k != "finetune"}
+            | {"train.finetune": asked, "finetune_candidates": ",".join(recipe.candidates)}
+        )
         tracking.mlflow.log_params(
             {
                 "device": str(device),
@@ -90,9 +94,20 @@ def main() -> None:
             metrics.pop("epoch")
             tracking.mlflow.log_metrics(metrics, step=stats.epoch)
 
-        trained = train_classifier(recipe, len(classes), train_set, val_set, device, on_epoch=log_epoch)
+        single = len(recipe.candidates) == 1
+        trained, choice = choose(recipe, len(classes), train_set, val_set, device, log_epoch if single else None)
         result = trained.fitted
+        finetune = choice.picked if choice else params.finetune
+        if choice:
+            for stats in result.history:  # the kept model's curves, as a single recipe logs them
+                log_epoch(stats)
+            for tried in choice.tried:
+                tracking.mlflow.log_metrics(
+                    {f"auto.{tried.finetune}.{k}": getattr(tried, k) for k in ("val_loss", "val_acc", "seconds")}
+                )
+        tracking.mlflow.set_tag("finetune", finetune)
         meta = {
+            "finetune": finetune,
             "best_epoch": result.best_epoch,
             "val_acc": round(result.best.val_acc, 6),
             "val_loss": round(result.best.val_loss, 6),
@@ -118,9 +133,9 @@ def main() -> None:
             | {
                 "epochs": params.epochs,
                 "pretrained": recipe.pretrained,
-                "finetune": params.finetune,
                 "temperature": trained.temperature,
-            },
+            }
+            | ({"finetune_auto": choice.record()} if choice else {}),
         )
         tracking.mlflow.set_tag("checkpoint_sha256", sha256)
         tracking.mlflow.log_metrics(

@@ -146,12 +146,14 @@ class SettingResult:
 
 def feature_key(recipe: Any) -> str:
     """What a frozen backbone's features depend on: settings equal in these share one extraction."""
+    from greenr.model.recipe import cached_settings
+
     train = recipe.train
     return json.dumps(
         [
             recipe.model.model_dump(),
             recipe.pretrained,
-            train.finetune,
+            cached_settings(recipe),
             train.feature_views,
             train.augment.model_dump(),
             train.seed,
@@ -176,7 +178,7 @@ def cross_validate(
     from greenr.model import frozen
     from greenr.model.architectures import build_model
     from greenr.model.device import configure_threads, resolve_device, use_bf16
-    from greenr.model.recipe import FrozenFeatures, frozen_features, resolve, train_classifier
+    from greenr.model.recipe import FrozenFeatures, cached_settings, choose, frozen_features, resolve
     from greenr.model.training import predict_samples, seed_everything, shared_temp_dir
 
     root = repo_root()
@@ -191,7 +193,7 @@ def cross_validate(
     fold_of = stratified_folds(pool, folds, seed)
     configure_threads(threads)
     results = []
-    banks: dict[str, FrozenFeatures] = {}
+    banks: dict[str, dict[str, FrozenFeatures]] = {}
     bar = tqdm(total=len(settings) * folds, desc="cv", unit="fold", disable=not progress)
     with contextlib.ExitStack() as stack:
         features_dir = stack.enter_context(shared_temp_dir("cv-features"))
@@ -202,8 +204,8 @@ def cross_validate(
             recipe = resolve(sections["model"], sections["train"])
             device = resolve_device(recipe.train.device)
             seed_everything(recipe.train.seed)
-            bank: FrozenFeatures | None = None
-            if recipe.train.finetune in frozen.CACHED:
+            bank: dict[str, FrozenFeatures] = {}
+            if cached_settings(recipe):
                 key = feature_key(recipe)
                 if key not in banks:
                     model = build_model(recipe.arch, len(classes), pretrained=recipe.pretrained)
@@ -213,28 +215,30 @@ def cross_validate(
                 bank = banks[key]
             logits = torch.zeros(len(pool), len(classes))
             temperatures = []
+            picks = []
             for f in range(folds):
                 bar.set_postfix_str(f"{setting_name(overrides)} fold {f + 1}/{folds}")
                 train_idx, val_idx = inner_split(labels, np.flatnonzero(fold_of != f), val_fraction, seed + f)
                 held_out = np.flatnonzero(fold_of == f)
 
-                fold_features = (
-                    None if bank is None else FrozenFeatures(bank.train.subset(train_idx), bank.val.subset(val_idx))
-                )
-                trained = train_classifier(
+                # `finetune: auto` chooses within each fold, on that fold's own validation part.
+                trained, choice = choose(
                     recipe,
                     len(classes),
                     data.subset(train_idx),
                     data.subset(val_idx),
                     device,
-                    features=fold_features,
+                    features={
+                        name: FrozenFeatures(b.train.subset(train_idx), b.val.subset(val_idx))
+                        for name, b in bank.items()
+                    },
                 )
+                picked = choice.picked if choice else recipe.train.finetune
+                picks.append(picked)
                 with torch.no_grad():
-                    if bank is not None:
-                        part = frozen.trainable_part(
-                            trained.model, recipe.arch, recipe.train.finetune, recipe.model.image_size
-                        )
-                        fold_logits = frozen.head_logits(part, bank.val.subset(held_out))
+                    if picked in bank:
+                        part = frozen.trainable_part(trained.model, recipe.arch, picked, recipe.model.image_size)
+                        fold_logits = frozen.head_logits(part, bank[picked].val.subset(held_out))
                     else:
                         fold_logits = predict_samples(
                             trained.model,
@@ -263,7 +267,9 @@ def cross_validate(
                     # The same command trains in bf16 on a CPU with AMX and in fp32 elsewhere: the
                     # numbers differ by a few images, so the table says which it was.
                     resolved={
-                        "finetune": recipe.train.finetune,
+                        "finetune": recipe.train.finetune
+                        if len(recipe.candidates) == 1
+                        else f"auto: {', '.join(picks)}",
                         "pretrained": recipe.pretrained,
                         "device": device.type,
                         "precision": "bf16" if use_bf16(recipe.train.precision, device) else "fp32",

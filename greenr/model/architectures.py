@@ -29,6 +29,9 @@ class Arch:
     # validation (docs/experiments.md has the comparison and the command that made it).
     default_pretrained: bool = False
     default_finetune: str = "full"
+    # What `finetune: auto` compares on the user's validation split when pretrained, cheapest first
+    # (greenr.model.recipe.choose); the first is `default_finetune`.
+    auto_candidates: tuple[str, ...] = ()
     # (model, image size) -> (lower part, top part) for `train.finetune: top`: the lower part maps
     # normalized images to flattened activations, the top part maps those to logits and is what
     # trains (greenr.model.frozen). None: the arch has no such split.
@@ -86,6 +89,7 @@ def _lite0_arch() -> Arch:
         lite.STD,
         default_pretrained=True,
         default_finetune="frozen",
+        auto_candidates=("frozen", "top", "discriminative", "full"),
         split_top=lite.split_top,
     )
 
@@ -123,6 +127,14 @@ def resolve_finetune(arch: str, pretrained: bool, finetune: str) -> str:
     if finetune != "auto":
         return finetune
     return get_arch(arch).default_finetune if pretrained else "full"
+
+
+def auto_candidates(arch: str, pretrained: bool, finetune: str) -> tuple[str, ...]:
+    """The settings `finetune: auto` chooses among (before the budget), cheapest first; one
+    setting where there is nothing to choose."""
+    if finetune == "auto" and pretrained and get_arch(arch).auto_candidates:
+        return get_arch(arch).auto_candidates
+    return (resolve_finetune(arch, pretrained, finetune),)
 
 
 def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:

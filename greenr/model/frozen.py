@@ -20,7 +20,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,10 +148,32 @@ class FeatureBank:
         return torch.from_numpy(out.astype(np.float32))
 
 
-@torch.inference_mode()
-def feature_dim(backbone: nn.Module, spec: Preprocessing, device: torch.device) -> int:
-    probe = torch.zeros(1, 3, spec.image_size, spec.image_size, dtype=torch.uint8, device=device)
-    return int(backbone(normalize(probe, spec)).shape[-1])
+@contextlib.contextmanager
+def cached_outputs(
+    model: nn.Module, arch: str, finetunes: Sequence[str], image_size: int
+) -> Iterator[Callable[[torch.Tensor], list[torch.Tensor]]]:
+    """images -> what each of `finetunes` trains on, (B, F) each, from one backbone pass in eval
+    mode: with `top` the lower blocks run once, and the frozen recipe's features are the top
+    blocks' pooled output of those same activations (what the whole backbone computes, bit for bit)."""
+    if "top" not in finetunes:
+        with lower_part(model, arch, "frozen", image_size) as backbone:
+            yield lambda x: [backbone(x)] * len(finetunes)
+        return
+    split = get_arch(arch).split_top
+    assert split is not None  # greenr.model.architectures.resolve_finetune checked it
+    training = model.training
+    lower, top = (part.eval() for part in split(model, image_size))
+    try:
+
+        def run(x: torch.Tensor) -> list[torch.Tensor]:
+            outputs = {"top": lower(x)}
+            if "frozen" in finetunes:
+                outputs["frozen"] = top.pooled(outputs["top"])  # type: ignore[operator]
+            return [outputs[finetune] for finetune in finetunes]
+
+        yield run
+    finally:
+        model.train(training)
 
 
 @torch.inference_mode()
@@ -164,29 +186,32 @@ def extract(
     aug: AugmentParams,
     seed: int,
     device: torch.device,
-    path: Path,
+    outputs: Mapping[str, Path],
     batch_size: int = 256,
     bf16: bool = False,
     gpu_decode: bool = False,
-    finetune: str = "frozen",
-) -> FeatureBank:
-    """Features of every image of `samples` in every view, written to `path` (float16, (N, V, F)).
+) -> dict[str, FeatureBank]:
+    """What each finetune setting in `outputs` (frozen, top) trains on, for every image of `samples`
+    in every view, written to its path (float16, (N, V, F)).
 
     One pass over the images: each batch is read and decoded once (by nvJPEG with `gpu_decode` on
-    a CUDA device) and embedded in every view.
-    Under torchrun each rank embeds its share of the batches into the same file."""
+    a CUDA device) and embedded in every view, for every output at once.
+    Under torchrun each rank embeds its share of the batches into the same files."""
     if batch_size % AUG_BLOCK:
         raise ValueError(f"the extraction batch size must be a multiple of {AUG_BLOCK}, got {batch_size}")
     rank, world = distributed_context()
-    with lower_part(model.to(device), arch, finetune, spec.image_size) as backbone:
-        dim = feature_dim(backbone, spec, device)
-        shape = (len(samples), len(views), dim)
+    finetunes = list(outputs)
+    with cached_outputs(model.to(device), arch, finetunes, spec.image_size) as backbone:
+        probe = torch.zeros(1, 3, spec.image_size, spec.image_size, dtype=torch.uint8, device=device)
+        dims = [int(out.shape[-1]) for out in backbone(normalize(probe, spec))]
         if rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape).flush()
+            for path, dim in zip(outputs.values(), dims, strict=True):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shape = (len(samples), len(views), dim)
+                np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape).flush()
         if world > 1:
             dist.barrier()
-        out = np.lib.format.open_memmap(path, mode="r+")
+        files = [np.lib.format.open_memmap(path, mode="r+") for path in outputs.values()]
         started = last = time.perf_counter()
         done = 0
         cuda = device.type == "cuda"
@@ -203,7 +228,7 @@ def extract(
         for batch in stream:
             x = batch.images.to(device, non_blocking=True)
             first = int(batch.index[0])
-            feats = []
+            feats: list[list[torch.Tensor]] = [[] for _ in files]  # per output, per view
             for view in views:
                 if view in FLIP_AXES:
                     images = view_images(x, view, aug, None)
@@ -217,9 +242,12 @@ def extract(
                         ]
                     )
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    feats.append(torch.cat([backbone(normalize(part, spec)) for part in images.split(chunk)]))
+                    parts = [backbone(normalize(part, spec)) for part in images.split(chunk)]
+                for k, per_view in enumerate(feats):
+                    per_view.append(torch.cat([part[k] for part in parts]))
             index = batch.index.numpy()
-            out[index[0] : index[-1] + 1] = torch.stack(feats, 1).to(torch.float16).cpu().numpy()
+            for out, per_view in zip(files, feats, strict=True):
+                out[index[0] : index[-1] + 1] = torch.stack(per_view, 1).to(torch.float16).cpu().numpy()
             done += len(index)
             if time.perf_counter() - last > 30:  # the backbone passes are the slow part: say how far
                 last = time.perf_counter()
@@ -230,20 +258,24 @@ def extract(
                     len(views),
                     done / (last - started),
                 )
-        out.flush()
-        del out
+        for out in files:
+            out.flush()
+        del files
         if world > 1:
             dist.barrier()
     seconds = time.perf_counter() - started
     log.info(
-        "features of %d images x %d views in %.1f s (%.0f images/s, %.0f forward passes/s)",
+        "%s features of %d images x %d views in %.1f s (%.0f images/s, %.0f forward passes/s)",
+        " and ".join(finetunes),
         len(samples),
         len(views),
         seconds,
         len(samples) / max(seconds, 1e-9),
         len(samples) * len(views) / max(seconds, 1e-9),
     )
-    return FeatureBank(np.lib.format.open_memmap(path, mode="r"), views)
+    return {
+        finetune: FeatureBank(np.lib.format.open_memmap(path, mode="r"), views) for finetune, path in outputs.items()
+    }
 
 
 def head_logits(head: nn.Module, bank: FeatureBank) -> torch.Tensor:

@@ -158,7 +158,12 @@ def test_arch_round_trip_through_the_stages(tmp_path: Path, monkeypatch: pytest.
     assert ckpt.spec.preprocessing.mean == pytest.approx(lite.MEAN)
     train = json.loads((repo / "metrics" / "train.json").read_text())
     assert train["pretrained"] is True
-    assert train["finetune"] == get_arch("efficientnet_lite0").default_finetune
+    # finetune auto: the candidates within the budget (at 1 epoch fine-tuning is cheap: all four),
+    # each scored on val; the lowest loss kept
+    choice = train["finetune_auto"]
+    assert {*choice["tried"], *choice["over_budget"]} == {"frozen", "top", "discriminative", "full"}
+    assert "top" in choice["tried"]
+    assert train["finetune"] == min(choice["tried"], key=lambda name: choice["tried"][name]["val_loss"])
     report = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert report["n"] == len((repo / "splits" / "test.csv").read_text().splitlines()) - 1
     # What the server does with an upload: decode, resize, normalise with the checkpoint's spec.

@@ -14,7 +14,7 @@ from greenr.data.loader import Samples, batches
 from greenr.errors import GreenrError
 from greenr.model import frozen
 from greenr.model.architectures import build_model
-from greenr.model.recipe import Recipe, frozen_features, resolve, train_classifier
+from greenr.model.recipe import Recipe, choose, frozen_features, resolve, train_classifier
 from greenr.model.training import predict_samples
 from greenr.params import ModelParams, TrainParams
 from tests.helpers.shards import prepare_folder
@@ -72,13 +72,13 @@ def test_features_do_not_depend_on_the_extraction_batch_size(data, tmp_path: Pat
     model = build_model(r.arch, 2, pretrained=True)
     views = frozen.training_views(2)
     args = (model, r.arch, data["train"], r.spec, views, r.train.augment, 3, CPU)
-    small = frozen.extract(*args, tmp_path / "a.npy", batch_size=64)
-    large = frozen.extract(*args, tmp_path / "b.npy", batch_size=128)
+    small = frozen.extract(*args, {"frozen": tmp_path / "a.npy"}, batch_size=64)["frozen"]
+    large = frozen.extract(*args, {"frozen": tmp_path / "b.npy"}, batch_size=128)["frozen"]
     assert small.array.shape == (len(data["train"]), len(views), 1280)
     assert small.array.dtype == np.float16
     assert np.array_equal(np.asarray(small.array), np.asarray(large.array))
     with pytest.raises(ValueError, match="multiple of 64"):
-        frozen.extract(*args, tmp_path / "c.npy", batch_size=48)
+        frozen.extract(*args, {"frozen": tmp_path / "c.npy"}, batch_size=48)
 
 
 def test_the_head_learns_on_cached_features_and_the_backbone_stays_as_released(data) -> None:
@@ -102,7 +102,7 @@ def test_reusing_precomputed_features_gives_the_same_model(data, tmp_path: Path)
     r = recipe(epochs=3)
     first = train_classifier(r, 2, data["train"], data["val"], CPU)
     model = build_model(r.arch, 2, pretrained=True)
-    features = frozen_features(model, r, data["train"], data["val"], CPU, tmp_path)
+    features = frozen_features(model, r, data["train"], data["val"], CPU, tmp_path)["frozen"]
     assert features.train.array.shape[:2] == (len(data["train"]), 4) and features.val.array.shape[1] == 1
     second = train_classifier(r, 2, data["train"], data["val"], CPU, features=features)
     assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
@@ -143,3 +143,58 @@ def test_top_split_computes_what_the_model_computes() -> None:
 def test_top_needs_an_arch_with_a_split() -> None:
     with pytest.raises(GreenrError, match="finetune: top"):
         resolve(ModelParams(arch="resnet18", image_size=64), TrainParams(finetune="top"))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_one_pass_for_frozen_and_top_gives_frozen_its_own_features_bit_for_bit(
+    data, tmp_path: Path, bf16: bool
+) -> None:
+    """finetune auto extracts both settings' inputs in one pass: the frozen features are the top
+    blocks' pooled output of the same activations, which must be what the whole backbone computes."""
+    torch.set_num_threads(2)
+    r = recipe()
+    model = build_model(r.arch, 2, pretrained=True)
+    args = (model, r.arch, data["train"], r.spec, frozen.training_views(1), r.train.augment, 3, CPU)
+    alone = frozen.extract(*args, {"frozen": tmp_path / "alone.npy"}, 64, bf16)["frozen"]
+    both = frozen.extract(*args, {"frozen": tmp_path / "f.npy", "top": tmp_path / "t.npy"}, 64, bf16)
+    assert np.array_equal(np.asarray(alone.array), np.asarray(both["frozen"].array))
+    # top: the 192 x 2 x 2 activations below the last block at 64 px
+    assert both["top"].array.shape[:2] == alone.array.shape[:2] and both["top"].array.shape[2] == 192 * 2 * 2
+
+
+def test_auto_tries_what_fits_the_budget_cheapest_first() -> None:
+    """The budget counts FLOPs per image against frozen's: it does not depend on the data or machine."""
+    default = recipe(finetune="auto")
+    assert default.candidates == ("frozen", "top") and default.over_budget == ("discriminative", "full")
+    assert default.train.finetune == "frozen"
+    views, epochs = default.train.feature_views + 2, default.train.epochs
+    assert default.costs["discriminative"] == default.costs["full"] == pytest.approx(epochs * 3 / views, abs=1e-3)
+    assert 0 < default.costs["top"] < default.costs["discriminative"]
+    assert recipe(finetune="auto", budget=1).candidates == ("frozen",)
+    wide = recipe(finetune="auto", budget=1 + default.costs["top"] + default.costs["discriminative"])
+    assert wide.candidates == ("frozen", "top", "discriminative") and wide.over_budget == ("full",)
+    assert recipe(finetune="top", budget=1).candidates == ("top",)  # a setting asked for is not budgeted
+    auto = default.train.model_copy(update={"finetune": "auto"})
+    scratch = resolve(ModelParams(arch="efficientnet_lite0", pretrained=False, image_size=64), auto)
+    assert scratch.candidates == ("full",)
+
+
+def test_auto_keeps_the_candidate_with_the_lowest_validation_loss(data) -> None:
+    """Each candidate trains from the same seed on shared features; the one kept is the model its
+    setting gives alone, and the evidence says why."""
+    torch.set_num_threads(2)
+    r = recipe(finetune="auto", epochs=4)
+    trained, choice = choose(r, 2, data["train"], data["val"], CPU)
+    assert choice is not None and [t.finetune for t in choice.tried] == ["frozen", "top"]
+    losses = {t.finetune: t.val_loss for t in choice.tried}
+    assert choice.picked == min(losses, key=losses.__getitem__)
+    alone = train_classifier(r.with_finetune(choice.picked), 2, data["train"], data["val"], CPU)
+    assert all(
+        torch.equal(a, b) for a, b in zip(trained.model.state_dict().values(), alone.model.state_dict().values())
+    )
+    assert trained.temperature == alone.temperature
+    record = choice.record()
+    assert record["picked"] == choice.picked and record["over_budget"] == ["discriminative", "full"]
+    assert record["tried"][choice.picked]["val_loss"] == losses[choice.picked]
+    single, none = choose(r.with_finetune("frozen"), 2, data["train"], data["val"], CPU)
+    assert none is None

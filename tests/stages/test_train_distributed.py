@@ -44,7 +44,7 @@ def train_and_evaluate(root: Path, env: dict[str, str], command: list[str]) -> t
 
 def test_two_processes_give_the_metrics_of_one(project: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     root, env = project
-    _, single = train_and_evaluate(root, env, [sys.executable, "-m", "stages.train"])
+    one, single = train_and_evaluate(root, env, [sys.executable, "-m", "stages.train"])
     shutil.rmtree(root / "models")
     torchrun = [
         sys.executable,
@@ -58,7 +58,9 @@ def test_two_processes_give_the_metrics_of_one(project: tuple[Path, dict[str, st
         "stages.train",
     ]
     train, double = train_and_evaluate(root, env, torchrun)
-    assert train["finetune"] == "frozen"
+    # finetune auto: every rank trains every candidate; the choice is the single process's
+    assert train["finetune_auto"]["tried"].keys() == {"frozen", "top"}
+    assert train["finetune"] == one["finetune"]
     low, high = single["bootstrap"]["accuracy"]
     assert low <= double["accuracy"] <= high, (single, double)
     low, high = single["bootstrap"]["macro_f1"]

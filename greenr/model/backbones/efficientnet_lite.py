@@ -136,12 +136,15 @@ class TopBlocks(nn.Module):
         self.head = nn.Sequential(model._conv_head, model._bn1, model._swish)
         self.pool, self.dropout, self.fc = model._avg_pooling, model._dropout, model._fc
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+    def pooled(self, feats: torch.Tensor) -> torch.Tensor:
+        """The pooled features the classifier reads: what the frozen recipe caches."""
         x = feats.view(-1, *self.shape)
         for block, rate in zip(self.blocks, self.rates, strict=True):
             x = block(x, drop_connect_rate=rate)
-        x = self.pool(self.head(x)).flatten(1)
-        return self.fc(self.dropout(x))
+        return self.pool(self.head(x)).flatten(1)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.pooled(feats)))
 
 
 @torch.no_grad()

@@ -242,6 +242,19 @@ def workspace_for(root: Path) -> Path:
     return root
 
 
+def workspace_env(workspace: Path, state: Path) -> dict[str, str]:
+    """The environment for the project's commands in `workspace`: this venv first, offline, its own state."""
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GREENR_ROOT": str(workspace),
+        "GREENR_STATE_DIR": str(state),
+        "GREENR_OFFLINE": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("n", type=int, help="images to make")
@@ -255,21 +268,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"CPU: {cpu_model()}, {workers} cores, flags: {' '.join(flags)}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     venv_bin = Path(sys.executable).parent
-    base = args.keep or Path(tempfile.mkdtemp(prefix="greenr-scale-", dir=REPO / ".state"))
+    base = (args.keep or Path(tempfile.mkdtemp(prefix="greenr-scale-", dir=REPO / ".state"))).resolve()
     base.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, float]] = {}
     try:
         source, workspace = base / "source", workspace_for(base / "workspace")
-        state = base / "state"
-        env = {
-            **os.environ,
-            "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
-            "GREENR_ROOT": str(workspace),
-            "GREENR_STATE_DIR": str(state),
-            "GREENR_OFFLINE": "1",
-            "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-        }
+        env = workspace_env(workspace, base / "state")
         started = time.perf_counter()
         make_source(source, args.n, workers)
         print(f"made {args.n} images in {time.perf_counter() - started:.0f} s")

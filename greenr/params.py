@@ -102,8 +102,8 @@ class TrainParams(Section):
     # in eval mode); discriminative: train everything, backbone at lr * backbone_lr_scale;
     # top: the last block(s), head convolution and classifier train on cached activations of the
     # frozen blocks below (efficientnet_lite0); auto: efficientnet_lite0 trains each of frozen,
-    # top, discriminative and full that fits `budget` and keeps the lowest validation log loss
-    # (greenr.model.recipe.choose); other archs: full.
+    # top, discriminative and full that fits `budget` and keeps the cheapest within one standard
+    # error of the lowest validation log loss (greenr.model.recipe.choose); other archs: full.
     finetune: Literal["auto", "full", "frozen", "top", "discriminative"] = "auto"
     # finetune auto: the candidates together may cost this many times the frozen recipe's training
     # compute (FLOPs per image, the same on every machine). At 30 epochs and 8 feature views top

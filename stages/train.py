@@ -101,10 +101,9 @@ def main() -> None:
         if choice:
             for stats in result.history:  # the kept model's curves, as a single recipe logs them
                 log_epoch(stats)
+            evidence = ("val_loss", "val_acc", "seconds", "over_best", "standard_error")
             for tried in choice.tried:
-                tracking.mlflow.log_metrics(
-                    {f"auto.{tried.finetune}.{k}": getattr(tried, k) for k in ("val_loss", "val_acc", "seconds")}
-                )
+                tracking.mlflow.log_metrics({f"auto.{tried.finetune}.{k}": getattr(tried, k) for k in evidence})
         tracking.mlflow.set_tag("finetune", finetune)
         meta = {
             "finetune": finetune,

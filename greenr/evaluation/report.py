@@ -3,13 +3,15 @@
     greenr report --base main --out reports/pr.md
 
 Sections: test metrics (`dvc metrics diff --json`) and params (`dvc params diff --json`) with
-deltas, the bootstrap intervals from metrics/evaluate.json, and the plots (training curves,
-confusion matrix, ROC) of this change beside the base's, rendered as PNG files next to the report.
+deltas, the bootstrap intervals from metrics/evaluate.json, the recipe `train.finetune: auto`
+chose and its evidence (metrics/train.json), and the plots (training curves, confusion matrix,
+ROC) of this change beside the base's, rendered as PNG files next to the report.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from greenr import scm
 from greenr.atomic import atomic_open
 from greenr.evaluation.metrics import read_metrics_at, read_metrics_file
 from greenr.evaluation.promote import SplitChange, plot_rows, split_change
-from greenr.paths import CONFUSION_PLOT, EVALUATE_METRICS, ROC_PLOT, TRAINING_PLOT, repo_root
+from greenr.paths import CONFUSION_PLOT, EVALUATE_METRICS, ROC_PLOT, TRAIN_METRICS, TRAINING_PLOT, repo_root
 
 NOISE_NOTE = (
     "The test set is small, so a single accuracy is noisy: with 60 images one image is "
@@ -94,6 +96,63 @@ def intervals_table(base: dict[str, Any] | None, new: dict[str, Any]) -> str:
     return f"Bootstrap {confidence:.0%} intervals over the {new.get('n', '?')} test images:\n\n" + _table(
         ["metric", "base", "base interval", "this change", "interval"], rows
     )
+
+
+def _train_record(text: str | None) -> dict[str, Any] | None:
+    """metrics/train.json as a dict; None when absent or not JSON (the section then shows "–")."""
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def recipe_choice_section(base: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """Markdown: which recipe `train.finetune: auto` kept and on what evidence ([] when it did not run)."""
+    auto = (new or {}).get("finetune_auto")
+    if not isinstance(auto, dict):
+        return []
+    base_auto = (base or {}).get("finetune_auto") or {}
+    tried, base_tried = auto.get("tried") or {}, base_auto.get("tried") or {}
+    costs = auto.get("estimated_cost") or {}
+    over = set(auto.get("over_budget") or [])
+
+    def loss(record: dict[str, Any], setting: str) -> str:
+        value = (record.get(setting) or {}).get("val_loss")
+        return "–" if value is None else f"{value:.4f}"
+
+    rows = []
+    for setting in sorted(costs, key=lambda s: (costs[s], s)):
+        picked = " (kept)" if setting == auto.get("picked") else ""
+        if setting in over:
+            outcome = "over budget"
+        elif setting in tried:
+            outcome = f"val acc {tried[setting]['val_acc']:.4f}"
+        else:
+            outcome = "–"
+        rows.append(
+            [
+                f"`{setting}`{picked}",
+                f"{costs[setting]:.2f}",
+                loss(base_tried, setting),
+                loss(tried, setting),
+                outcome,
+            ]
+        )
+    base_pick = (base or {}).get("finetune")
+    changed = "" if base_pick in (None, auto.get("picked")) else f" (the base kept `{base_pick}`)"
+    return [
+        "### Recipe choice (`train.finetune: auto`)",
+        "",
+        f"Kept `{auto.get('picked')}`{changed}, by {auto.get('by', 'validation log loss')}, among the "
+        f"candidates whose summed training compute fits `train.budget` = {auto.get('budget')} "
+        "(FLOPs per image as a multiple of `frozen`'s):",
+        "",
+        _table(["setting", "estimated cost", "base val loss", "val loss", "this change"], rows),
+        "",
+    ]
 
 
 def render_plots(root: Path, out_dir: Path, base: str | None = None) -> list[tuple[str, str]]:
@@ -241,6 +300,11 @@ def build_report(root: Path, base: str, out: Path, plots: bool = True) -> str:
     ]
     if base_metrics is not None:
         parts += split_change_section(split_change(root, base, base_metrics, candidate))
+    train_path = root / TRAIN_METRICS
+    parts += recipe_choice_section(
+        _train_record(scm.show(base, TRAIN_METRICS, cwd=root)),
+        _train_record(train_path.read_text(encoding="utf-8") if train_path.exists() else None),
+    )
     if plots:
         made = render_plots(root, out.parent, base)
         if made:

@@ -2,8 +2,8 @@
 runs once and `greenr cv` runs per fold, so both measure the same thing.
 
 `train.finetune: auto` trains every candidate setting of the arch that fits `train.budget` and
-keeps the one with the lowest validation log loss (`choose`): evidence from the user's own data,
-not the 400 photos the defaults were tuned on.
+keeps the cheapest one within one standard error of the lowest validation log loss (`choose`):
+evidence from the user's own data, not the 400 photos the defaults were tuned on.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from greenr.data.images import Preprocessing, flip_view_names
@@ -124,6 +125,7 @@ class Trained:
     model: nn.Module
     fitted: FitResult
     temperature: float
+    val_logits: torch.Tensor  # before the temperature: what `choose` scores
 
 
 def feature_batch_size(params: TrainParams, device: torch.device) -> int:
@@ -212,7 +214,7 @@ def train_classifier(
         )
     temperature = fit_temperature(val_logits, val_labels) if params.calibrate else 1.0
     log.info("temperature %.4f (fitted on %d validation images)", temperature, len(val_set))
-    return Trained(model=fitted.model.cpu().eval(), fitted=fitted, temperature=temperature)
+    return Trained(model=fitted.model.cpu().eval(), fitted=fitted, temperature=temperature, val_logits=val_logits)
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,8 @@ class Tried:
     val_loss: float
     val_acc: float
     seconds: float
+    over_best: float = 0.0  # mean validation log loss above the lowest candidate's
+    standard_error: float = 0.0  # of that difference, paired over the validation images
 
 
 @dataclass(frozen=True)
@@ -239,12 +243,39 @@ class Choice:
         """What metrics/train.json keeps: deterministic for the machine and data (no seconds)."""
         return {
             "picked": self.picked,
-            "by": "lowest validation log loss",
+            "by": RULE,
             "budget": self.budget,
             "estimated_cost": self.costs,
             "over_budget": list(self.over_budget),
-            "tried": {t.finetune: {"val_loss": t.val_loss, "val_acc": t.val_acc} for t in self.tried},
+            "tried": {
+                t.finetune: {
+                    "val_loss": t.val_loss,
+                    "val_acc": t.val_acc,
+                    "over_best": t.over_best,
+                    "standard_error": t.standard_error,
+                }
+                for t in self.tried
+            },
         }
+
+
+RULE = "the cheapest within one standard error of the lowest validation log loss"
+
+
+def one_standard_error_pick(losses: dict[str, torch.Tensor]) -> tuple[str, dict[str, tuple[float, float]]]:
+    """The first (cheapest) candidate of `losses` (per-image validation log losses, cheapest first)
+    whose mean is within one standard error of the lowest mean: the one-standard-error rule of
+    model selection, with the error of the paired difference over the same images. A pricier
+    recipe must beat a cheaper one by more than a few dozen images' noise before it is kept.
+    Returns the pick and, per candidate, (mean excess over the lowest, its standard error)."""
+    best = min(losses, key=lambda name: float(losses[name].double().mean()))
+    evidence = {}
+    for name, loss in losses.items():
+        excess = loss.double() - losses[best].double()
+        error = float(excess.std() / len(excess) ** 0.5) if len(excess) > 1 else 0.0
+        evidence[name] = (round(float(excess.mean()), 6), round(error, 6))
+    picked = next(name for name, (excess, error) in evidence.items() if excess <= error)
+    return picked, evidence
 
 
 def choose(
@@ -257,11 +288,11 @@ def choose(
     features: dict[str, FrozenFeatures] | None = None,
 ) -> tuple[Trained, Choice | None]:
     """Train `recipe`; with several candidates (`finetune: auto`) train each on `train_set` and
-    keep the one with the lowest validation log loss (a proper score: steadier than accuracy on a
-    few dozen images), the cheaper one on a tie. Every candidate starts from the same seed, so the
-    kept model is the one its setting gives alone. `on_epoch` sees the epochs of a single recipe
-    only (the caller replays the kept model's history otherwise). The choice is None without
-    candidates to compare."""
+    keep the cheapest within one standard error of the lowest validation log loss (a proper score:
+    steadier than accuracy on a few dozen images; `one_standard_error_pick`). Every candidate
+    starts from the same seed, so the kept model is the one its setting gives alone. `on_epoch`
+    sees the epochs of a single recipe only (the caller replays the kept model's history
+    otherwise). The choice is None without candidates to compare."""
     if len(recipe.candidates) <= 1:
         one = None if features is None else features.get(recipe.train.finetune)
         return train_classifier(recipe, num_classes, train_set, val_set, device, on_epoch, one), None
@@ -270,27 +301,28 @@ def choose(
             folder = Path(stack.enter_context(shared_temp_dir("features")))
             model = build_model(recipe.arch, num_classes, pretrained=recipe.pretrained)
             features = frozen_features(model, recipe, train_set, val_set, device, folder)
-        best: Trained | None = None
-        tried = []
+        models: dict[str, Trained] = {}
+        losses: dict[str, torch.Tensor] = {}
+        seconds: dict[str, float] = {}
         for name in recipe.candidates:
             started = time.perf_counter()
-            trained = train_classifier(
+            models[name] = train_classifier(
                 recipe.with_finetune(name), num_classes, train_set, val_set, device, None, (features or {}).get(name)
             )
-            kept = trained.fitted.best
-            tried.append(
-                Tried(name, round(kept.val_loss, 6), round(kept.val_acc, 6), round(time.perf_counter() - started, 1))
-            )
-            log.info(
-                "finetune %s: val_loss %.4f, val_acc %.4f (%.0f s)",
-                name,
-                kept.val_loss,
-                kept.val_acc,
-                tried[-1].seconds,
-            )
-            if best is None or kept.val_loss < best.fitted.best.val_loss:
-                best, picked = trained, name
+            seconds[name] = round(time.perf_counter() - started, 1)
+            losses[name] = F.cross_entropy(models[name].val_logits.double(), val_set.label_tensor, reduction="none")
+            log.info("finetune %s: val_loss %.4f (%.0f s)", name, float(losses[name].mean()), seconds[name])
         features = None  # the memory maps close before their folder goes
-    assert best is not None
-    log.info("finetune auto: kept %s of %s", picked, ", ".join(recipe.candidates))
-    return best, Choice(picked, tried, recipe.over_budget, recipe.costs, recipe.train.budget)
+    picked, evidence = one_standard_error_pick(losses)
+    tried = [
+        Tried(
+            name,
+            round(float(losses[name].mean()), 6),
+            round(float((models[name].val_logits.argmax(1) == val_set.label_tensor).double().mean()), 6),
+            seconds[name],
+            *evidence[name],
+        )
+        for name in recipe.candidates
+    ]
+    log.info("finetune auto: kept %s of %s (%s)", picked, ", ".join(recipe.candidates), RULE)
+    return models[picked], Choice(picked, tried, recipe.over_budget, recipe.costs, recipe.train.budget)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -94,3 +95,42 @@ def test_report_plots_put_the_base_beside_this_change(metrics_repo, env_for) -> 
     assert "Training curves (dashed: base)" in with_base
     assert "dashed: base" not in alone_text
     assert sizes["confusion.png"][0] > 1.6 * alone["confusion.png"][0]  # two matrices side by side
+
+
+def _train_record(picked: str, losses: dict[str, float]) -> str:
+    """metrics/train.json as the train stage writes it under `finetune: auto` (budget 3)."""
+    record = {
+        "finetune": picked,
+        "finetune_auto": {
+            "budget": 3.0,
+            "by": "the cheapest within one standard error of the lowest validation log loss",
+            "estimated_cost": {"discriminative": 9.0, "frozen": 1.0, "full": 9.0, "top": 1.16},
+            "over_budget": ["discriminative", "full"],
+            "picked": picked,
+            "tried": {s: {"val_acc": 0.9, "val_loss": loss} for s, loss in losses.items()},
+        },
+    }
+    return json.dumps(record, indent=2)
+
+
+def test_report_shows_the_recipe_auto_kept_and_its_evidence_beside_the_base(metrics_repo, env_for) -> None:
+    root = metrics_repo(evaluate_metrics(0.90, 0.88), evaluate_metrics(0.95, 0.94))
+    train_json = root / "metrics" / "train.json"
+    train_json.write_text(_train_record("frozen", {"frozen": 0.1016, "top": 0.1959}))
+    git(root, "add", "metrics/train.json")
+    git(root, "commit", "-qm", "base train record")
+    train_json.write_text(_train_record("top", {"frozen": 0.2500, "top": 0.1250}))
+    run([str(VENV_BIN / "greenr"), "report", "--base", "HEAD", "--no-plots"], root, env_for(root))
+    text = (root / "reports" / "pr.md").read_text()
+    assert "### Recipe choice (`train.finetune: auto`)" in text
+    assert "Kept `top` (the base kept `frozen`)" in text and "`train.budget` = 3.0" in text
+    assert "| `frozen` | 1.00 | 0.1016 | 0.2500 | val acc 0.9000 |" in text
+    assert "| `top` (kept) | 1.16 | 0.1959 | 0.1250 | val acc 0.9000 |" in text
+    assert "| `discriminative` | 9.00 | – | – | over budget |" in text
+
+
+def test_report_has_no_recipe_section_when_auto_did_not_choose(metrics_repo, env_for) -> None:
+    root = metrics_repo(evaluate_metrics(0.90, 0.88), evaluate_metrics(0.95, 0.94))
+    (root / "metrics" / "train.json").write_text(json.dumps({"finetune": "full", "val_loss": 0.3}))
+    run([str(VENV_BIN / "greenr"), "report", "--base", "HEAD", "--no-plots"], root, env_for(root))
+    assert "Recipe choice" not in (root / "reports" / "pr.md").read_text()

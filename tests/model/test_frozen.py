@@ -14,7 +14,7 @@ from greenr.data.loader import Samples, batches
 from greenr.errors import GreenrError
 from greenr.model import frozen
 from greenr.model.architectures import build_model
-from greenr.model.recipe import Recipe, choose, frozen_features, resolve, train_classifier
+from greenr.model.recipe import Recipe, choose, frozen_features, one_standard_error_pick, resolve, train_classifier
 from greenr.model.training import predict_samples
 from greenr.params import ModelParams, TrainParams
 from tests.helpers.shards import prepare_folder
@@ -187,7 +187,10 @@ def test_auto_keeps_the_candidate_with_the_lowest_validation_loss(data) -> None:
     trained, choice = choose(r, 2, data["train"], data["val"], CPU)
     assert choice is not None and [t.finetune for t in choice.tried] == ["frozen", "top"]
     losses = {t.finetune: t.val_loss for t in choice.tried}
-    assert choice.picked == min(losses, key=losses.__getitem__)
+    best = min(losses, key=losses.__getitem__)
+    assert [t.over_best for t in choice.tried if t.finetune == best] == [0.0]
+    within = [t.finetune for t in choice.tried if t.over_best <= t.standard_error]
+    assert choice.picked == within[0]  # the cheapest within one standard error of the best
     alone = train_classifier(r.with_finetune(choice.picked), 2, data["train"], data["val"], CPU)
     assert all(
         torch.equal(a, b) for a, b in zip(trained.model.state_dict().values(), alone.model.state_dict().values())
@@ -198,3 +201,19 @@ def test_auto_keeps_the_candidate_with_the_lowest_validation_loss(data) -> None:
     assert record["tried"][choice.picked]["val_loss"] == losses[choice.picked]
     single, none = choose(r.with_finetune("frozen"), 2, data["train"], data["val"], CPU)
     assert none is None
+
+
+def test_one_standard_error_rule_keeps_a_pricier_recipe_only_when_it_is_clearly_better() -> None:
+    """Paired over the same validation images: a lower mean loss inside the noise does not pay for
+    a pricier recipe; a difference of many standard errors does; an exact tie keeps the cheaper."""
+    generator = torch.Generator().manual_seed(0)
+    frozen_losses = torch.rand(50, generator=generator, dtype=torch.float64)
+    noisy = frozen_losses - 0.02 + torch.tensor([0.3, -0.3] * 25, dtype=torch.float64)  # SE of the gain: 0.043
+    picked, evidence = one_standard_error_pick({"frozen": frozen_losses, "top": noisy})
+    excess, error = evidence["frozen"]
+    assert float(noisy.mean()) < float(frozen_losses.mean()) and 0 < excess <= error
+    assert picked == "frozen" and evidence["top"] == (0.0, 0.0)
+    clearly = frozen_losses - 0.2
+    picked, evidence = one_standard_error_pick({"frozen": frozen_losses, "top": clearly, "full": clearly + 0.5})
+    assert picked == "top" and evidence["frozen"] == (pytest.approx(0.2), 0.0)
+    assert one_standard_error_pick({"frozen": frozen_losses, "top": frozen_losses.clone()})[0] == "frozen"

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.photos import training_photos
-from bench.scale import run_measured, workspace_env, workspace_for
-from greenr.hardware import available_cpus, cpu_flags, cpu_model
+from bench.scale import load_average, print_machine, run_measured, workspace_base, workspace_env, workspace_for
+from greenr.hardware import available_cpus, cpu_model
 from greenr.paths import EVALUATE_METRICS, TRAIN_METRICS, split_manifest
 
 SETTINGS = ("frozen", "top", "discriminative", "full", "auto")
@@ -73,12 +71,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
-    print(f"CPU: {cpu_model()}, {available_cpus()} cores, flags: {' '.join(flags)}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    flags = print_machine()
     venv_bin = Path(sys.executable).parent
-    base = (args.keep or Path(tempfile.mkdtemp(prefix="greenr-recipes-", dir=REPO / ".state"))).resolve()
-    base.mkdir(parents=True, exist_ok=True)
+    base = workspace_base(args.keep, "greenr-recipes-")
     rows: dict[str, dict[str, object]] = {}
     try:
         source, workspace = base / "source", workspace_for(base / "workspace")
@@ -124,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
     if args.json:
         args.json.write_text(
             json.dumps(

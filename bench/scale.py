@@ -242,6 +242,25 @@ def workspace_for(root: Path) -> Path:
     return root
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def print_machine() -> list[str]:
+    """Print the CPU line (model, cores, vector flags) and the load average before; returns the flags."""
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
+    print(f"CPU: {cpu_model()}, {available_cpus()} cores, flags: {' '.join(flags)}")
+    print(f"load average before: {load_average()}", flush=True)
+    return flags
+
+
+def workspace_base(keep: Path | None, prefix: str) -> Path:
+    """`keep` (made if missing), or a new temporary folder under .state/; absolute either way."""
+    base = (keep or Path(tempfile.mkdtemp(prefix=prefix, dir=REPO / ".state"))).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
 def workspace_env(workspace: Path, state: Path) -> dict[str, str]:
     """The environment for the project's commands in `workspace`: this venv first, offline, its own state."""
     return {
@@ -264,12 +283,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     workers = available_cpus()
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
-    print(f"CPU: {cpu_model()}, {workers} cores, flags: {' '.join(flags)}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    flags = print_machine()
     venv_bin = Path(sys.executable).parent
-    base = (args.keep or Path(tempfile.mkdtemp(prefix="greenr-scale-", dir=REPO / ".state"))).resolve()
-    base.mkdir(parents=True, exist_ok=True)
+    base = workspace_base(args.keep, "greenr-scale-")
     results: dict[str, dict[str, float]] = {}
     try:
         source, workspace = base / "source", workspace_for(base / "workspace")
@@ -334,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
     if args.json:
         args.json.write_text(
             json.dumps({"n": args.n, "cpu": cpu_model(), "cores": workers, "flags": flags, "stages": results}, indent=2)

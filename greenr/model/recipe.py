@@ -225,8 +225,8 @@ class Tried:
     val_loss: float
     val_acc: float
     seconds: float
-    over_best: float = 0.0  # mean validation log loss above the lowest candidate's
-    standard_error: float = 0.0  # of that difference, paired over the validation images
+    over_best: float  # mean validation log loss above the lowest candidate's
+    standard_error: float  # of that difference, paired over the validation images
 
 
 @dataclass(frozen=True)

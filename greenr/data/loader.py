@@ -16,6 +16,7 @@ position).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from greenr.data.shards import decode_member, read_index, split_dir
 from greenr.errors import GreenrError
@@ -160,6 +161,23 @@ class Batch:
 
 
 @dataclass
+class _Decoded:
+    """A decoded batch on its way from a worker process: the images in shared memory, labels and
+    positions as NumPy arrays, which travel inside the message (a tensor would cost a shared-memory
+    segment and a file descriptor of its own, per batch)."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    index: np.ndarray
+
+    def batch(self) -> Batch:
+        return Batch(self.images, torch.from_numpy(self.labels), torch.from_numpy(self.index))
+
+    def pin_memory(self) -> Batch:
+        return self.batch().pin_memory()
+
+
+@dataclass
 class _Encoded:
     """A batch still JPEG-encoded (one uint8 tensor of bytes per image), for decoding on a GPU."""
 
@@ -177,7 +195,7 @@ class _Failure:
     fix: str
 
 
-class _BatchReader(Dataset[Batch | _Encoded | _Failure]):
+class _BatchReader(Dataset[_Decoded | _Encoded | _Failure]):
     """Item i = batch i of a plan, read and decoded (in a DataLoader worker process), or only read
     (`encoded`: the JPEG bytes go to the GPU's decoder)."""
 
@@ -196,26 +214,27 @@ class _BatchReader(Dataset[Batch | _Encoded | _Failure]):
             fd = self._handles[number] = os.open(s.root / s.files[number], os.O_RDONLY)
         return os.pread(fd, int(s.sizes[position]), int(s.offsets[position]))
 
-    def __getitem__(self, i: int) -> Batch | _Encoded | _Failure:
+    def __getitem__(self, i: int) -> _Decoded | _Encoded | _Failure:
         idx = self.batches[i]
-        labels, index = torch.from_numpy(self.samples.labels[idx]), torch.from_numpy(idx)
         if self.encoded:
+            labels, index = torch.from_numpy(self.samples.labels[idx]), torch.from_numpy(idx)
             try:
                 data = [torch.frombuffer(bytearray(self._read(p)), dtype=torch.uint8) for p in idx.tolist()]
             except OSError as err:
                 return _Failure(f"a shard of {self.samples.root} is unreadable ({err})", "`dvc repro -f prepare`")
             return _Encoded(data, labels, index)
-        images = np.empty((len(idx), 3, self.image_size, self.image_size), dtype=np.uint8)
+        images = _batch_tensor((len(idx), 3, self.image_size, self.image_size))
+        rows = images.numpy()
         for row, position in enumerate(idx.tolist()):
             try:
-                images[row] = decode_member(self._read(position), self.image_size)
+                decode_member(self._read(position), self.image_size, out=rows[row])
             except (OSError, ValueError) as err:
                 return _Failure(
                     f"shard {self.samples.files[self.samples.file_of[position]]} is unreadable at "
                     f"{self.samples.paths[position]} ({err})",
                     "rebuild the shards: `dvc repro -f prepare` (or `dvc pull` them again)",
                 )
-        return Batch(torch.from_numpy(images), labels, index)
+        return _Decoded(images, self.samples.labels[idx], idx)
 
     def __del__(self) -> None:
         for fd in self._handles.values():
@@ -223,6 +242,16 @@ class _BatchReader(Dataset[Batch | _Encoded | _Failure]):
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _batch_tensor(shape: tuple[int, int, int, int]) -> torch.Tensor:
+    """An uninitialised uint8 batch; in a DataLoader worker, in shared memory, so the decoded batch
+    reaches the main process without the copy that sending it would otherwise make (torch's
+    default_collate does the same)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def loader_workers(batches: int) -> int:
@@ -270,8 +299,10 @@ def batches(
         if isinstance(batch, _Encoded):
             assert gpu_decode is not None
             yield Batch(decode_on_gpu(batch.data, image_size, gpu_decode), batch.labels, batch.index)
+        elif isinstance(batch, _Decoded):
+            yield batch.batch()
         else:
-            yield batch
+            yield batch  # pinned: the pin-memory thread made it a Batch
 
 
 def decode_on_gpu(data: list[torch.Tensor], image_size: int, device: torch.device) -> torch.Tensor:

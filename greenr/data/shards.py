@@ -158,13 +158,18 @@ def encode_image(source: Path, recipe: Recipe, md5: str = "") -> tuple[bytes, in
     return buffer.getvalue(), *model_input.original_size, ""
 
 
-def decode_member(data: bytes, image_size: int) -> np.ndarray:
-    """A member's JPEG bytes -> uint8 (3, S, S) at `image_size` (resized when the shards hold another size)."""
+def decode_member(data: bytes, image_size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """A member's JPEG bytes -> uint8 (3, S, S) at `image_size` (resized when the shards hold another
+    size), written into `out` when given (a batch's row: two fewer copies of the pixels)."""
     with Image.open(io.BytesIO(data)) as opened:
-        rgb = opened.convert("RGB")
-    if rgb.size != (image_size, image_size):
-        rgb = resize_and_crop(rgb, image_size)
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+        rgb = opened if opened.mode == "RGB" else opened.convert("RGB")
+        if rgb.size != (image_size, image_size):
+            rgb = resize_and_crop(rgb, image_size)
+        pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    if out is None:
+        return np.ascontiguousarray(pixels)
+    np.copyto(out, pixels)
+    return out
 
 
 # ---------------------------------------------------------------------------- writing

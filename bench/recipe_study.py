@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.photos import training_photos
-from bench.scale import load_average, print_machine, run_measured, workspace_base, workspace_env, workspace_for
+from bench.scale import bench_workspace, load_average, print_machine, run_measured, stage_commands, workspace_arguments
 from greenr.hardware import available_cpus, cpu_model
 from greenr.paths import EVALUATE_METRICS, TRAIN_METRICS, split_manifest
 
@@ -67,33 +66,24 @@ def set_finetune(params: Path, setting: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
-    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temp folder)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    workspace_arguments(parser)
     args = parser.parse_args(argv)
 
     flags = print_machine()
-    venv_bin = Path(sys.executable).parent
-    base = workspace_base(args.keep, "greenr-recipes-")
     rows: dict[str, dict[str, object]] = {}
-    try:
-        source, workspace = base / "source", workspace_for(base / "workspace")
-        env = workspace_env(workspace, base / "state")
+    with bench_workspace(args.keep, "greenr-recipes-") as (source, workspace, env):
         print(f"made {make_four_classes(source)} images in 4 classes", flush=True)
-        for cmd in (
-            [str(venv_bin / "greenr"), "ingest", "--source", str(source), "--no-dvc-add"],
-            ["dvc", "add", "-q", "data"],
-            ["dvc", "repro", "--single-item", "split"],
-            ["dvc", "repro", "--single-item", "prepare"],
-        ):
-            run_measured(cmd, workspace, env)
+        commands = stage_commands(source)
+        for stage in ("ingest", "dvc add", "split", "prepare"):
+            run_measured(commands[stage], workspace, env)
         sizes = {s: len((workspace / split_manifest(s)).read_text().splitlines()) - 1 for s in ("train", "val", "test")}
         print(f"split train/val/test = {sizes['train']}/{sizes['val']}/{sizes['test']}")
         print(f"{'finetune':<15} {'train s':>8} {'x first':>8} {'peak PSS':>9} {'kept':>8} {'test acc':>9}  interval")
         first: float | None = None
         for setting in args.settings:
             set_finetune(workspace / "params.yaml", setting)
-            seconds, peak = run_measured(["dvc", "repro", "--single-item", "train"], workspace, env)
-            run_measured(["dvc", "repro", "--single-item", "evaluate"], workspace, env)
+            seconds, peak = run_measured(commands["train"], workspace, env)
+            run_measured(commands["evaluate"], workspace, env)
             first = first or seconds
             train = json.loads((workspace / TRAIN_METRICS).read_text())
             evaluation = json.loads((workspace / EVALUATE_METRICS).read_text())
@@ -116,9 +106,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             if train.get("finetune_auto"):
                 print(f"  auto: {json.dumps(train['finetune_auto']['tried'])}", flush=True)
-    finally:
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
     print(f"load average after: {load_average()}")
     if args.json:
         args.json.write_text(

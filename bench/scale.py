@@ -33,8 +33,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,11 +255,34 @@ def print_machine() -> list[str]:
     return flags
 
 
-def workspace_base(keep: Path | None, prefix: str) -> Path:
-    """`keep` (made if missing), or a new temporary folder under .state/; absolute either way."""
+def workspace_arguments(parser: argparse.ArgumentParser) -> None:
+    """--keep and --json, as every workspace benchmark takes them."""
+    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temp folder)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+
+
+@contextmanager
+def bench_workspace(keep: Path | None, prefix: str) -> Iterator[tuple[Path, Path, dict[str, str]]]:
+    """(source folder for the images, workspace (`workspace_for`), its environment) under `keep`
+    (made if missing), or under a new temporary folder in .state/ that goes afterwards."""
     base = (keep or Path(tempfile.mkdtemp(prefix=prefix, dir=REPO / ".state"))).resolve()
     base.mkdir(parents=True, exist_ok=True)
-    return base
+    try:
+        workspace = workspace_for(base / "workspace")
+        yield base / "source", workspace, workspace_env(workspace, base / "state")
+    finally:
+        if keep is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def stage_commands(source: Path) -> dict[str, list[str]]:
+    """The command of each of STAGES in a workspace: ingest `source`, `dvc add data`, then each DVC
+    stage alone."""
+    return {
+        "ingest": [str(Path(sys.executable).parent / "greenr"), "ingest", "--source", str(source), "--no-dvc-add"],
+        "dvc add": ["dvc", "add", "-q", "data"],
+        **{stage: ["dvc", "repro", "--single-item", stage] for stage in STAGES[2:]},
+    }
 
 
 def workspace_env(workspace: Path, state: Path) -> dict[str, str]:
@@ -285,26 +309,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("n", type=int, help="images to make")
     parser.add_argument("--until", choices=STAGES, default="export", help="last stage to run")
-    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temp folder)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    workspace_arguments(parser)
     args = parser.parse_args(argv)
 
     workers = available_cpus()
     flags = print_machine()
-    venv_bin = Path(sys.executable).parent
-    base = workspace_base(args.keep, "greenr-scale-")
     results: dict[str, dict[str, float]] = {}
-    try:
-        source, workspace = base / "source", workspace_for(base / "workspace")
-        env = workspace_env(workspace, base / "state")
+    with bench_workspace(args.keep, "greenr-scale-") as (source, workspace, env):
         started = time.perf_counter()
         make_source(source, args.n, workers)
         print(f"made {args.n} images in {time.perf_counter() - started:.0f} s")
-        commands = {
-            "ingest": [str(venv_bin / "greenr"), "ingest", "--source", str(source), "--no-dvc-add"],
-            "dvc add": ["dvc", "add", "-q", "data"],
-            **{s: ["dvc", "repro", "--single-item", s] for s in ("split", "prepare", "train", "evaluate", "export")},
-        }
+        commands = stage_commands(source)
         print(f"{'stage':<10} {'seconds':>9} {'images/s':>9} {'peak PSS':>10} {'max RSS':>9}  notes")
         for stage in STAGES:
             seconds, peak = run_measured(commands[stage], workspace, env)
@@ -363,9 +378,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         if backbone is not None:
             print(f"backbone ceiling (Lite0 features, bf16, batch 256, data on the GPU): {backbone:.0f} images/s")
             results["backbone_ceiling"] = {"images_per_second": round(backbone, 1)}
-    finally:
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
     print(f"load average after: {load_average()}")
     if args.json:
         args.json.write_text(

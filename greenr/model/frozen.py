@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,25 +125,36 @@ def features_only(model: nn.Module, arch: str) -> Iterator[nn.Module]:
 
 @dataclass
 class FeatureBank:
-    """Features (N, V, F) float16 of N images in V views, memory-mapped; `rows` picks a subset."""
+    """Features (N, V, F) float16 of N images in V views, in a .npy file; `rows` picks a subset.
 
-    array: np.ndarray  # np.memmap (all images of the file)
+    Each read maps the file for that read only: a mapping kept open counts every page it has read
+    in this process's RSS, so the train stage's peak memory grew with the file, about 190 KB per
+    training image with `top`'s activations (nanoGPT re-creates its np.memmap per batch for the
+    same reason; docs/scale.md). The pages stay in the kernel's page cache either way."""
+
+    path: Path
     views: list[str]
-    rows: np.ndarray | None = None  # positions in `array` (None: all, in order)
+    rows: np.ndarray | None = None  # positions in the file (None: all, in order)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The whole file, memory-mapped read-only: index it and let it go."""
+        return np.load(self.path, mmap_mode="r")
 
     def __len__(self) -> int:
         return len(self.array) if self.rows is None else len(self.rows)
 
     def subset(self, indices: np.ndarray) -> FeatureBank:
         base = np.arange(len(self.array)) if self.rows is None else self.rows
-        return FeatureBank(self.array, self.views, base[np.asarray(indices, dtype=np.int64)])
+        return FeatureBank(self.path, self.views, base[np.asarray(indices, dtype=np.int64)])
 
     def take(self, positions: np.ndarray, views: np.ndarray | None = None) -> torch.Tensor:
         """float32 features of the images at `positions` (of this bank): (n, F) of one view each
         (`views`), or (n, V, F)."""
         rows = positions if self.rows is None else self.rows[positions]
         order = np.argsort(rows, kind="stable")  # ascending reads from the file
-        picked = self.array[rows[order]] if views is None else self.array[rows[order], views[order]]
+        array = self.array
+        picked = array[rows[order]] if views is None else array[rows[order], views[order]]
         out = np.empty_like(picked)
         out[order] = picked
         return torch.from_numpy(out.astype(np.float32))
@@ -211,7 +223,8 @@ def extract(
                 np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape).flush()
         if world > 1:
             dist.barrier()
-        files = [np.lib.format.open_memmap(path, mode="r+") for path in outputs.values()]
+        # Written with pwrite, not through a mapping: the rows written stay out of this process's RSS.
+        files = [_RowWriter(path) for path in outputs.values()]
         started = last = time.perf_counter()
         done = 0
         cuda = device.type == "cuda"
@@ -247,7 +260,7 @@ def extract(
                     per_view.append(torch.cat([part[k] for part in parts]))
             index = batch.index.numpy()
             for out, per_view in zip(files, feats, strict=True):
-                out[index[0] : index[-1] + 1] = torch.stack(per_view, 1).to(torch.float16).cpu().numpy()
+                out.write(int(index[0]), torch.stack(per_view, 1).to(torch.float16).cpu().numpy())
             done += len(index)
             if time.perf_counter() - last > 30:  # the backbone passes are the slow part: say how far
                 last = time.perf_counter()
@@ -259,8 +272,7 @@ def extract(
                     done / (last - started),
                 )
         for out in files:
-            out.flush()
-        del files
+            out.close()
         if world > 1:
             dist.barrier()
     seconds = time.perf_counter() - started
@@ -273,9 +285,26 @@ def extract(
         len(samples) / max(seconds, 1e-9),
         len(samples) * len(views) / max(seconds, 1e-9),
     )
-    return {
-        finetune: FeatureBank(np.lib.format.open_memmap(path, mode="r"), views) for finetune, path in outputs.items()
-    }
+    return {finetune: FeatureBank(path, views) for finetune, path in outputs.items()}
+
+
+class _RowWriter:
+    """Consecutive rows written into an existing .npy file at their place (`write(first, rows)`)."""
+
+    def __init__(self, path: Path) -> None:
+        header = np.load(path, mmap_mode="r")
+        self.offset, self.row_bytes = header.offset, header[0].nbytes if len(header) else 0
+        del header
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, first: int, rows: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(rows).tobytes())
+        written = 0
+        while written < len(data):  # pwrite may write less than asked
+            written += os.pwrite(self.fd, data[written:], self.offset + first * self.row_bytes + written)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def head_logits(head: nn.Module, bank: FeatureBank) -> torch.Tensor:

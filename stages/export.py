@@ -13,25 +13,26 @@ does, `true` fails the stage and `auto` ships it offered nowhere. Switched off, 
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from greenr.atomic import write_bytes, write_json
-from greenr.backends.base import TOLERANCE, ModelFile, compare, probabilities
+from greenr.backends.base import TOLERANCE, Backend, ModelFile, compare, probabilities
 from greenr.backends.export import OPSET, export_onnx
 from greenr.backends.loading import BACKENDS, build, installed
 from greenr.backends.model_file import load_model_file, read_model
 from greenr.data.loader import Samples, batches, load_samples
 from greenr.errors import GreenrError, exits_cleanly, setup_logging
 from greenr.evaluation.metrics import bootstrap_intervals
-from greenr.hardware import native_bf16
+from greenr.hardware import native_bf16, release_free_memory
 from greenr.model.device import configure_threads
 from greenr.params import EvaluateParams, ExportParams, load_section
 from greenr.paths import EXPORT_METRICS, INT8_MODEL_PATH, MODEL_PATH, ONNX_MODEL_PATH, repo_root
@@ -39,9 +40,22 @@ from greenr.paths import EXPORT_METRICS, INT8_MODEL_PATH, MODEL_PATH, ONNX_MODEL
 log = logging.getLogger("stages.export")
 
 # Images per backend call in the parity checks. Each backend keeps the activation buffers of the
-# largest batch it has run, and several are alive at once: small batches keep the stage's peak
-# memory low (docs/scale.md, memory). The figures compared do not depend on it.
+# largest batch it has run: small batches keep the stage's peak memory low (docs/scale.md, memory).
+# The figures compared do not depend on it.
 PARITY_BATCH = 16
+
+TestBatches = Callable[[], Iterable[np.ndarray]]
+
+
+def test_logits(make: Callable[[], Backend], test_batches: TestBatches, classes: int) -> np.ndarray:
+    """The logits of every test image, in order, from the backend `make()` builds, which is freed
+    before this returns. One backend is alive at a time: each pass decodes the test split again,
+    which costs less than the runtimes' buffers held side by side (docs/scale.md, memory)."""
+    backend = make()
+    parts = [backend.predict_logits(images) for images in test_batches()]
+    del backend
+    release_free_memory()
+    return np.concatenate(parts) if parts else np.empty((0, classes), np.float32)
 
 
 def int8_failure(passed: list[str], params: ExportParams) -> str | None:
@@ -64,7 +78,7 @@ class Int8Export:
 def export_int8(
     train_set: Samples,
     exported: ModelFile,
-    test_batches: Callable[[], Iterable[np.ndarray]],
+    test_batches: TestBatches,
     reference: np.ndarray,
     labels: np.ndarray,
     threads: int,
@@ -87,7 +101,10 @@ def export_int8(
     calibration = train_set.subset(spread(len(train_set), params.calibration_images))
     started = time.perf_counter()
     images = (batch.images.numpy() for batch in batches(calibration, spec.preprocessing.image_size, PARITY_BATCH))
-    quantized = quantize_int8(exported.data, images, len(calibration))
+    # NNCF stops reading at the count, before the loader's end: closing the batches stops its workers.
+    with contextlib.closing(images):
+        quantized = quantize_int8(exported.data, images, len(calibration))
+    release_free_memory()
     log.info("quantized to INT8 on %d training images in %.0f s", len(calibration), time.perf_counter() - started)
 
     def accuracy(logits: np.ndarray) -> tuple[float, list[float]]:
@@ -104,8 +121,7 @@ def export_int8(
     for name, info in BACKENDS.items():
         if "onnx" not in info.formats or not installed(name):
             continue
-        backend = build(name, candidate, "int8", threads)
-        logits = np.concatenate([backend.predict_logits(batch) for batch in test_batches()])
+        logits = test_logits(partial(build, name, candidate, "int8", threads), test_batches, len(spec.classes))
         acc, interval = accuracy(logits)
         changed = float(np.mean(logits.argmax(1) != reference.argmax(1)))
         inside = not reference_interval or reference_interval[0] <= acc <= reference_interval[1]
@@ -120,7 +136,6 @@ def export_int8(
             "passes": changed <= params.max_label_changes and inside,
         }
         log.info("INT8 on %s: %s", name, parity[name])
-        del backend  # before the next backend's buffers
     passed = [name for name, result in parity.items() if result["passes"]]
     quantization = {
         "scheme": "int8",
@@ -152,44 +167,31 @@ def main() -> None:
     checkpoint_file = load_model_file(root / MODEL_PATH)
     ckpt = checkpoint_file.checkpoint
     data = export_onnx(ckpt)
+    release_free_memory()  # the exporter's graph copies
     exported = read_model(data, ONNX_MODEL_PATH)
     test_set = load_samples(root, ["test"], ckpt.spec.classes)
-    candidates = {}
-    for name, info in BACKENDS.items():
-        if "onnx" not in info.formats or not installed(name):
-            continue
-        for precision in ("bf16", "fp32") if info.bf16 and native_bf16() else ("fp32",):
-            candidates[f"{name}_{precision}"] = build(name, exported, precision, threads)
-    reference_backend = build("torch", checkpoint_file, "fp32", threads)
-    size = ckpt.spec.image_size
+    size, classes = ckpt.spec.image_size, len(ckpt.spec.classes)
 
     def test_batches() -> Iterable[np.ndarray]:
         return (batch.images.numpy() for batch in batches(test_set, size, PARITY_BATCH))
 
-    # Streamed: every backend scores each test batch once; only the logits are kept.
-    logits: dict[str, list[np.ndarray]] = {key: [] for key in ["reference", *candidates]}
-    for images in test_batches():
-        logits["reference"].append(reference_backend.predict_logits(images))
-        for key, backend in candidates.items():
-            logits[key].append(backend.predict_logits(images))
-    joined = {
-        key: np.concatenate(parts) if parts else np.empty((0, len(ckpt.spec.classes))) for key, parts in logits.items()
-    }
-    reference = joined.pop("reference")
-    # The fp32 runtimes are done: their buffers go before the INT8 ones are built.
-    del candidates, reference_backend
-    gc.collect()
+    reference = test_logits(partial(build, "torch", checkpoint_file, "fp32", threads), test_batches, classes)
     parity = {}
-    for key, values in joined.items():
-        agreement = compare(values, reference, TOLERANCE[key.rsplit("_", 1)[1]])
-        parity[key] = agreement.to_dict()
-        log.info(
-            "%s on %d test images: max |logit diff| %.2e, labels %.1f%% the same",
-            key,
-            len(reference),
-            agreement.max_abs_diff,
-            agreement.label_agreement * 100,
-        )
+    for name, info in BACKENDS.items():
+        if "onnx" not in info.formats or not installed(name):
+            continue
+        for precision in ("bf16", "fp32") if info.bf16 and native_bf16() else ("fp32",):
+            key = f"{name}_{precision}"
+            logits = test_logits(partial(build, name, exported, precision, threads), test_batches, classes)
+            agreement = compare(logits, reference, TOLERANCE[precision])
+            parity[key] = agreement.to_dict()
+            log.info(
+                "%s on %d test images: max |logit diff| %.2e, labels %.1f%% the same",
+                key,
+                len(reference),
+                agreement.max_abs_diff,
+                agreement.label_agreement * 100,
+            )
     train_set = load_samples(root, ["train"], ckpt.spec.classes)
     int8 = export_int8(train_set, exported, test_batches, reference, test_set.labels, threads)
     report = {

@@ -8,10 +8,9 @@ from `available_cpus()`, and the inference backends use bf16 only where `native_
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import gc
 import math
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -71,14 +70,20 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, from the C library this process already has loaded (None elsewhere)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return None
+
+
 def release_free_memory() -> None:
-    """Collect garbage and hand the C heap's free pages back to the OS. glibc keeps what a large
-    computation freed (an ONNX export, a runtime's buffers: 0.2-0.3 GB) for its next allocations, and
-    the process's RSS stays at its high-water mark; a no-op where the C library is not glibc."""
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    libc = ctypes.CDLL(name)
-    if hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    """Hand the C heap's free pages back to the OS. glibc keeps what a large computation freed (an
+    ONNX export, a runtime's buffers: 0.2-0.3 GB) for its next allocations, so the process's RSS
+    stays at its high-water mark, and a forked worker's copy of those pages is kept alive while
+    they are rewritten. A millisecond or less; a no-op where the C library is not glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from greenr.data.shards import decode_member, read_index, split_dir
 from greenr.errors import GreenrError
-from greenr.hardware import available_cpus
+from greenr.hardware import available_cpus, release_free_memory
 from greenr.paths import SHARDS_DIR
 
 SHUFFLE_SHARDS = 8
@@ -293,6 +293,11 @@ def batches(
         # generator, which dropout and weight initialisation use: reading data changes no model.
         generator=torch.Generator().manual_seed(seed),
     )
+    if workers:
+        # Workers are forked: every heap page this process rewrites while they live is copied, the
+        # workers keeping the old one. Pages glibc holds free would be rewritten by the next
+        # allocations, so they go back to the OS first (docs/scale.md, memory).
+        release_free_memory()
     for batch in loader:
         if isinstance(batch, _Failure):
             raise GreenrError(batch.what, batch.fix)

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +135,10 @@ class FeatureBank:
     path: Path
     views: list[str]
     rows: np.ndarray | None = None  # positions in the file (None: all, in order)
+    count: int = field(init=False)  # images in this bank
+
+    def __post_init__(self) -> None:
+        self.count = len(self.array) if self.rows is None else len(self.rows)
 
     @property
     def array(self) -> np.ndarray:
@@ -142,10 +146,10 @@ class FeatureBank:
         return np.load(self.path, mmap_mode="r")
 
     def __len__(self) -> int:
-        return len(self.array) if self.rows is None else len(self.rows)
+        return self.count
 
     def subset(self, indices: np.ndarray) -> FeatureBank:
-        base = np.arange(len(self.array)) if self.rows is None else self.rows
+        base = np.arange(self.count) if self.rows is None else self.rows
         return FeatureBank(self.path, self.views, base[np.asarray(indices, dtype=np.int64)])
 
     def take(self, positions: np.ndarray, views: np.ndarray | None = None) -> torch.Tensor:
@@ -298,7 +302,7 @@ class _RowWriter:
         self.fd = os.open(path, os.O_WRONLY)
 
     def write(self, first: int, rows: np.ndarray) -> None:
-        data = memoryview(np.ascontiguousarray(rows).tobytes())
+        data = np.ascontiguousarray(rows).reshape(-1).view(np.uint8).data  # bytes, sliceable, no copy
         written = 0
         while written < len(data):  # pwrite may write less than asked
             written += os.pwrite(self.fd, data[written:], self.offset + first * self.row_bytes + written)

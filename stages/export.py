@@ -47,7 +47,7 @@ PARITY_BATCH = 16
 TestBatches = Callable[[], Iterable[np.ndarray]]
 
 
-def test_logits(make: Callable[[], Backend], test_batches: TestBatches, classes: int) -> np.ndarray:
+def logits_on_test(make: Callable[[], Backend], test_batches: TestBatches, classes: int) -> np.ndarray:
     """The logits of every test image, in order, from the backend `make()` builds, which is freed
     before this returns. One backend is alive at a time: each pass decodes the test split again,
     which costs less than the runtimes' buffers held side by side (docs/scale.md, memory)."""
@@ -121,7 +121,7 @@ def export_int8(
     for name, info in BACKENDS.items():
         if "onnx" not in info.formats or not installed(name):
             continue
-        logits = test_logits(partial(build, name, candidate, "int8", threads), test_batches, len(spec.classes))
+        logits = logits_on_test(partial(build, name, candidate, "int8", threads), test_batches, len(spec.classes))
         acc, interval = accuracy(logits)
         changed = float(np.mean(logits.argmax(1) != reference.argmax(1)))
         inside = not reference_interval or reference_interval[0] <= acc <= reference_interval[1]
@@ -175,14 +175,14 @@ def main() -> None:
     def test_batches() -> Iterable[np.ndarray]:
         return (batch.images.numpy() for batch in batches(test_set, size, PARITY_BATCH))
 
-    reference = test_logits(partial(build, "torch", checkpoint_file, "fp32", threads), test_batches, classes)
+    reference = logits_on_test(partial(build, "torch", checkpoint_file, "fp32", threads), test_batches, classes)
     parity = {}
     for name, info in BACKENDS.items():
         if "onnx" not in info.formats or not installed(name):
             continue
         for precision in ("bf16", "fp32") if info.bf16 and native_bf16() else ("fp32",):
             key = f"{name}_{precision}"
-            logits = test_logits(partial(build, name, exported, precision, threads), test_batches, classes)
+            logits = logits_on_test(partial(build, name, exported, precision, threads), test_batches, classes)
             agreement = compare(logits, reference, TOLERANCE[precision])
             parity[key] = agreement.to_dict()
             log.info(

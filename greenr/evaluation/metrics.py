@@ -77,37 +77,71 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: Seque
     return out
 
 
-def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, samples: int, confidence: float, seed: int) -> dict:
-    """Percentile bootstrap intervals for accuracy and macro F1 (resampling test images)."""
+# Resampled picks held at once: 32 MiB of positions, whatever the test split's size.
+BOOTSTRAP_CELLS = 1 << 22
+
+
+def bootstrap_intervals(
+    labels: np.ndarray, probs: np.ndarray, samples: int, confidence: float, seed: int, max_cells: int = BOOTSTRAP_CELLS
+) -> dict:
+    """Percentile bootstrap intervals for accuracy and macro F1 (resampling test images).
+
+    The resamples are drawn a block of rows at a time (about `max_cells` picks), so memory does not
+    grow with samples x images; the generator's stream is the same for any block size, and so are
+    the intervals."""
     if samples == 0 or len(labels) == 0:
         return {}
     rng = np.random.default_rng(seed)
     preds = probs.argmax(axis=1)
-    n = len(labels)
-    picks = rng.integers(0, n, (samples, n))
-    y, p = labels[picks], preds[picks]
-    accs = (y == p).mean(axis=1)
-    f1_per_class = []
-    for c in range(probs.shape[1]):
-        tp = ((p == c) & (y == c)).sum(axis=1)
-        fp = ((p == c) & (y != c)).sum(axis=1)
-        fn = ((p != c) & (y == c)).sum(axis=1)
-        denom = 2 * tp + fp + fn
-        f1_per_class.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
-    f1s = np.mean(f1_per_class, axis=0)
+    n, k = len(labels), probs.shape[1]
+    rows = max(1, max_cells // n)
+    accs, f1s = [], []
+    for start in range(0, samples, rows):
+        block = min(rows, samples - start)
+        picks = rng.integers(0, n, (block, n))
+        y, p = labels[picks], preds[picks]
+        accs.append((y == p).mean(axis=1))
+        f1s.append(_macro_f1_per_row(y, p, k))
     lo, hi = (1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100
+    acc, f1 = np.concatenate(accs), np.concatenate(f1s)
     return {
         "confidence": confidence,
         "samples": samples,
-        "accuracy": [_r(np.percentile(accs, lo)), _r(np.percentile(accs, hi))],
-        "macro_f1": [_r(np.percentile(f1s, lo)), _r(np.percentile(f1s, hi))],
+        "accuracy": [_r(np.percentile(acc, lo)), _r(np.percentile(acc, hi))],
+        "macro_f1": [_r(np.percentile(f1, lo)), _r(np.percentile(f1, hi))],
     }
+
+
+def _macro_f1_per_row(y: np.ndarray, p: np.ndarray, classes: int) -> np.ndarray:
+    """Macro F1 of each row of (labels, predictions), both (R, n); a class with no label and no
+    prediction in a row scores 0. Counted per (class, row) in one pass, whatever the classes."""
+    r, n = y.shape
+    cell = np.arange(r)[:, None]
+    # (class, row) counts; F1 = 2 tp / (2 tp + fp + fn) = 2 tp / (predicted + actual).
+    tp = np.bincount((y * r + cell)[y == p], minlength=classes * r).reshape(classes, r)
+    predicted = np.bincount((p * r + cell).ravel(), minlength=classes * r).reshape(classes, r)
+    actual = np.bincount((y * r + cell).ravel(), minlength=classes * r).reshape(classes, r)
+    denom = predicted + actual
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).mean(axis=0)
+
+
+# Points per plotted curve: a committed plot file stays a few dozen KB whatever the test split's size.
+CURVE_POINTS = 1000
+
+
+def _thinned(points: list[dict], most: int = CURVE_POINTS) -> list[dict]:
+    """`points` itself when there are at most `most`; else `most` of them evenly spaced along the
+    curve, its first and last kept (sklearn's curves have a point per distinct score: one per test
+    image at scale)."""
+    if len(points) <= most:
+        return points
+    return [points[i] for i in np.unique(np.linspace(0, len(points) - 1, most).round().astype(int))]
 
 
 def curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], positive: int) -> dict[str, dict[str, list]]:
     """ROC and precision-recall curve points per class name, for DVC plots: the positive class's
     curves for 2 classes, every class against the rest otherwise (a class with no test image, or
-    only test images, has none)."""
+    only test images, has none); at most CURVE_POINTS points each."""
     shown = [positive] if len(classes) == 2 else range(len(classes))
     out: dict[str, dict[str, list]] = {}
     for c in shown:
@@ -117,11 +151,15 @@ def curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], positi
         fpr, tpr, roc_thr = skm.roc_curve(truth, probs[:, c])
         precision, recall, prc_thr = skm.precision_recall_curve(truth, probs[:, c])
         out[classes[c]] = {
-            "roc": [{"fpr": _r(a), "tpr": _r(b), "threshold": _r(min(t, 1.0))} for a, b, t in zip(fpr, tpr, roc_thr)],
-            "prc": [
-                {"recall": _r(a), "precision": _r(b), "threshold": _r(t)}
-                for a, b, t in zip(recall[:-1], precision[:-1], prc_thr)
-            ],
+            "roc": _thinned(
+                [{"fpr": _r(a), "tpr": _r(b), "threshold": _r(min(t, 1.0))} for a, b, t in zip(fpr, tpr, roc_thr)]
+            ),
+            "prc": _thinned(
+                [
+                    {"recall": _r(a), "precision": _r(b), "threshold": _r(t)}
+                    for a, b, t in zip(recall[:-1], precision[:-1], prc_thr)
+                ]
+            ),
         }
     return out
 

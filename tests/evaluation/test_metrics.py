@@ -47,6 +47,39 @@ def test_bootstrap_contains_the_point_estimate_and_is_deterministic_per_seed():
     assert bootstrap_intervals(LABELS, PROBS, samples=0, confidence=0.9, seed=3) == {}
 
 
+def test_bootstrap_in_blocks_is_the_one_block_bootstrap_with_sklearn_scores():
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 5, 97)
+    probs = rng.dirichlet(np.ones(5), 97)
+    probs[np.arange(97), labels] += 0.3
+    whole = bootstrap_intervals(labels, probs, samples=200, confidence=0.9, seed=2, max_cells=10**9)
+    # A reference from the whole picks matrix at once, every resample scored by scikit-learn.
+    picks = np.random.default_rng(2).integers(0, 97, (200, 97))
+    preds = probs.argmax(axis=1)
+    accs = [skm.accuracy_score(labels[row], preds[row]) for row in picks]
+    f1s = [skm.f1_score(labels[row], preds[row], labels=range(5), average="macro", zero_division=0) for row in picks]
+    assert whole["accuracy"] == pytest.approx(np.percentile(accs, [5, 95]).tolist(), abs=1e-6)
+    assert whole["macro_f1"] == pytest.approx(np.percentile(f1s, [5, 95]).tolist(), abs=1e-6)
+    for cells in (97, 3 * 97 + 1, 64 * 97):  # blocks of 1, 3 and 64 resamples
+        assert bootstrap_intervals(labels, probs, samples=200, confidence=0.9, seed=2, max_cells=cells) == whole
+
+
+def test_bootstrap_memory_does_not_grow_with_samples_times_images():
+    import tracemalloc
+
+    n = 50_000  # a test split of a 330,000-image set; the whole picks matrix would be 400 MB, thrice
+    labels = np.arange(n) % 3
+    probs = np.eye(3)[(labels + (np.arange(n) % 10 == 0)) % 3]
+    tracemalloc.start()
+    try:
+        out = bootstrap_intervals(labels, probs, samples=1000, confidence=0.95, seed=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.88 < out["accuracy"][0] < 0.9 < out["accuracy"][1] < 0.92
+    assert peak < 300 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
 def test_curves_match_sklearn():
     out = curves(LABELS, PROBS, CLASSES, positive=0)
     assert list(out) == ["dandelion"]  # two classes: the positive class's curves only
@@ -94,6 +127,26 @@ def test_n_class_curves_are_one_vs_rest_per_class():
         fpr, tpr, _ = skm.roc_curve(N_LABELS == i, N_PROBS[:, i])
         assert [p["fpr"] for p in out[name]["roc"]] == pytest.approx(fpr.tolist(), abs=1e-6)
         assert [p["tpr"] for p in out[name]["roc"]] == pytest.approx(tpr.tolist(), abs=1e-6)
+
+
+def test_curves_of_a_large_test_split_are_thinned_keeping_their_ends_and_area():
+    from greenr.evaluation.metrics import CURVE_POINTS
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 30_000)
+    p0 = np.clip(rng.normal(0.35 + 0.3 * (labels == 0), 0.2), 0, 1)
+    probs = np.stack([p0, 1 - p0], axis=1)
+    out = curves(labels, probs, CLASSES, positive=0)["dandelion"]
+    fpr, tpr, _ = skm.roc_curve(labels == 0, p0)
+    assert len(fpr) > CURVE_POINTS  # the case thinning is for
+    for curve in ("roc", "prc"):
+        assert 0.9 * CURVE_POINTS <= len(out[curve]) <= CURVE_POINTS
+    roc = out["roc"]
+    assert (roc[0]["fpr"], roc[0]["tpr"], roc[-1]["fpr"], roc[-1]["tpr"]) == (0.0, 0.0, 1.0, 1.0)
+    area = np.trapezoid([p["tpr"] for p in roc], [p["fpr"] for p in roc])
+    assert area == pytest.approx(skm.roc_auc_score(labels == 0, p0), abs=1e-3)
+    recall = [p["recall"] for p in out["prc"]]
+    assert recall == sorted(recall, reverse=True) and recall[0] == 1.0
 
 
 def test_per_class_keys_stay_put_when_a_class_is_added():

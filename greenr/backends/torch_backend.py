@@ -11,7 +11,7 @@ import torch
 
 from greenr.backends.base import Backend, ModelFile
 from greenr.errors import GreenrError
-from greenr.model.inference import predict_logits
+from greenr.model.inference import CPU_FORWARD_IMAGES, predict_logits
 
 
 class TorchBackend(Backend):
@@ -31,5 +31,5 @@ class TorchBackend(Backend):
     def forward(self, images: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(images)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = predict_logits(self._model, batch, self.spec.preprocessing, batch_size=max(len(batch), 1))
+            logits = predict_logits(self._model, batch, self.spec.preprocessing, batch_size=CPU_FORWARD_IMAGES)
         return logits.numpy()

@@ -36,6 +36,7 @@ from greenr.data.loader import Samples, batches
 from greenr.data.tensors import normalize
 from greenr.errors import GreenrError
 from greenr.model.architectures import get_arch
+from greenr.model.inference import CPU_FORWARD_IMAGES
 from greenr.model.training import (
     EpochKeeper,
     EpochStats,
@@ -55,10 +56,6 @@ HEAD_CHUNK = 4096
 # Augmented views are drawn per block of this many images, each block from its own seeded
 # generator: the features are then the same for any extraction batch size (a multiple) and rank count.
 AUG_BLOCK = 64
-# Images per backbone pass on a CPU. The extraction batch (views drawn per AUG_BLOCK) goes through
-# the backbone in chunks of this many: less activation memory, no slower on a CPU, and the same
-# features bit for bit (docs/scale.md, memory).
-CPU_FORWARD_IMAGES = 32
 
 
 def training_views(feature_views: int) -> list[str]:

@@ -8,6 +8,11 @@ from torch import nn
 from greenr.data.images import Preprocessing, flip_view, flip_view_names
 from greenr.data.tensors import normalize
 
+# Images per forward pass on a CPU: a larger batch (feature extraction's, evaluation's) goes through
+# the network in chunks of this many: less activation memory, no slower on a CPU, and the same
+# outputs bit for bit (docs/scale.md, memory).
+CPU_FORWARD_IMAGES = 32
+
 
 @torch.inference_mode()
 def predict_logits(

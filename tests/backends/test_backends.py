@@ -249,6 +249,21 @@ def test_training_evaluation_and_every_backend_average_the_same_flips(tmp_path: 
         assert np.allclose(build(name, model_file, "fp32", 2).predict_logits(batch), expected, atol=1e-4), name
 
 
+def test_the_torch_backend_runs_a_cpu_batch_in_chunks_with_the_same_logits(exported: tuple[Path, Path]) -> None:
+    """Evaluation hands it 64 images at once: activation memory is that of CPU_FORWARD_IMAGES."""
+    from greenr.model.inference import CPU_FORWARD_IMAGES
+
+    pth, _ = exported
+    backend = build("torch", load_model_file(pth), "fp32", 2)
+    seen: list[int] = []
+    backend._model.register_forward_pre_hook(lambda _module, args: seen.append(len(args[0])))
+    batch = np.concatenate([images(64, 6)] * 12)[:70]
+    logits = backend.predict_logits(batch, batch_size=70)
+    assert seen == [CPU_FORWARD_IMAGES, CPU_FORWARD_IMAGES, 70 - 2 * CPU_FORWARD_IMAGES]
+    one_at_a_time = np.concatenate([torch_logits(pth, batch[i : i + 1]) for i in range(0, 70, 7)])
+    assert np.allclose(logits[::7], one_at_a_time, atol=1e-5)
+
+
 def test_metadata_is_read_without_parsing_the_graph(exported: tuple[Path, Path]) -> None:
     data = exported[1].read_bytes()
     parsed = onnx.load_model_from_string(data)

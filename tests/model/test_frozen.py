@@ -81,6 +81,16 @@ def test_features_do_not_depend_on_the_extraction_batch_size(data, tmp_path: Pat
         frozen.extract(*args, {"frozen": tmp_path / "c.npy"}, batch_size=48)
 
 
+def test_a_head_trains_with_denormals_flushed_and_they_are_restored_after(data) -> None:
+    tiny = torch.tensor([1e-40])  # a denormal float32
+    flushed: list[bool] = []
+    train_classifier(
+        recipe(epochs=2), 2, data["train"], data["val"], CPU, lambda _: flushed.append(float(tiny * 1) == 0)
+    )
+    assert flushed == [True, True]
+    assert float(tiny * 1) != 0
+
+
 def test_the_head_learns_on_cached_features_and_the_backbone_stays_as_released(data) -> None:
     torch.set_num_threads(2)
     trained = train_classifier(recipe(), 2, data["train"], data["val"], CPU)
